@@ -1,0 +1,217 @@
+"""Binding: a `Spec` + a config.json (+ a checkpoint) -> IR `Graph`.
+
+Resolves config symbols, evaluates checks, unrolls the layer body
+`count` times, names every value hierarchically (`layers.3/attn/q`), turns
+weight templates into checkpoint names with concrete shapes, gives each
+attention node its layer's KV cache values, infers shapes, and (when a
+checkpoint is given) checks that every weight exists with the expected shape.
+"""
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from .errors import Loc, SpecError, nearest
+from .expr import evaluate
+from .ir import Graph, Node, Value
+from .ops import OPS, REQUIRED
+from .shape_inference import infer_node
+from .spec import NodeDecl, Spec, WeightDecl
+
+_MISSING = object()
+
+
+class WeightSource(Protocol):
+    """What binding needs from a checkpoint: names and shapes, no data."""
+
+    def names(self) -> list[str]: ...
+    def shape(self, name: str) -> tuple: ...
+
+
+def lookup_field(config: dict, path: str) -> Any:
+    """`rope_parameters.rope_theta` reaches into nested objects."""
+    value: Any = config
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return _MISSING
+        value = value[part]
+    return value
+
+
+def bind_symbols(spec: Spec, config: dict) -> dict[str, Any]:
+    env: dict[str, Any] = {}
+    for sym in spec.symbols:
+        value = _MISSING
+        for path in sym.fields:
+            value = lookup_field(config, path)
+            if value is not _MISSING and value is not None:
+                break
+            value = _MISSING
+        if value is _MISSING:
+            if not sym.has_default:
+                missing = " or ".join(f"'{f}'" for f in sym.fields)
+                hint = nearest(sym.fields[0], config) if sym.fields else []
+                raise sym.loc.error(f"config.json has no field {missing} (needed for symbol "
+                                    f"'{sym.name}'); add it to config.json or give the symbol "
+                                    "a default", hint[0] if hint else None)
+            value = evaluate(sym.default, env, sym.loc)
+        env[sym.name] = value
+    for expr, message, loc in spec.checks:
+        if not evaluate(expr, env, loc):
+            raise loc.error(f"check failed: {message} ({expr})")
+    return env
+
+
+class _Binder:
+    def __init__(self, spec: Spec, env: dict, checkpoint: WeightSource | None):
+        self.spec, self.env, self.checkpoint = spec, env, checkpoint
+        self.values: dict[str, Value] = {}
+        self.nodes: list[Node] = []
+        self.weight_locs: dict[str, Loc] = {}
+        self.ckpt_names = set(checkpoint.names()) if checkpoint is not None else None
+
+    # -- values -----------------------------------------------------------
+    def new_value(self, base: str, **kw) -> str:
+        name, n = base, 1
+        while name in self.values:
+            n += 1
+            name = f"{base}.{n}"
+        self.values[name] = Value(name, kw.pop("shape", None), **kw)
+        return name
+
+    def shape_of(self, dims: list, env: dict, loc: Loc) -> tuple:
+        out = []
+        for d in dims:
+            value = d if d == "T" else evaluate(d, env, loc)
+            if value != "T" and (not isinstance(value, int) or value < 0):
+                raise loc.error(f"dimension '{d}' evaluates to {value!r}, not a size")
+            out.append(value)
+        return tuple(out)
+
+    def bind_weights(self, decls: dict[str, WeightDecl], env: dict, scope: dict) -> None:
+        for key, decl in decls.items():
+            if decl.when is not None and not evaluate(decl.when, env, decl.loc):
+                continue
+            if decl.tied_to is not None and evaluate(decl.when_tied, env, decl.loc):
+                if decl.tied_to not in scope:
+                    hint = nearest(decl.tied_to, scope)
+                    raise decl.loc.error(f"tied_to '{decl.tied_to}' is not a weight declared "
+                                         "before it", hint[0] if hint else None)
+                scope[key] = scope[decl.tied_to]
+                continue
+            try:
+                name = decl.name.format(**env)
+            except (KeyError, IndexError) as err:
+                raise decl.loc.error(f"name template '{decl.name}' uses undefined {err}") from None
+            shape = self.shape_of(decl.shape, env, decl.loc)
+            self.values[name] = Value(name, shape, "float32", "weight", source=name)
+            self.weight_locs[name] = decl.loc
+            scope[key] = name
+            self.check_weight(name, shape, decl)
+
+    def check_weight(self, name: str, shape: tuple, decl: WeightDecl) -> None:
+        if self.checkpoint is None:
+            return
+        if name not in self.ckpt_names:
+            hint = nearest(name, self.ckpt_names)
+            raise decl.loc.error(f"the checkpoint has no weight '{name}'",
+                                 hint[0] if hint else None)
+        found = tuple(self.checkpoint.shape(name))
+        if found != shape:
+            dims = ", ".join(str(d) for d in decl.shape)
+            raise decl.loc.error(f"weight '{name}' has shape {list(found)} in the checkpoint, "
+                                 f"expected {list(shape)} ([{dims}])")
+
+    # -- nodes -------------------------------------------------------------
+    def bind_nodes(self, decls: list[NodeDecl], env: dict, scope: dict, prefix: str) -> None:
+        for decl in decls:
+            if decl.when is not None and not evaluate(decl.when, env, decl.loc):
+                continue
+            opdef = OPS[decl.op]
+            inputs = []
+            for arg in decl.args:
+                if arg not in scope:
+                    hint = nearest(arg, scope)
+                    raise decl.loc.error(f"undefined value '{arg}' used by op '{decl.op}'",
+                                         hint[0] if hint else None)
+                inputs.append(scope[arg])
+            attrs = {}
+            for attr, default in opdef.attrs.items():
+                if attr in decl.attrs:
+                    attrs[attr] = evaluate(decl.attrs[attr], env, decl.loc)
+                elif default is REQUIRED:
+                    raise decl.loc.error(f"op '{decl.op}' needs attribute '{attr}'")
+                else:
+                    attrs[attr] = default
+            out_base = prefix + decl.out.replace(".", "/")
+            if opdef.uses_cache:
+                inputs += self.new_caches(out_base, attrs)
+            out = self.new_value(out_base)
+            node = Node(decl.op, inputs, [out], attrs, name=out, loc=decl.loc)
+            self.values[out].shape = tuple(infer_node(self._graph(), node)[0])
+            self.nodes.append(node)
+            scope[decl.out] = out
+
+    def new_caches(self, out_base: str, attrs: dict) -> list[str]:
+        """Paged KV cache values for one attention node: [blocks, block_size, kv_heads, head_dim]."""
+        parent = out_base.rsplit("/", 1)[0] if "/" in out_base else out_base
+        shape = ("blocks", "block_size", attrs["kv_heads"], attrs["head_dim"])
+        return [self.new_value(f"{parent}/{kv}_cache", shape=shape, kind="cache")
+                for kv in ("k", "v")]
+
+    def _graph(self) -> Graph:
+        return Graph(self.spec.family, self.nodes, self.values, [], [])
+
+    # -- whole spec ----------------------------------------------------------
+    def bind(self) -> Graph:
+        spec, env = self.spec, self.env
+        scope: dict[str, str] = {}
+        inputs = []
+        for name, (dims, dtype, loc) in spec.inputs.items():
+            self.values[name] = Value(name, self.shape_of(dims, env, loc), dtype, "input")
+            scope[name] = name
+            inputs.append(name)
+        self.bind_weights(spec.weights, env, scope)
+        self.bind_nodes(spec.prologue, env, scope, "")
+        count = evaluate(spec.layer_count, env, spec.layers_loc)
+        if not isinstance(count, int) or count < 0:
+            raise spec.layers_loc.error(f"count evaluates to {count!r}, not a layer count")
+        for i in range(count):
+            layer_env = {**env, spec.layer_index: i}
+            layer_scope = dict(scope)
+            self.bind_weights(spec.layer_weights, layer_env, layer_scope)
+            self.bind_nodes(spec.body, layer_env, layer_scope, f"layers.{i}/")
+            # Values the body (re)defines flow into the next layer, e.g. the residual `h`.
+            for decl in spec.body:
+                if decl.out in layer_scope:
+                    scope[decl.out] = layer_scope[decl.out]
+        self.bind_nodes(spec.epilogue, env, scope, "")
+        outputs = []
+        for name, loc in spec.outputs:
+            if name not in scope:
+                hint = nearest(name, scope)
+                raise loc.error(f"undefined output '{name}'", hint[0] if hint else None)
+            outputs.append(scope[name])
+        return Graph(spec.family, self.nodes, self.values, inputs, outputs,
+                     symbols=dict(env), spec_file=spec.file)
+
+
+def bind(spec: Spec, config: dict, checkpoint: WeightSource | None = None) -> Graph:
+    """Spec + config (+ checkpoint names/shapes) -> validated IR."""
+    env = bind_symbols(spec, config)
+    graph = _Binder(spec, env, checkpoint).bind()
+    return graph
+
+
+def select_spec(config: dict) -> str:
+    """The spec whose `matches` fits a config's architectures / model_type."""
+    from .spec import SPECS_DIR, load_spec
+
+    archs = set(config.get("architectures") or [])
+    model_type = config.get("model_type")
+    for path in sorted(SPECS_DIR.glob("*.yaml")):
+        spec = load_spec(path)
+        if archs & set(spec.architectures) or (model_type and model_type in spec.model_types):
+            return str(path)
+    raise SpecError(f"no spec in {SPECS_DIR} serves architectures {sorted(archs)} / "
+                    f"model_type {model_type!r}; pass --spec or write one "
+                    "(docs/adding-a-model.md)")

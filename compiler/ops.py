@@ -1,0 +1,146 @@
+"""The op set: each op's signature and shape rule.
+
+A spec may use the *primitive* ops (what a paper draws). Compiler passes
+introduce *fused* ops (registered in `fused_ops.py`); specs may not write those.
+Each op's math lives in `interpreter.py` (float32 reference) and in
+`rustinfer.kernels` (the implementations plans call).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+REQUIRED = object()  # marks an attribute without a default
+
+
+class ShapeError(Exception):
+    """Raised by a shape rule; the caller adds the node's location."""
+
+
+@dataclass(frozen=True)
+class OpDef:
+    name: str
+    inputs: tuple[str, ...]                 # positional inputs, in order
+    optional_inputs: tuple[str, ...] = ()   # may follow the required ones
+    attrs: dict[str, Any] = field(default_factory=dict)  # name -> default or REQUIRED
+    infer: Callable[..., list] = None       # (shapes, attrs) -> output shapes
+    outputs: int = 1
+    uses_cache: bool = False                # gets this layer's k/v cache values appended
+    primitive: bool = True                  # may be written in a spec
+    doc: str = ""
+
+
+OPS: dict[str, OpDef] = {}
+
+
+def register(op: OpDef) -> OpDef:
+    OPS[op.name] = op
+    return op
+
+
+# --- shape helpers ----------------------------------------------------------
+
+def same_dim(a, b) -> bool:
+    return a == b
+
+
+def fmt(shape) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def expect_rank(what: str, shape, rank: int) -> None:
+    if len(shape) != rank:
+        raise ShapeError(f"{what} must have rank {rank}, got {fmt(shape)}")
+
+
+def expect_dim(what: str, got, want) -> None:
+    if not same_dim(got, want):
+        raise ShapeError(f"{what}: expected {want}, found {got}")
+
+
+# --- primitive ops ------------------------------------------------------------
+
+def _embedding(shapes, attrs):
+    ids, table = shapes
+    expect_rank("embedding ids", ids, 1)
+    expect_rank("embedding table", table, 2)
+    return [(ids[0], table[1])]
+
+
+def _rms_norm(shapes, attrs):
+    x, w = shapes
+    expect_rank("rms_norm weight", w, 1)
+    expect_dim(f"rms_norm weight {fmt(w)} vs input {fmt(x)}, last dim", w[0], x[-1])
+    return [x]
+
+
+def _linear(shapes, attrs):
+    x, w, *bias = shapes
+    expect_rank("linear weight [out, in]", w, 2)
+    if not same_dim(x[-1], w[1]):
+        raise ShapeError(f"linear: input has {x[-1]} features {fmt(x)} but the weight "
+                         f"[out, in] = {fmt(w)} expects {w[1]}")
+    if bias:
+        expect_rank("linear bias", bias[0], 1)
+        expect_dim("linear bias length", bias[0][0], w[0])
+    return [tuple(x[:-1]) + (w[0],)]
+
+
+def _rope(shapes, attrs):
+    x, pos = shapes
+    expect_rank("rope input", x, 2)
+    expect_dim("rope positions length", pos[0], x[0])
+    width = attrs["heads"] * attrs["head_dim"]
+    expect_dim(f"rope input width (heads {attrs['heads']} x head_dim {attrs['head_dim']})",
+               x[1], width)
+    if attrs["head_dim"] % 2:
+        raise ShapeError(f"rope needs an even head_dim, got {attrs['head_dim']}")
+    from rustinfer.kernels.rope_tables import check_scaling
+
+    try:
+        check_scaling(attrs.get("scaling"))
+    except ValueError as err:
+        raise ShapeError(str(err)) from None
+    return [x]
+
+
+def _attention(shapes, attrs):
+    q, k, v, *caches = shapes
+    h, kvh, d = attrs["heads"], attrs["kv_heads"], attrs["head_dim"]
+    if kvh <= 0 or h % kvh:
+        raise ShapeError(f"attention: heads ({h}) must be a multiple of kv_heads ({kvh})")
+    expect_dim(f"attention q width (heads {h} x head_dim {d})", q[-1], h * d)
+    expect_dim(f"attention k width (kv_heads {kvh} x head_dim {d})", k[-1], kvh * d)
+    expect_dim(f"attention v width (kv_heads {kvh} x head_dim {d})", v[-1], kvh * d)
+    expect_dim("attention k/q tokens", k[0], q[0])
+    return [q]
+
+
+def _elementwise(shapes, attrs):
+    first = shapes[0]
+    for other in shapes[1:]:
+        if tuple(other) != tuple(first):
+            raise ShapeError(f"operands differ in shape: {fmt(first)} vs {fmt(other)}")
+    return [first]
+
+
+register(OpDef("embedding", ("ids", "table"), infer=_embedding,
+               doc="out[t] = table[ids[t]]"))
+register(OpDef("rms_norm", ("x", "weight"), attrs={"eps": REQUIRED, "offset": 0.0},
+               infer=_rms_norm,
+               doc="x / sqrt(mean(x^2) + eps) * (weight + offset)"))
+register(OpDef("linear", ("x", "weight"), optional_inputs=("bias",), infer=_linear,
+               doc="x @ weight.T (+ bias); weight is [out, in]"))
+register(OpDef("rope", ("x", "positions"),
+               attrs={"heads": REQUIRED, "head_dim": REQUIRED, "theta": REQUIRED, "scaling": None},
+               infer=_rope,
+               doc="rotate-half rotary embedding per head; scaling: None or a rope_scaling dict"))
+register(OpDef("attention", ("q", "k", "v"),
+               attrs={"heads": REQUIRED, "kv_heads": REQUIRED, "head_dim": REQUIRED,
+                      "scale": None},
+               infer=_attention, uses_cache=True,
+               doc="append k/v to this layer's paged cache, then causal GQA attention "
+                   "of q over each sequence's cached keys; scale defaults to head_dim**-0.5"))
+register(OpDef("add", ("a", "b"), infer=_elementwise, doc="a + b"))
+register(OpDef("mul", ("a", "b"), infer=_elementwise, doc="a * b"))
+register(OpDef("silu", ("x",), infer=_elementwise, doc="x * sigmoid(x)"))

@@ -1,0 +1,283 @@
+"""Spec front end: a model family's YAML -> a validated `Spec`.
+
+The YAML layout (see specs/llama3.yaml):
+
+    family, matches          which checkpoints the spec serves
+    config                   symbols bound to config.json fields
+    checks                   expressions over symbols that must hold
+    inputs                   per-step inputs and their shapes
+    weights                  model-level weights (name template + shape)
+    prologue                 nodes before the layers
+    layers                   {count, index, weights, body}: the repeated layer
+    epilogue                 nodes after the layers
+    outputs                  values the step returns
+
+A node is a one-key mapping `out: op(arg, ..., attr=expr)`, optionally with
+`when: expr` (the node exists only when the expression is true). Binding the
+spec to a config (bind.py) turns it into IR.
+"""
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import Loc, SpecError, nearest
+from .expr import dotted_name, parse
+from .ops import OPS
+from .yaml_loader import LineDict, LineList, load_yaml
+
+TOP_LEVEL = {"family", "matches", "config", "checks", "inputs", "weights", "prologue",
+             "layers", "epilogue", "outputs", "description"}
+SYMBOL_KEYS = {"field", "default", "doc"}
+WEIGHT_KEYS = {"name", "shape", "tied_to", "when_tied", "when", "doc"}
+INPUT_KEYS = {"shape", "dtype", "doc"}
+LAYER_KEYS = {"count", "index", "weights", "body"}
+NODE_KEYS = {"when"}
+MATCH_KEYS = {"architectures", "model_types"}
+INPUT_DTYPES = {"int64", "int32", "float32"}
+
+SPECS_DIR = Path(__file__).resolve().parent.parent / "specs"
+
+
+@dataclass
+class SymbolDecl:
+    name: str
+    fields: list[str]
+    default: Any            # expression text/number, or None when no default is given
+    has_default: bool
+    loc: Loc
+
+
+@dataclass
+class WeightDecl:
+    key: str                # the spec-local name (q_proj)
+    name: str               # checkpoint name template (model.layers.{i}.self_attn.q_proj.weight)
+    shape: list             # expressions
+    tied_to: str | None
+    when_tied: Any
+    when: Any
+    loc: Loc
+
+
+@dataclass
+class NodeDecl:
+    out: str                # output variable (may be dotted: attn.q)
+    op: str
+    args: list[str]         # variable / weight / input names
+    attrs: dict[str, ast.expr]
+    when: Any
+    loc: Loc
+
+
+@dataclass
+class Spec:
+    file: str
+    family: str
+    architectures: list[str]
+    model_types: list[str]
+    symbols: list[SymbolDecl]
+    checks: list[tuple[str, str, Loc]]
+    inputs: dict[str, tuple[list, str, Loc]]
+    weights: dict[str, WeightDecl]
+    prologue: list[NodeDecl]
+    layer_count: Any
+    layer_index: str
+    layer_weights: dict[str, WeightDecl]
+    body: list[NodeDecl]
+    epilogue: list[NodeDecl]
+    outputs: list[tuple[str, Loc]]
+    layers_loc: Loc | None = None
+    raw: dict = field(default_factory=dict, repr=False)
+
+
+def spec_path(name_or_path: str | Path) -> Path:
+    """`llama3` or `specs/llama3.yaml` or any path -> the spec file."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") and p.exists():
+        return p
+    candidate = SPECS_DIR / f"{name_or_path}.yaml"
+    if candidate.exists():
+        return candidate
+    known = sorted(x.stem for x in SPECS_DIR.glob("*.yaml"))
+    hint = nearest(str(name_or_path), known)
+    raise SpecError(f"no spec file '{name_or_path}'; known specs: {', '.join(known)}",
+                    file=str(name_or_path), suggestion=hint[0] if hint else None)
+
+
+def load_spec(path: str | Path) -> Spec:
+    path = spec_path(path)
+    return parse_spec(path.read_text(), display_name(path))
+
+
+def display_name(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def parse_spec(text: str, filename: str) -> Spec:
+    data = load_yaml(text, filename)
+    root = Loc(filename, 1, None)
+    if not isinstance(data, LineDict):
+        raise root.error("a spec must be a YAML mapping (family:, config:, layers: ...)")
+    _check_keys(data, TOP_LEVEL, root, required=("family", "config", "layers", "outputs"))
+
+    def at(key: str) -> Loc:
+        return root.child(key, data.lines.get(key))
+
+    matches = data.get("matches") or LineDict()
+    _check_keys(matches, MATCH_KEYS, at("matches"))
+    layers = data["layers"]
+    if not isinstance(layers, LineDict):
+        raise at("layers").error("must be a mapping with count, index, weights and body")
+    _check_keys(layers, LAYER_KEYS, at("layers"), required=("count", "body"))
+    layers_loc = at("layers")
+
+    def layer_at(key: str) -> Loc:
+        return layers_loc.child(key, layers.lines.get(key))
+
+    return Spec(
+        file=filename,
+        family=str(data["family"]),
+        architectures=list(matches.get("architectures") or []),
+        model_types=list(matches.get("model_types") or []),
+        symbols=_parse_symbols(data["config"], at("config")),
+        checks=_parse_checks(data.get("checks") or LineList(), at("checks")),
+        inputs=_parse_inputs(data.get("inputs") or LineDict(), at("inputs")),
+        weights=_parse_weights(data.get("weights") or LineDict(), at("weights")),
+        prologue=_parse_nodes(data.get("prologue") or LineList(), at("prologue")),
+        layer_count=layers["count"],
+        layer_index=str(layers.get("index", "i")),
+        layer_weights=_parse_weights(layers.get("weights") or LineDict(), layer_at("weights")),
+        body=_parse_nodes(layers["body"], layer_at("body")),
+        epilogue=_parse_nodes(data.get("epilogue") or LineList(), at("epilogue")),
+        outputs=_parse_outputs(data["outputs"], at("outputs")),
+        layers_loc=layers_loc,
+        raw=data,
+    )
+
+
+def _check_keys(mapping, allowed: set, loc: Loc, required: tuple = ()) -> None:
+    if not isinstance(mapping, dict):
+        raise loc.error(f"expected a mapping, got {type(mapping).__name__}")
+    for key in mapping:
+        if key not in allowed:
+            line = mapping.lines.get(key) if isinstance(mapping, LineDict) else loc.line
+            hint = nearest(key, allowed)
+            raise loc.child(str(key), line).error(
+                f"unknown key '{key}' (allowed: {', '.join(sorted(allowed))})",
+                hint[0] if hint else None)
+    for key in required:
+        if key not in mapping:
+            raise loc.error(f"missing required key '{key}'")
+
+
+def _parse_symbols(config, loc: Loc) -> list[SymbolDecl]:
+    if not isinstance(config, LineDict):
+        raise loc.error("must map symbol names to {field: ..., default: ...}")
+    out = []
+    for name, decl in config.items():
+        sloc = loc.child(str(name), config.lines[name])
+        if isinstance(decl, str):           # shorthand: `hidden: hidden_size`
+            decl = LineDict(field=decl)
+        _check_keys(decl, SYMBOL_KEYS, sloc)
+        fields = decl.get("field") or []
+        fields = [fields] if isinstance(fields, str) else list(fields)
+        if not fields and "default" not in decl:
+            raise sloc.error("needs a 'field' (a config.json key) or a 'default' expression")
+        out.append(SymbolDecl(str(name), fields, decl.get("default"), "default" in decl, sloc))
+    return out
+
+
+def _parse_checks(checks, loc: Loc) -> list[tuple[str, str, Loc]]:
+    out = []
+    for idx, item in enumerate(checks):
+        cloc = loc.child(f"[{idx}]", checks.lines[idx])
+        _check_keys(item, {"expr", "message"}, cloc, required=("expr",))
+        out.append((str(item["expr"]), str(item.get("message", item["expr"])), cloc))
+    return out
+
+
+def _parse_inputs(inputs, loc: Loc) -> dict:
+    out = {}
+    for name, decl in inputs.items():
+        iloc = loc.child(str(name), inputs.lines[name])
+        _check_keys(decl, INPUT_KEYS, iloc, required=("shape",))
+        dtype = str(decl.get("dtype", "float32"))
+        if dtype not in INPUT_DTYPES:
+            hint = nearest(dtype, INPUT_DTYPES)
+            raise iloc.child("dtype", decl.lines.get("dtype")).error(
+                f"unknown dtype '{dtype}'", hint[0] if hint else None)
+        out[str(name)] = (list(decl["shape"]), dtype, iloc)
+    return out
+
+
+def _parse_weights(weights, loc: Loc) -> dict[str, WeightDecl]:
+    if not isinstance(weights, LineDict):
+        raise loc.error("must map local weight names to {name: ..., shape: [...]}")
+    out = {}
+    for key, decl in weights.items():
+        wloc = loc.child(str(key), weights.lines[key])
+        _check_keys(decl, WEIGHT_KEYS, wloc, required=("name", "shape"))
+        if not isinstance(decl["shape"], list):
+            raise wloc.child("shape", decl.lines.get("shape")).error(
+                "must be a list of dimension expressions, e.g. [hidden, vocab]")
+        out[str(key)] = WeightDecl(str(key), str(decl["name"]), list(decl["shape"]),
+                                   decl.get("tied_to"), decl.get("when_tied"),
+                                   decl.get("when"), wloc)
+    return out
+
+
+def _parse_outputs(outputs, loc: Loc) -> list[tuple[str, Loc]]:
+    if isinstance(outputs, str):
+        return [(outputs, loc)]
+    return [(str(o), loc.child(f"[{i}]", outputs.lines[i])) for i, o in enumerate(outputs)]
+
+
+def _parse_nodes(items, loc: Loc) -> list[NodeDecl]:
+    if not isinstance(items, LineList):
+        raise loc.error("must be a list of nodes like `- out: op(arg, attr=expr)`")
+    return [_parse_node(item, loc.child(f"[{idx}]", items.lines[idx]))
+            for idx, item in enumerate(items)]
+
+
+def _parse_node(item, loc: Loc) -> NodeDecl:
+    if not isinstance(item, LineDict):
+        raise loc.error("a node is a mapping `out: op(args)`")
+    outs = [k for k in item if k not in NODE_KEYS]
+    if len(outs) != 1:
+        raise loc.error(f"a node has exactly one output `name: op(...)`, found {outs or 'none'}")
+    out = str(outs[0])
+    text = item[out]
+    call = parse(str(text), loc)
+    if not isinstance(call, ast.Call) or not isinstance(call.func, ast.Name):
+        raise loc.error(f"expected a call like `op(arg, attr=value)`, found {text!r}")
+    op = call.func.id
+    opdef = OPS.get(op)
+    if opdef is None or not opdef.primitive:
+        hint = nearest(op, [n for n, d in OPS.items() if d.primitive])
+        raise loc.error(f"unknown op '{op}'", hint[0] if hint else None)
+    args = []
+    for arg in call.args:
+        name = dotted_name(arg)
+        if name is None:
+            raise loc.error(f"op '{op}': inputs must be names, found '{ast.unparse(arg)}' "
+                            "(attributes are passed as key=value)")
+        args.append(name)
+    n_min, n_max = len(opdef.inputs), len(opdef.inputs) + len(opdef.optional_inputs)
+    if not n_min <= len(args) <= n_max:
+        want = f"{n_min}" if n_min == n_max else f"{n_min} to {n_max}"
+        sig = ", ".join(opdef.inputs + tuple(f"[{o}]" for o in opdef.optional_inputs))
+        raise loc.error(f"op '{op}' takes {want} inputs ({sig}), got {len(args)}")
+    attrs = {}
+    for kw in call.keywords:
+        if kw.arg not in opdef.attrs:
+            hint = nearest(kw.arg or "", opdef.attrs)
+            allowed = ", ".join(opdef.attrs) or "none"
+            raise loc.error(f"op '{op}' has no attribute '{kw.arg}' (attributes: {allowed})",
+                            hint[0] if hint else None)
+        attrs[kw.arg] = kw.value
+    return NodeDecl(out, op, args, attrs, item.get("when"), loc)

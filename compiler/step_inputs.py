@@ -1,0 +1,53 @@
+"""What one forward step consumes besides weights: the step's batch layout.
+
+Every executor (reference interpreter, generated plans) takes the same
+`StepInputs`, so the engine drives them all alike. A step holds the new tokens
+of B sequences concatenated ([T] in total); sequence b owns rows
+`query_start[b]:query_start[b+1]`, has `context_lens[b]` tokens in its KV cache
+once this step's tokens are written, and keeps them in the blocks listed in
+`block_tables[b]`. `slot_mapping[t]` is the flat cache slot
+(block * block_size + offset) where token t's k/v go.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class StepInputs:
+    token_ids: torch.Tensor       # [T] int64
+    positions: torch.Tensor       # [T] int64
+    query_start: list[int]        # [B + 1] row offsets of each sequence in the step
+    context_lens: list[int]       # [B] cached tokens per sequence after this step
+    block_tables: list[list[int]]  # [B][blocks] cache blocks of each sequence
+    slot_mapping: torch.Tensor    # [T] int64 flat cache slot of each new token
+    block_size: int
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.token_ids.shape[0])
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.context_lens)
+
+    @staticmethod
+    def for_sequences(seqs: list[tuple[list[int], int, list[int]]], block_size: int) -> "StepInputs":
+        """Build a step from (new_token_ids, tokens_already_cached, block_table) per sequence."""
+        tokens, positions, slots, starts, ctx, tables = [], [], [], [0], [], []
+        for new_ids, cached, table in seqs:
+            n = len(new_ids)
+            tokens += list(new_ids)
+            pos = list(range(cached, cached + n))
+            positions += pos
+            slots += [table[p // block_size] * block_size + p % block_size for p in pos]
+            starts.append(starts[-1] + n)
+            ctx.append(cached + n)
+            tables.append(list(table))
+        return StepInputs(
+            token_ids=torch.tensor(tokens, dtype=torch.int64),
+            positions=torch.tensor(positions, dtype=torch.int64),
+            query_start=starts, context_lens=ctx, block_tables=tables,
+            slot_mapping=torch.tensor(slots, dtype=torch.int64), block_size=block_size)

@@ -1,0 +1,146 @@
+"""`rustinfer generate | chat | inspect`: the command-line front door."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="Hugging Face folder, .gguf file or alias "
+                   "(default: smollm2-135m-instruct, fetched once into $RUSTINFER_CACHE)")
+    p.add_argument("--target", default="reference",
+                   help="where the model runs (default: reference)")
+    p.add_argument("--spec", help="spec file (default: chosen from config.json)")
+    p.add_argument("--max-model-len", type=int, help="context length to size the KV cache for")
+
+
+def _add_sampling_args(p: argparse.ArgumentParser, max_tokens: int) -> None:
+    p.add_argument("--max-tokens", type=int, default=max_tokens)
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="0 picks the most likely token (default: 0)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--min-p", type=float, default=0.0)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+
+
+def _params(args):
+    from .sampling import SamplingParams
+
+    return SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature,
+                          top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
+                          seed=args.seed, stop=args.stop)
+
+
+def _load(args):
+    from .llm import LLM
+
+    return LLM(model=args.model, target=args.target, spec=args.spec,
+               max_model_len=args.max_model_len)
+
+
+def cmd_generate(args) -> int:
+    llm = _load(args)
+    if llm.tokenizer is None:
+        print("error: this model has no tokenizer", file=sys.stderr)
+        return 2
+    if args.raw:
+        ids = llm.tokenizer.encode(args.prompt)
+    else:
+        ids = llm.tokenizer.encode_chat([{"role": "user", "content": args.prompt}])
+    for piece in llm.stream_text(ids, _params(args)):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+def cmd_chat(args) -> int:
+    llm = _load(args)
+    if llm.tokenizer is None:
+        print("error: this model has no tokenizer", file=sys.stderr)
+        return 2
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    print("Chatting with", llm.model_path.name, "- /reset clears the history, /exit or Ctrl-D "
+          "quits.", file=sys.stderr)
+    while True:
+        try:
+            line = input("> ")
+        except (EOFError, KeyboardInterrupt):
+            print(file=sys.stderr)
+            return 0
+        if line.strip() in ("/exit", "/quit"):
+            return 0
+        if line.strip() == "/reset":
+            messages = messages[:1] if args.system else []
+            continue
+        if not line.strip():
+            continue
+        messages.append({"role": "user", "content": line})
+        ids = llm.tokenizer.encode_chat(messages)
+        reply = ""
+        try:
+            for piece in llm.stream_text(ids, _params(args)):
+                reply += piece
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        except ValueError as err:       # e.g. the conversation outgrew the context
+            print(f"\nerror: {err}", file=sys.stderr)
+            messages.pop()
+            continue
+        sys.stdout.write("\n")
+        messages.append({"role": "assistant", "content": reply})
+
+
+def cmd_inspect(args) -> int:
+    folder = Path(args.dir)
+    summary = folder / "summary.txt"
+    if not summary.exists():
+        print(f"error: {folder} holds no compile output (summary.txt); run "
+              "`rustinfer-compile SPEC --model M --out DIR` first", file=sys.stderr)
+        return 2
+    print(summary.read_text(), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rustinfer", description="Run LLMs from YAML specs.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="answer one prompt, streaming the text",
+                         description="Answer one prompt, streaming the text. Instruct models "
+                         "get the prompt through their chat template unless --raw is given.")
+    gen.add_argument("prompt")
+    gen.add_argument("--raw", action="store_true",
+                     help="complete the prompt as plain text, without the chat template")
+    _add_model_args(gen)
+    _add_sampling_args(gen, max_tokens=128)
+    gen.set_defaults(func=cmd_generate)
+
+    chat = sub.add_parser("chat", help="interactive chat in the terminal")
+    chat.add_argument("--system", help="system prompt")
+    _add_model_args(chat)
+    _add_sampling_args(chat, max_tokens=512)
+    chat.set_defaults(func=cmd_chat)
+
+    inspect = sub.add_parser("inspect", help="print the report of a rustinfer-compile output")
+    inspect.add_argument("dir")
+    inspect.set_defaults(func=cmd_inspect)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from rustinfer.compiler.errors import SpecError
+
+    try:
+        return args.func(args)
+    except (SpecError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
