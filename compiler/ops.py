@@ -27,6 +27,8 @@ class OpDef:
     outputs: int = 1
     uses_cache: bool = False                # gets this layer's k/v cache values appended
     primitive: bool = True                  # may be written in a spec
+    view: bool = False                      # outputs are views into input 0 (no new memory)
+    side_effects: bool = False              # writes a cache: never removed as dead code
     doc: str = ""
 
 
@@ -138,7 +140,7 @@ register(OpDef("rope", ("x", "positions"),
 register(OpDef("attention", ("q", "k", "v"),
                attrs={"heads": REQUIRED, "kv_heads": REQUIRED, "head_dim": REQUIRED,
                       "scale": None},
-               infer=_attention, uses_cache=True,
+               infer=_attention, uses_cache=True, side_effects=True,
                doc="append k/v to this layer's paged cache, then causal GQA attention "
                    "of q over each sequence's cached keys; scale defaults to head_dim**-0.5"))
 register(OpDef("add", ("a", "b"), infer=_elementwise, doc="a + b"))
