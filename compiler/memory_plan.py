@@ -1,0 +1,186 @@
+"""Static memory planning: every activation of a step gets an offset in one arena.
+
+Live intervals (the contract, in the words of Inductor's LiveRange: start
+inclusive, end exclusive). Steps are indices into `graph.nodes`, the linear op
+order. A value lives over [start, end): start = index of the node that produces
+it, end = 1 + index of the last node that reads it; a value nobody reads lives
+[start, start + 1). Two values may share bytes only if their intervals are
+disjoint (a.start < b.end and b.start < a.end means they overlap).
+
+Same-node rule: a node's output never shares bytes with an input that node is
+still reading. It follows from the contract: an input last read by node i lives
+through i (its end is i + 1), and node i's output starts at i, so they overlap.
+(With end = i, a kernel would overwrite its own input while reading it.)
+
+Views: the outputs of an op with `OpDef.view` (e.g. `split`) are views into
+the *root* buffer of input 0 (following views of views). A view gets no bytes
+of its own; its uses extend the root's interval. Its slot repeats the root's
+whole byte range with `view_of` set; a view from an op with a `sizes` attr is
+marked `strided` (split along the last dim of a row-major [T, N] buffer is not
+a contiguous sub-range, so we record offset 0 in the root, not a sub-offset).
+
+Never planned (pinned): values of kind input, weight and cache, and the graph
+outputs, which outlive the step and get their own persistent buffers outside
+the arena (listed in `pinned`; so is the root of a view that is an output).
+
+Algorithm: greedy by size with best-fit offsets (TFLite's ArenaPlanner). Values
+in order of size, largest first; each takes the smallest aligned gap between
+already placed values whose intervals overlap its own, or goes after the last
+of them. `enabled=False` gives every value its own bytes: the bisecting switch.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from itertools import accumulate
+
+from .ir import Graph, Value
+from .ops import OPS
+
+
+@dataclass(frozen=True)
+class Slot:
+    offset: int                  # bytes from the start of the arena (aligned)
+    size: int                    # bytes (unaligned)
+    start: int                   # index of the producing node (inclusive)
+    end: int                     # 1 + index of the last reader (exclusive)
+    view_of: str | None = None   # a view: the root whose bytes it aliases
+    strided: bool = False        # a view that is not a contiguous sub-range of its root
+
+
+def _align(n: int, alignment: int) -> int:
+    return -(-n // alignment) * alignment
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.2f}"
+
+
+def value_bytes(value: Value, dims: dict[str, int], act_bytes: int) -> int:
+    n = act_bytes
+    for d in value.shape:
+        if isinstance(d, str) and d not in dims:
+            raise ValueError(f"memory plan: '{value.name}' has symbolic dim '{d}' "
+                             f"{list(value.shape)}; only {sorted(dims)} are bound")
+        n *= dims.get(d, d) if isinstance(d, str) else d
+    return n
+
+
+def live_ranges(graph: Graph) -> tuple[dict[str, tuple[int, int]], dict[str, str]]:
+    """[start, end) of every value a node produces, and each view's root."""
+    root: dict[str, str] = {}
+    start: dict[str, int] = {}
+    last: dict[str, int] = {}
+    for i, node in enumerate(graph.nodes):
+        for name in filter(None, node.inputs):
+            last[name] = i
+            last[root.get(name, name)] = i       # reading a view reads its root
+        opdef = OPS.get(node.op)
+        for out in node.outputs:
+            start[out] = i
+            if opdef is not None and opdef.view and node.inputs:
+                root[out] = root.get(node.inputs[0], node.inputs[0])
+    return {v: (s, max(s, last.get(v, s)) + 1) for v, s in start.items()}, root
+
+
+def _best_fit(names: list[str], size: dict, ranges: dict, alignment: int) -> dict[str, int]:
+    offsets: dict[str, int] = {}
+    # Largest first: big buffers fix the layout and small ones fill the gaps between
+    # them (TFLite); ties by start, then name, so plans are deterministic.
+    for n in sorted(names, key=lambda n: (-size[n], ranges[n][0], n)):
+        s, e = ranges[n]
+        busy = sorted((offsets[m], offsets[m] + size[m]) for m in offsets
+                      if ranges[m][0] < e and s < ranges[m][1])
+        best, best_gap, cursor = None, None, 0
+        for lo, hi in busy:                        # gaps between overlapping values
+            if size[n] <= lo - cursor and (best_gap is None or lo - cursor < best_gap):
+                best, best_gap = cursor, lo - cursor
+            cursor = max(cursor, _align(hi, alignment))   # placed bytes may overlap each other
+        offsets[n] = cursor if best is None else best
+    return offsets
+
+
+@dataclass
+class MemoryPlan:
+    slots: dict[str, Slot]      # planned activations and their views
+    pinned: dict[str, int]      # graph outputs' own persistent buffers: name -> bytes
+    arena_bytes: int
+    naive_bytes: int            # one aligned buffer per planned value, no reuse
+    peak_live_bytes: int        # lower bound: most bytes live at any one step
+    alignment: int
+    enabled: bool
+
+    def summary(self) -> str:
+        return (f"memory reduced from {_mib(self.naive_bytes)} MiB (naive) to "
+                f"{_mib(self.arena_bytes)} MiB (planned; lower bound "
+                f"{_mib(self.peak_live_bytes)} MiB)")
+
+    def to_json(self) -> dict:
+        return {"naive_bytes": self.naive_bytes, "planned_bytes": self.arena_bytes,
+                "arena_bytes": self.arena_bytes, "peak_live_bytes": self.peak_live_bytes,
+                "alignment": self.alignment, "enabled": self.enabled,
+                "values": {n: {k: v for k, v in asdict(s).items() if v or k in
+                               ("offset", "size", "start", "end")}
+                           for n, s in self.slots.items()},
+                "pinned": {n: {"size": b} for n, b in self.pinned.items()}}
+
+    def table(self) -> str:
+        """Slots grouped by byte range: the values of a group share bytes over time."""
+        lines = [self.summary(), f"{'offset':>12} {'size':>12}  {'live':<12} value"]
+        views: dict[str, list[str]] = {}
+        for n, s in self.slots.items():
+            if s.view_of:
+                views.setdefault(s.view_of, []).append(n)
+        # Groups: runs of slots whose byte ranges overlap (transitively) share bytes.
+        groups: list[list] = []                    # [lo, hi, names]
+        for offset, _, n in sorted((s.offset, s.start, n) for n, s in self.slots.items()
+                                   if not s.view_of):
+            if not groups or offset >= groups[-1][1]:
+                groups.append([offset, offset, []])
+            groups[-1][1] = max(groups[-1][1], offset + self.slots[n].size)
+            groups[-1][2].append(n)
+        for lo, hi, names in groups:
+            lines.append(f"-- bytes [{lo}, {hi}) shared by {len(names)} value(s)")
+            for n in names:
+                s = self.slots[n]
+                lines.append(f"{s.offset:>12} {s.size:>12}  {f'[{s.start}, {s.end})':<12} {n}")
+                for v in views.get(n, []):
+                    vs = self.slots[v]
+                    kind = "strided view" if vs.strided else "view"
+                    lines.append(f"{'':>27}{f'[{vs.start}, {vs.end})':<12} {v} ({kind} of {n})")
+        for n, b in self.pinned.items():
+            lines.append(f"{'pinned':>12} {b:>12}  {'':<12} {n}")
+        return "\n".join(lines)
+
+
+def plan_memory(graph: Graph, *, max_tokens: int, max_seqs: int = 256, act_bytes: int = 4,
+                alignment: int = 64, enabled: bool = True) -> MemoryPlan:
+    """Offsets in one arena for the step's activations; see the module docstring."""
+    dims = {"T": max_tokens, "R": max_seqs, "B": max_seqs}
+    ranges, root = live_ranges(graph)
+    outputs = set(graph.outputs) | {root[o] for o in graph.outputs if o in root}
+    # Only activations some node produces: values of other kinds are pinned by their owners.
+    acts = {n for n, v in graph.values.items() if v.kind == "act" and n in ranges}
+    names = sorted((n for n in acts - outputs if n not in root), key=lambda n: (ranges[n], n))
+    size = {n: value_bytes(graph.values[n], dims, act_bytes) for n in names}
+    naive = sum(_align(b, alignment) for b in size.values())
+    if enabled:
+        offsets = _best_fit(names, size, ranges, alignment)
+    else:
+        ends = list(accumulate((_align(size[n], alignment) for n in names), initial=0))
+        offsets = dict(zip(names, ends))
+    slots = {n: Slot(offsets[n], size[n], *ranges[n]) for n in names}
+    producers = graph.producers()
+    for v, r in root.items():
+        if r in slots:
+            strided = "sizes" in producers[v].attrs
+            slots[v] = Slot(slots[r].offset, slots[r].size, *ranges[v], view_of=r, strided=strided)
+    delta = [0] * (len(graph.nodes) + 1)
+    for n in names:
+        delta[ranges[n][0]] += size[n]
+        delta[ranges[n][1]] -= size[n]
+    arena = _align(max((offsets[n] + size[n] for n in names), default=0), alignment)
+    # An output that is a view lives in its root's pinned buffer: list buffers, not views.
+    pinned = {n: value_bytes(graph.values[n], dims, act_bytes)
+              for n in sorted(outputs & acts) if n not in root}
+    return MemoryPlan(slots, pinned, arena, naive, max(accumulate(delta), default=0),
+                      alignment, enabled)

@@ -1,0 +1,54 @@
+"""The default model (SmolLM2-135M-Instruct, Q4_1 GGUF) against transformers loading the same file."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from rustinfer.runtime import LLM, SamplingParams
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = [
+    "What is the capital of France?",
+    "Write a short poem about the sea.",
+    "List three prime numbers and explain why they are prime.",
+]
+
+
+@pytest.fixture(scope="module")
+def llm(smollm2_gguf):
+    return LLM(model=str(smollm2_gguf), target="reference", max_model_len=512)
+
+
+@pytest.fixture(scope="module")
+def hf_model(smollm2_gguf):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name,
+                                                 dtype=torch.float32)
+    return model.eval()
+
+
+def test_default_alias_answers_paris(llm):
+    out = llm.chat([{"role": "user", "content": "What is the capital of France?"}],
+                   SamplingParams(max_tokens=32, temperature=0.0))
+    assert "Paris" in out.text, out.text
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_greedy_tokens_match_transformers_on_gguf(llm, hf_model, prompt):
+    ids = llm.tokenizer.encode_chat([{"role": "user", "content": prompt}])
+    with torch.no_grad():
+        want = hf_model.generate(torch.tensor([ids]), max_new_tokens=32, do_sample=False,
+                                 eos_token_id=None, pad_token_id=0, min_new_tokens=32)
+    ours = llm.generate([ids], SamplingParams(max_tokens=32, temperature=0.0, ignore_eos=True))
+    assert ours[0].token_ids == want[0, len(ids):].tolist()
+
+
+def test_logits_match_transformers_on_gguf(llm, hf_model):
+    ids = llm.tokenizer.encode_chat([{"role": "user", "content": PROMPTS[1]}])
+    with torch.no_grad():
+        want = hf_model(torch.tensor([ids])).logits[0].numpy()
+    got = llm.logits(ids)
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
