@@ -27,55 +27,44 @@ def _model_source(model: str | None):
 
 
 def compile_command(args) -> int:
-    from .bind import bind, select_spec
-    from .spec import load_spec
+    from .bind import select_spec
+    from .build import CompileOptions, compile_model
 
     started = time.perf_counter()
     config, ckpt, described = _model_source(args.model)
-    spec = load_spec(args.spec or select_spec(config))
-    graph = bind(spec, config, ckpt)
+    spec_file = args.spec or select_spec(config)
+    options = CompileOptions(target=args.target, max_tokens=args.max_tokens,
+                             plan_memory=not args.no_memory_plan, verify=not args.no_verify)
+    folder, cached = compile_model(spec_file, config, ckpt, options, out_dir=args.out,
+                                   use_cache=not args.force)
     elapsed = time.perf_counter() - started
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "00-parsed.txt").write_text(graph.to_text())
-    counts: dict[str, int] = {}
-    for node in graph.nodes:
-        counts[node.op] = counts.get(node.op, 0) + 1
-    weight_bytes = sum(4 * _numel(v.shape) for v in graph.weights())
-    lines = [
-        f"spec        {spec.file} (family {spec.family})",
-        f"model       {described}",
-        f"weights     {'checked against the checkpoint' if ckpt else 'not checked (no checkpoint)'}",
-        f"layers      {graph.symbols.get('n_layers', '?')}",
-        f"nodes       {len(graph.nodes)}  ({', '.join(f'{k} {v}' for k, v in counts.items())})",
-        f"weights     {len(graph.weights())} tensors, {weight_bytes / 2**20:.1f} MiB as float32",
-        f"kv caches   {len(graph.caches())}",
-        f"symbols     {', '.join(f'{k}={v}' for k, v in graph.symbols.items() if not isinstance(v, dict))}",
-        f"time        {elapsed * 1000:.0f} ms",
-    ]
-    (out / "summary.txt").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(f"wrote {out}/00-parsed.txt and {out}/summary.txt")
+    print((out / "report.txt").read_text(), end="")
+    print(f"model         {described}")
+    print(f"{'cache hit' if cached else 'compiled'}     {folder} ({elapsed * 1000:.0f} ms in all)")
+    print(f"wrote         {out}/plan.py, report.txt, memory.txt, memory.json, passes/")
     return 0
-
-
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="rustinfer-compile",
-        description="Validate a model spec, bind it to a checkpoint's config and weights, "
-                    "and write the resulting IR and a summary.")
+        description="Compile a model spec for a checkpoint: bind it, run the fusion passes, "
+                    "plan the workspace and write plan.py, per-pass IR dumps, the memory plan "
+                    "and a report into --out. Plans are cached in $RUSTINFER_CACHE/plans.")
     p.add_argument("spec", nargs="?", help="spec file or family name (default: chosen from "
                    "the model's config.json), e.g. specs/llama3.yaml")
     p.add_argument("--model", help="Hugging Face folder, .gguf file or alias "
                    "(default: smollm2-135m-instruct)")
     p.add_argument("--out", default="out", help="output folder (default: ./out)")
+    p.add_argument("--target", default="cpu-torch", choices=["cpu-torch"],
+                   help="cpu-torch: plan.py on torch kernels (default)")
+    p.add_argument("--max-tokens", type=int, default=2048,
+                   help="largest step (tokens) the workspace is planned for (default 2048)")
+    p.add_argument("--no-memory-plan", action="store_true",
+                   help="give every value its own buffer (to bisect a planning bug)")
+    p.add_argument("--no-verify", action="store_true", help="skip the IR verifier between passes")
+    p.add_argument("--force", action="store_true", help="recompile even if a cached plan exists")
     return p
 
 

@@ -120,6 +120,12 @@ def run_graph(graph: Graph, weights: dict[str, torch.Tensor], caches: dict[str, 
     value names to their persistent tensors, which attention updates in place.
     """
     env: dict[str, torch.Tensor] = {"tokens": step.token_ids, "positions": step.positions}
+    if "logit_rows" in graph.inputs:
+        # Added by the lm_head_last_token pass: the rows whose logits are wanted.
+        # The runtime sets step.logit_rows (each sequence's last row when
+        # generating); without it every row is kept, as in the unfused graph.
+        rows = getattr(step, "logit_rows", None)
+        env["logit_rows"] = torch.arange(step.num_tokens) if rows is None else rows
     for name in graph.inputs:
         if name not in env:
             raise KeyError(f"graph input '{name}' has no value in StepInputs")
@@ -149,3 +155,6 @@ def _call(node: Node, args, step):
     if fn is None:
         raise NotImplementedError(f"the reference interpreter has no op '{node.op}'")
     return fn(*args, **node.attrs, step=step)
+
+
+from . import fused_ops  # noqa: E402,F401  (registers the fused ops' references)

@@ -112,6 +112,9 @@ def load_spec(path: str | Path) -> Spec:
 
 
 def display_name(path: Path) -> str:
+    """How errors and reports name a spec file: specs/NAME.yaml for bundled specs."""
+    if path.resolve().parent == SPECS_DIR:
+        return f"specs/{path.name}"
     try:
         return str(path.resolve().relative_to(Path.cwd()))
     except ValueError:

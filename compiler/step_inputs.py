@@ -24,6 +24,10 @@ class StepInputs:
     block_tables: list[list[int]]  # [B][blocks] cache blocks of each sequence
     slot_mapping: torch.Tensor    # [T] int64 flat cache slot of each new token
     block_size: int
+    # [R] int64 rows of the step whose logits are wanted (graphs with the
+    # lm_head_last_token pass); None means every row.
+    logit_rows: torch.Tensor | None = None
+    block_table_tensor: torch.Tensor | None = None   # [B, max_blocks] int64, padded with 0
 
     @property
     def num_tokens(self) -> int:
@@ -34,8 +38,12 @@ class StepInputs:
         return len(self.context_lens)
 
     @staticmethod
-    def for_sequences(seqs: list[tuple[list[int], int, list[int]]], block_size: int) -> "StepInputs":
-        """Build a step from (new_token_ids, tokens_already_cached, block_table) per sequence."""
+    def for_sequences(seqs: list[tuple[list[int], int, list[int]]], block_size: int,
+                      logits: str = "last") -> "StepInputs":
+        """Build a step from (new_token_ids, tokens_already_cached, block_table) per sequence.
+
+        logits="last" asks for each sequence's last row (generation), "all" for every row
+        (scoring a prompt)."""
         tokens, positions, slots, starts, ctx, tables = [], [], [], [0], [], []
         for new_ids, cached, table in seqs:
             n = len(new_ids)
@@ -46,8 +54,13 @@ class StepInputs:
             starts.append(starts[-1] + n)
             ctx.append(cached + n)
             tables.append(list(table))
+        width = max((len(t) for t in tables), default=0)
+        padded = [t + [0] * (width - len(t)) for t in tables]
+        rows = list(range(starts[-1])) if logits == "all" else [s - 1 for s in starts[1:]]
         return StepInputs(
             token_ids=torch.tensor(tokens, dtype=torch.int64),
             positions=torch.tensor(positions, dtype=torch.int64),
             query_start=starts, context_lens=ctx, block_tables=tables,
-            slot_mapping=torch.tensor(slots, dtype=torch.int64), block_size=block_size)
+            slot_mapping=torch.tensor(slots, dtype=torch.int64), block_size=block_size,
+            logit_rows=torch.tensor(rows, dtype=torch.int64),
+            block_table_tensor=torch.tensor(padded, dtype=torch.int64).reshape(len(tables), width))

@@ -9,8 +9,9 @@ from pathlib import Path
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="Hugging Face folder, .gguf file or alias "
                    "(default: smollm2-135m-instruct, fetched once into $RUSTINFER_CACHE)")
-    p.add_argument("--target", default="reference",
-                   help="where the model runs (default: reference)")
+    p.add_argument("--target", default="cpu-torch", choices=["cpu-torch", "reference"],
+                   help="cpu-torch: the compiled plan on torch kernels (default); "
+                        "reference: the IR interpreter (slow, the oracle)")
     p.add_argument("--spec", help="spec file (default: chosen from config.json)")
     p.add_argument("--max-model-len", type=int, help="context length to size the KV cache for")
 
@@ -96,12 +97,16 @@ def cmd_chat(args) -> int:
 
 def cmd_inspect(args) -> int:
     folder = Path(args.dir)
-    summary = folder / "summary.txt"
-    if not summary.exists():
-        print(f"error: {folder} holds no compile output (summary.txt); run "
+    report = folder / "report.txt"
+    if not report.exists():
+        print(f"error: {folder} holds no compile output (report.txt); run "
               "`rustinfer-compile SPEC --model M --out DIR` first", file=sys.stderr)
         return 2
-    print(summary.read_text(), end="")
+    print(report.read_text(), end="")
+    if args.memory:
+        print((folder / "memory.txt").read_text(), end="")
+    if args.plan:
+        print((folder / "plan.py").read_text(), end="")
     return 0
 
 
@@ -127,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     inspect = sub.add_parser("inspect", help="print the report of a rustinfer-compile output")
     inspect.add_argument("dir")
+    inspect.add_argument("--memory", action="store_true", help="also print the slot table")
+    inspect.add_argument("--plan", action="store_true", help="also print plan.py")
     inspect.set_defaults(func=cmd_inspect)
     return parser
 

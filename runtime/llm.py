@@ -43,31 +43,57 @@ class RequestOutput:
 
 
 class LLM:
-    def __init__(self, model: str | Path | None = None, target: str = "reference",
+    def __init__(self, model: str | Path | None = None, target: str = "cpu-torch",
                  spec: str | Path | None = None, max_model_len: int | None = None,
-                 block_size: int = 16):
+                 block_size: int = 16, max_num_batched_tokens: int = 512):
+        """target: "cpu-torch" (the compiled plan on torch kernels) or "reference"
+        (the IR interpreter, the oracle). max_num_batched_tokens bounds one step;
+        longer prompts are prefilled in chunks."""
         started = time.perf_counter()
         self.model_path = resolve_model(None if model is None else str(model))
         self.checkpoint = open_checkpoint(self.model_path)
         self.config = self.checkpoint.config
-        self.spec = load_spec(spec or select_spec(self.config))
+        self.spec_path = str(spec or select_spec(self.config))
+        self.spec = load_spec(self.spec_path)
         self.graph = bind(self.spec, self.config, self.checkpoint)
         self.tokenizer = _load_tokenizer(self.checkpoint)
         limit = int(self.graph.symbols.get("max_pos") or DEFAULT_MAX_MODEL_LEN)
         self.max_model_len = min(limit, max_model_len or DEFAULT_MAX_MODEL_LEN)
         self.block_size = block_size
-        weights = load_graph_weights(self.graph, self.checkpoint)
         blocks = math.ceil(self.max_model_len / block_size)
-        self.executor = make_executor(target, self.graph, weights, blocks, block_size)
         self.target = target
+        self.plan_dir = None
+        if target == "reference":
+            weights = load_graph_weights(self.graph, self.checkpoint)
+            self.executor = make_executor(target, self.graph, weights, blocks, block_size)
+            self.max_step_tokens = self.max_model_len
+        elif target == "cpu-torch":
+            from rustinfer.compiler.build import CompileOptions, compile_model
+
+            from .plan_executor import PlanExecutor
+
+            options = CompileOptions(target=target, max_tokens=max_num_batched_tokens)
+            self.plan_dir, self.plan_cached = compile_model(self.spec_path, self.config,
+                                                            self.checkpoint, options)
+            self.executor = PlanExecutor(self.plan_dir / "plan.py", self.checkpoint,
+                                         num_blocks=blocks, block_size=block_size,
+                                         max_model_len=self.max_model_len, target=target)
+            self.max_step_tokens = max_num_batched_tokens
+        else:
+            raise ValueError(f"unknown target '{target}'; choose cpu-torch or reference")
         self.load_seconds = time.perf_counter() - started
 
     # -- token-level API ---------------------------------------------------
     def logits(self, token_ids: list[int]) -> np.ndarray:
         """float32 logits [T, vocab] for every position of one sequence."""
         ids = self._check_prompt(list(token_ids), extra=0)
-        step = StepInputs.for_sequences([(ids, 0, self._blocks(len(ids)))], self.block_size)
-        return self.executor.forward(step).float().numpy().copy()
+        blocks = self._blocks(len(ids))
+        rows = []
+        for start in range(0, len(ids), self.max_step_tokens):
+            chunk = ids[start:start + self.max_step_tokens]
+            step = StepInputs.for_sequences([(chunk, start, blocks)], self.block_size, logits="all")
+            rows.append(self.executor.forward(step).float().numpy().copy())
+        return np.concatenate(rows)
 
     def generate(self, prompts: str | list[int] | Iterable[str | list[int]],
                  params: SamplingParams | None = None) -> list[RequestOutput]:
@@ -106,7 +132,14 @@ class LLM:
         sampler = Sampler(params)
         stop = StopChecker(self.tokenizer, params)
         blocks = self._blocks(len(ids) + budget)
-        cached, new = 0, ids
+        # Prefill in chunks of at most max_step_tokens; only the last chunk's logits matter.
+        cached = 0
+        while len(ids) - cached > self.max_step_tokens:
+            chunk = ids[cached:cached + self.max_step_tokens]
+            self.executor.forward(StepInputs.for_sequences([(chunk, cached, blocks)],
+                                                           self.block_size))
+            cached += len(chunk)
+        new = ids[cached:]
         while True:
             step = StepInputs.for_sequences([(new, cached, blocks)], self.block_size)
             logits = self.executor.forward(step)[-1]

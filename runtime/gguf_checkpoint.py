@@ -1,0 +1,428 @@
+"""GGUF files (llama.cpp's format), presented in Hugging Face naming and layout.
+
+Three translations happen here so that nothing above this module sees GGUF:
+
+1. Names: llama.cpp's `blk.{i}.attn_q.weight` becomes `model.layers.{i}.self_attn.q_proj.weight`.
+2. Layout: llama.cpp's converter permutes the rows of q_proj and k_proj (weights
+   and biases) so that its rotary kernel can rotate adjacent pairs (GPT-J style)
+   where Hugging Face rotates the two halves of each head (NeoX style). We undo
+   that row permutation, on dequantized values (`load`) and on raw block rows
+   (`raw`), which is the same reordering because each row is whole blocks.
+3. Config: the `llama.*` metadata becomes a LlamaConfig-style dict.
+
+The header is parsed here rather than with `gguf.GGUFReader`: that reader builds
+one numpy memmap per string of the tokenizer vocabulary and takes 2-4 s to open
+SmolLM2; this parser takes ~0.1 s. Block decoding uses `gguf.quants.dequantize`
+(the gguf package's numpy port of ggml's decoders) and gguf's type table.
+
+Only `general.architecture == "llama"` is accepted (Llama 2/3.x, SmolLM2,
+Mistral-as-llama): the Q/K permutation and the name map are llama's.
+"""
+
+from __future__ import annotations
+
+import math
+import mmap
+import pathlib
+import re
+import struct
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf.quants import dequantize
+
+from .checkpoint import Checkpoint, CheckpointError
+
+# GGUF value types (gguf.GGUFValueType): struct formats of the scalar ones.
+_STRING, _ARRAY = 8, 9
+_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+_FLOAT32 = 6
+
+_LAYER_NAMES = {
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+_GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+# Tensors with no Hugging Face counterpart: rope_freqs is folded into config["rope_scaling"];
+# attn_rot_embd (old converters) is the rotary table, which Hugging Face recomputes.
+_NOT_WEIGHTS = re.compile(r"rope_freqs\.weight|blk\.\d+\.attn_rot_embd\.weight")
+_BLOCK = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
+_FLOAT_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+
+
+def gguf_to_hf_name(name: str) -> str | None:
+    """The Hugging Face name of a llama GGUF tensor, or None when it has none."""
+    if m := _BLOCK.fullmatch(name):
+        i, part, kind = m.groups()
+        if part in _LAYER_NAMES:
+            return f"model.layers.{i}.{_LAYER_NAMES[part]}.{kind}"
+        return None
+    stem, _, kind = name.rpartition(".")
+    if stem in _GLOBAL_NAMES and kind in ("weight", "bias"):
+        return f"{_GLOBAL_NAMES[stem]}.{kind}"
+    return None
+
+
+class _Tensor:
+    """One tensor's header entry: GGML type, ggml dims (innermost first), raw bytes."""
+
+    __slots__ = ("name", "qtype", "dims", "data")
+
+    def __init__(self, name: str, qtype: GGMLQuantizationType, dims: tuple[int, ...], data: np.ndarray):
+        self.name, self.qtype, self.dims, self.data = name, qtype, dims, data
+
+
+class _GGUFFile:
+    """A minimal GGUF v2/v3 header parser over a read-only memory map.
+
+    Attributes: metadata (key -> Python value), value_types (key -> GGUF value
+    type), tensors (GGUF name -> _Tensor, file order). Tensor data stays in the
+    map: `_Tensor.data` is a uint8 view of shape [rows..., bytes_per_row].
+    """
+
+    def __init__(self, path: pathlib.Path):
+        self.path = path
+        with open(path, "rb") as f:
+            try:
+                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            except ValueError:  # an empty file cannot be mapped
+                raise CheckpointError(f"{path}: empty file; re-download it.") from None
+        self._buf = memoryview(self._map)
+        self._pos = 0
+        try:
+            self._parse()
+        except (struct.error, IndexError, ValueError, UnicodeDecodeError) as e:
+            raise CheckpointError(
+                f"{path}: malformed GGUF header ({type(e).__name__}: {e}); the file is truncated "
+                "or not a GGUF file. Re-download it."
+            ) from e
+
+    def _unpack(self, fmt: str) -> tuple:
+        values = struct.unpack_from("<" + fmt, self._buf, self._pos)
+        self._pos += struct.calcsize("<" + fmt)
+        return values
+
+    def _string(self) -> str:
+        (n,) = self._unpack("Q")
+        s = bytes(self._buf[self._pos : self._pos + n])
+        if len(s) != n:
+            raise ValueError(f"string of {n} bytes runs past the end of the file")
+        self._pos += n
+        # surrogateescape: lossless for the odd vocabulary entry that is not valid UTF-8.
+        return s.decode("utf-8", errors="surrogateescape")
+
+    def _value(self, vtype: int) -> Any:
+        if vtype == _STRING:
+            return self._string()
+        if vtype == _ARRAY:
+            etype, count = self._unpack("IQ")
+            if etype in _SCALARS:  # numeric array: one numpy read, not `count` struct calls
+                dt = np.dtype("<" + _SCALARS[etype]) if etype != 7 else np.dtype(np.bool_)
+                arr = np.frombuffer(self._buf, dtype=dt, count=count, offset=self._pos)
+                self._pos += arr.nbytes
+                return arr.tolist()
+            return [self._value(etype) for _ in range(count)]
+        if vtype not in _SCALARS:
+            raise ValueError(f"unknown GGUF value type {vtype}")
+        return self._unpack(_SCALARS[vtype])[0]
+
+    def _parse(self) -> None:
+        magic, version = self._unpack("4sI")
+        if magic != b"GGUF":
+            raise CheckpointError(f"{self.path}: not a GGUF file (no 'GGUF' magic).")
+        if version & 0xFFFF == 0:
+            raise CheckpointError(f"{self.path}: a big-endian GGUF file; convert it to little-endian.")
+        if version < 2:
+            raise CheckpointError(f"{self.path}: GGUF version {version} is too old; re-convert with a recent llama.cpp.")
+        n_tensors, n_kv = self._unpack("QQ")
+        self.metadata: dict[str, Any] = {}
+        self.value_types: dict[str, int] = {}
+        for _ in range(n_kv):
+            key = self._string()
+            (vtype,) = self._unpack("I")
+            self.value_types[key] = vtype
+            self.metadata[key] = self._value(vtype)
+        infos = []
+        for _ in range(n_tensors):
+            name = self._string()
+            (n_dims,) = self._unpack("I")
+            dims = self._unpack("Q" * n_dims)
+            qtype_id, offset = self._unpack("IQ")
+            infos.append((name, dims, qtype_id, offset))
+        align = int(self.metadata.get("general.alignment", 32))
+        start = -(-self._pos // align) * align
+        self.tensors: dict[str, _Tensor] = {}
+        for name, dims, qtype_id, offset in infos:
+            try:
+                qtype = GGMLQuantizationType(qtype_id)
+            except ValueError:
+                raise CheckpointError(
+                    f"{self.path}: tensor {name!r} has GGML type {qtype_id}, unknown to gguf "
+                    f"{_gguf_version()}; upgrade the gguf package."
+                ) from None
+            block, type_size = GGML_QUANT_SIZES[qtype]
+            n_bytes = math.prod(dims) // block * type_size
+            if start + offset + n_bytes > len(self._map):
+                raise CheckpointError(
+                    f"{self.path}: tensor {name!r} ends past the end of the file; the file is "
+                    "truncated (an interrupted download?). Re-download it."
+                )
+            row_bytes = dims[0] // block * type_size
+            data = np.frombuffer(self._buf, dtype=np.uint8, count=n_bytes, offset=start + offset)
+            self.tensors[name] = _Tensor(name, qtype, tuple(dims), data.reshape(*dims[:0:-1], row_bytes))
+
+
+def _gguf_version() -> str:
+    import gguf
+
+    return getattr(gguf, "__version__", "(installed version)")
+
+
+class GGUFCheckpoint(Checkpoint):
+    format = "gguf"
+
+    def __init__(self, path: pathlib.Path):
+        self.path = pathlib.Path(path)
+        self._file = _GGUFFile(self.path)
+        md = self._file.metadata
+        arch = md.get("general.architecture")
+        if arch != "llama":
+            raise CheckpointError(
+                f"{self.path}: GGUF architecture {arch!r} is not supported; rustinfer reads llama "
+                "GGUF files (Llama 2/3.x, SmolLM2). Use the model's Hugging Face folder instead."
+            )
+        self._hf: dict[str, _Tensor] = {}
+        unknown = []
+        for name, t in self._file.tensors.items():
+            hf = gguf_to_hf_name(name)
+            if hf is not None:
+                self._hf[hf] = t
+            elif not _NOT_WEIGHTS.fullmatch(name):
+                unknown.append(name)
+        if unknown:
+            # Dropping tensors silently would build a wrong model; say which ones are unknown.
+            raise CheckpointError(
+                f"{self.path}: tensors with no known Hugging Face name: {', '.join(unknown[:8])}"
+                f"{' ...' if len(unknown) > 8 else ''}. This llama GGUF has parts rustinfer does not map."
+            )
+        self.config = self._config()
+        self._perm_cache: dict[tuple[int, int], np.ndarray] = {}
+
+    # -- tensors ------------------------------------------------------------------
+
+    def _tensor(self, name: str) -> _Tensor:
+        t = self._hf.get(name)
+        if t is None:
+            raise self._missing(name)
+        return t
+
+    def names(self) -> list[str]:
+        return list(self._hf)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._hf
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(reversed(self._tensor(name).dims))
+
+    def dtype(self, name: str) -> str:
+        """Float tensors read "float32"/"float16"/"bfloat16" as on safetensors; others their GGML name."""
+        q = self._tensor(name).qtype.name
+        return _FLOAT_NAMES.get(q, q)
+
+    def load(self, name: str) -> torch.Tensor:
+        t = self._tensor(name)
+        try:
+            values = dequantize(t.data, t.qtype)
+        except NotImplementedError as e:
+            raise CheckpointError(f"{self.path}: cannot decode {name!r} ({t.qtype.name}): {e}") from e
+        values = values.reshape(self.shape(name))
+        rows = self._rows(name)
+        if rows is not None:
+            values = values[rows]
+        # Copy: the map is read-only, and a tensor that owns its memory outlives the checkpoint.
+        return torch.from_numpy(np.array(values, dtype=np.float32, copy=True))
+
+    def raw(self, name: str) -> tuple[str, np.ndarray]:
+        """(GGML type name, uint8 array [rows..., bytes_per_row]) with rows in Hugging Face order.
+
+        A read-only view of the file where no reordering is needed (a copy for q/k_proj).
+        """
+        t = self._tensor(name)
+        rows = self._rows(name)
+        return t.qtype.name, (t.data if rows is None else t.data[rows])
+
+    # -- the rotary row permutation -----------------------------------------------
+
+    def _rows(self, name: str) -> np.ndarray | None:
+        """Row order that undoes llama.cpp's q/k permutation, or None for other tensors.
+
+        llama.cpp (convert_hf_to_gguf.py, LlamaModel.permute) reshapes each head's
+        rows as [2, head_dim/2] and swaps to [head_dim/2, 2], interleaving the two
+        rotary halves; we gather rows with the inverse, as transformers'
+        LlamaTensorProcessor._reverse_permute_weights does.
+        """
+        if ".self_attn.q_proj." in name:
+            heads = self.config["num_attention_heads"]
+        elif ".self_attn.k_proj." in name:
+            heads = self.config["num_key_value_heads"]
+        else:
+            return None
+        n = self.shape(name)[0]
+        key = (n, heads)
+        if key not in self._perm_cache:
+            half = n // heads // 2
+            gguf_rows = np.arange(n).reshape(heads, 2, half).swapaxes(1, 2).reshape(n)  # hf row at gguf pos
+            self._perm_cache[key] = np.argsort(gguf_rows)  # gguf row holding each hf row
+        return self._perm_cache[key]
+
+    # -- metadata and config ------------------------------------------------------
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return self._file.metadata
+
+    def _config(self) -> dict[str, Any]:
+        md = self._file.metadata
+
+        def get(key: str, default: Any = None, required: bool = False) -> Any:
+            if key not in md:
+                if required:
+                    raise CheckpointError(f"{self.path}: GGUF metadata lacks {key!r}; re-convert the model.")
+                return default
+            v = md[key]
+            # llama.cpp stores floats as float32: 1e-5 arrives as 9.999999747378752e-06.
+            # Use the shortest decimal that is the same float32, which is what config.json said.
+            return float(str(np.float32(v))) if self._file.value_types.get(key) == _FLOAT32 else v
+
+        hidden = get("llama.embedding_length", required=True)
+        heads = get("llama.attention.head_count", required=True)
+        kv_heads = get("llama.attention.head_count_kv", heads)
+        # key_length is the real per-head width when it is not hidden/heads; for llama the
+        # rotary width (rope.dimension_count) is the whole head, so either one gives head_dim.
+        head_dim = get("llama.attention.key_length") or get("llama.rope.dimension_count") or hidden // heads
+        if "blk.0.attn_q.weight" in self._file.tensors:
+            q_rows = self._file.tensors["blk.0.attn_q.weight"].dims[1]
+            if q_rows != heads * head_dim:
+                raise CheckpointError(
+                    f"{self.path}: attn_q has {q_rows} rows, but the metadata says {heads} heads of "
+                    f"{head_dim}; the file is inconsistent."
+                )
+        embd = self._file.tensors.get("token_embd.weight")
+        vocab = embd.dims[1] if embd is not None else get("llama.vocab_size") or len(md.get("tokenizer.ggml.tokens", []))
+        theta = get("llama.rope.freq_base", 10000.0)
+        return {
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "hidden_size": hidden,
+            "intermediate_size": get("llama.feed_forward_length", required=True),
+            "num_hidden_layers": get("llama.block_count", required=True),
+            "num_attention_heads": heads,
+            "num_key_value_heads": kv_heads,
+            "head_dim": head_dim,
+            "hidden_act": "silu",
+            "rms_norm_eps": get("llama.attention.layer_norm_rms_epsilon", 1e-5),
+            "rope_theta": theta,
+            "rope_scaling": self._rope_scaling(get, theta, head_dim),
+            "max_position_embeddings": get("llama.context_length", 2048),
+            "vocab_size": vocab,
+            # llama.cpp writes output.weight only when it differs from the embedding.
+            "tie_word_embeddings": "output.weight" not in self._file.tensors,
+            "attention_bias": "blk.0.attn_q.bias" in self._file.tensors,
+            "mlp_bias": False,
+            "bos_token_id": get("tokenizer.ggml.bos_token_id"),
+            "eos_token_id": get("tokenizer.ggml.eos_token_id"),
+        }
+
+    def _rope_scaling(self, get, theta: float, head_dim: int) -> dict[str, Any] | None:
+        """Hugging Face rope_scaling from the metadata, or from the rope_freqs tensor for llama3.
+
+        llama.cpp's converter writes `rope.scaling.*` keys for linear and yarn
+        scaling, but for Llama 3.1's "llama3" scaling it writes no key at all: it
+        precomputes one divisor per rotary frequency into a `rope_freqs` tensor.
+        We fit the llama3 parameters back from that tensor (see
+        `llama3_rope_scaling_from_freqs`).
+        """
+        kind = get("llama.rope.scaling.type")
+        factor = get("llama.rope.scaling.factor")
+        if kind is None and get("llama.rope.scale_linear"):  # the key of pre-2024 converters
+            kind, factor = "linear", get("llama.rope.scale_linear")
+        if kind not in (None, "none") and factor:
+            out: dict[str, Any] = {"rope_type": kind, "factor": factor}
+            if orig := get("llama.rope.scaling.original_context_length"):
+                out["original_max_position_embeddings"] = orig
+            return out
+        freqs = self._file.tensors.get("rope_freqs.weight")
+        if freqs is not None:
+            return llama3_rope_scaling_from_freqs(dequantize(freqs.data, freqs.qtype).ravel(), theta, head_dim)
+        return None
+
+
+# The converter reads `original_max_position_embeddings` from the top level of
+# config.json, where Llama 3.1 does not put it (it is inside rope_scaling), so
+# every converted file used this default. It happens to be Llama 3.1's value.
+_LLAMA_CPP_ORIGINAL_CONTEXT = 8192
+
+
+def llama3_factors(theta: float, head_dim: int, factor: float, low: float, high: float,
+                   original: int = _LLAMA_CPP_ORIGINAL_CONTEXT) -> np.ndarray:
+    """llama.cpp's rope_freqs for Llama 3 scaling (convert_hf_to_gguf.py, LlamaModel)."""
+    freqs = 1.0 / (np.float32(theta) ** (np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)))
+    wavelen = 2 * math.pi / freqs.astype(np.float64)
+    smooth = (original / wavelen - low) / (high - low)
+    mid = 1 / ((1 - smooth) / factor + smooth)
+    return np.where(wavelen < original / high, 1.0, np.where(wavelen > original / low, factor, mid))
+
+
+def llama3_rope_scaling_from_freqs(factors: np.ndarray, theta: float, head_dim: int) -> dict[str, Any] | None:
+    """Recover Hugging Face's llama3 rope_scaling from llama.cpp's rope_freqs tensor.
+
+    factor is the largest divisor. The divisors in the transition band satisfy
+    1/r = (1-s)/factor + s with s linear in original/wavelen; a line fit gives
+    low_freq_factor and high_freq_factor for original = 8192 (the converter's
+    value). With fewer than two points in the band the fit is underdetermined
+    and Llama 3's published (1, 4) is tried. The choice is checked by recomputing
+    the tensor; a mismatch warns (the model still loads, with the best guess).
+    """
+    r = np.asarray(factors, dtype=np.float64)
+    factor = float(str(np.float32(r.max())))
+    if factor <= 1.0 + 1e-6:
+        return None
+    orig = _LLAMA_CPP_ORIGINAL_CONTEXT
+    freqs = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+    x = orig * freqs / (2 * math.pi)
+    s = (1 / r - 1 / factor) / (1 - 1 / factor)
+    band = (r > 1 + 1e-6) & (r < factor * (1 - 1e-6))
+    candidates = [(1.0, 4.0)]
+    if band.sum() >= 2:
+        slope, intercept = np.polyfit(x[band], s[band], 1)
+        low = -intercept / slope
+        candidates.insert(0, (round(low, 4), round(low + 1 / slope, 4)))
+
+    def error(c: tuple[float, float]) -> float:
+        return float(np.abs(llama3_factors(theta, head_dim, factor, *c) - r).max())
+
+    low, high = min(candidates, key=error)
+    if len(r) != head_dim // 2 or error((low, high)) > 1e-3 * factor:
+        warnings.warn(
+            f"rope_freqs does not match llama3 scaling with factor={factor}, low_freq_factor={low}, "
+            f"high_freq_factor={high}, original_max_position_embeddings={orig}; using those anyway.",
+            stacklevel=3,
+        )
+    return {
+        "rope_type": "llama3",
+        "factor": factor,
+        "low_freq_factor": float(low),
+        "high_freq_factor": float(high),
+        "original_max_position_embeddings": orig,
+    }
