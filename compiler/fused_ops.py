@@ -11,13 +11,17 @@ ops take this layer's (k_cache, v_cache) as their last two inputs, each
 output is not wanted (dead_value_removal blanks unused outputs of multi-output
 nodes; kernels may skip storing it).
 
-    op                inputs                                   outputs                attrs
-    split             x [T, sum(sizes)]                        one [T, s] per size    sizes (view)
-    swiglu            gu [T, 2F]                               [T, F]                 -
-    rope_kv_write     q, k, v, positions, k_cache, v_cache     q_rot [T, H*D]         heads, kv_heads, head_dim, theta, scaling
-    cached_attention  q_rot, k_cache, v_cache                  [T, H*D]               heads, kv_heads, head_dim, scale
-    add_rms_norm      a, b, weight                             (normed, a + b)        eps, offset
-    gather_rows       x [T, D], rows [R] int64                 [R, D]                 -
+    op                inputs                                outputs               attrs
+    split             x [T, sum(sizes)]                     one [T, s] per size   sizes (view)
+    swiglu            gu [T, 2F]                            [T, F]
+    rope_kv_write     q, k, v, positions, k_cache, v_cache  q_rot [T, H*D]        (1)
+    cached_attention  q_rot, k_cache, v_cache               [T, H*D]              (2)
+    add_rms_norm      a, b, weight                          (normed, a + b)       eps, offset
+    gather_rows       x [T, D], rows [R] int64              [R, D]
+
+    split's outputs are column blocks of x: row stride sum(sizes), not their width.
+    (1) heads, kv_heads, head_dim, theta, scaling; side effects (writes the cache)
+    (2) heads, kv_heads, head_dim, scale (None: head_dim ** -0.5)
 """
 from __future__ import annotations
 
@@ -108,6 +112,7 @@ def _gather_rows(shapes, attrs):
     return [(rows[0], x[1])]
 
 
+# outputs=-1: variadic, one output per entry of `sizes`.
 register(OpDef("split", ("x",), attrs={"sizes": REQUIRED}, infer=_split, outputs=-1,
                primitive=False, view=True,
                doc="split the last dim into len(sizes) column blocks (views into x)"))

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import ast
 import textwrap
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from .ir import Graph, Node, Value
@@ -402,7 +402,9 @@ def rewrite_all(graph: Graph, pattern: Pattern, fn: RewriteFn) -> tuple[Graph, i
     (new graph, number of rewrites). Matches are taken in graph order and
     never overlap (each rewrite restarts the search on the updated graph)."""
     graph = graph.clone()
-    rejected: set[tuple[int, ...]] = set()
+    # Matches whose rewrite was illegal, by node identity (the dict keeps the
+    # nodes alive so that their ids are not reused by new nodes).
+    rejected: dict[tuple[int, ...], list[Node]] = {}
     count = 0
     limit = 4 * len(graph.nodes) + 16
     while True:
@@ -415,7 +417,7 @@ def rewrite_all(graph: Graph, pattern: Pattern, fn: RewriteFn) -> tuple[Graph, i
                 count += 1
                 applied = True
                 break
-            rejected.add(key)
+            rejected[key] = match.nodes
         if not applied:
             return graph, count
         if count > limit:

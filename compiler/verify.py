@@ -35,7 +35,8 @@ class VerifyError(ValueError):
         self.problems = problems
         head = f"IR verification failed{f' after pass {after!r}' if after else ''}: "
         listed = "\n  - ".join(problems[:MAX_LISTED])
-        more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+        extra = len(problems) - MAX_LISTED
+        more = f"\n  ... and {extra} more" if extra > 0 else ""
         super().__init__(f"{head}{len(problems)} problem(s)\n  - {listed}{more}")
 
 

@@ -15,11 +15,17 @@ fi
 # Reinstall only when the project's requirements changed since the last install.
 want="$(cat pyproject.toml scripts/setup-venv.sh | cksum)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-    "$venv/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
     spec="."; [ -n "$extras" ] && spec=".[$extras]"
+    echo "rustinfer: installing into $venv (first run only; a few minutes)..." >&2
+    log="$venv/install.log"
     # numpy<2.4: triton's interpreter (used by the kernel tests) breaks on numpy 2.4.
-    "$venv/bin/python" -m pip install -q "${RUSTINFER_TORCH:-torch==2.13.0}" "numpy<2.4" -e "$spec" 2>&1 \
-        | grep -v '^WARNING: Location' || true
+    if ! { "$venv/bin/python" -m pip install -q --upgrade pip &&
+           "$venv/bin/python" -m pip install -q "${RUSTINFER_TORCH:-torch==2.13.0}" "numpy<2.4" \
+               -e "$spec"; } > "$log" 2>&1; then
+        cat "$log" >&2
+        echo "rustinfer: installation failed (log above, also in $log)" >&2
+        exit 1
+    fi
     "$venv/bin/python" -c "import rustinfer.compiler, rustinfer.runtime, rustinfer.kernels, rustinfer.server"
     echo "$want" > "$stamp"
 fi

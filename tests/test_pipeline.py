@@ -128,3 +128,29 @@ def test_a_broken_pass_is_caught_by_name(monkeypatch):
     with pytest.raises(VerifyError, match="after pass 'broken'"):
         run_pipeline(llama(num_hidden_layers=1))
     run_pipeline(llama(num_hidden_layers=1), verify=False)   # unchecked when asked
+
+
+def test_fused_ops_are_registered_and_not_spec_ops():
+    import textwrap
+
+    from rustinfer.compiler.errors import SpecError
+    from rustinfer.compiler.fused_ops import FUSED_OPS
+    from rustinfer.compiler.interpreter import REFERENCE_OPS
+    from rustinfer.compiler.ops import OPS
+    from rustinfer.compiler.spec import parse_spec
+
+    for op in FUSED_OPS:
+        assert not OPS[op].primitive and OPS[op].infer is not None and op in REFERENCE_OPS
+    text = """
+    family: t
+    config: {d: {default: 4}}
+    inputs: {tokens: {shape: [T], dtype: int64}}
+    weights: {emb: {name: emb, shape: [9, d]}}
+    prologue:
+      - x: embedding(tokens, emb)
+      - y: swiglu(x)
+    layers: {count: 0, body: []}
+    outputs: [y]
+    """
+    with pytest.raises(SpecError, match="unknown op 'swiglu'"):
+        parse_spec(textwrap.dedent(text), "t.yaml")

@@ -52,3 +52,15 @@ def test_logits_match_transformers_on_gguf(llm, hf_model):
         want = hf_model(torch.tensor([ids])).logits[0].numpy()
     got = llm.logits(ids)
     assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+
+
+def test_compiled_plan_matches_reference_on_smollm2(llm, smollm2_gguf, tmp_path, monkeypatch):
+    monkeypatch.setenv("RUSTINFER_CACHE", str(tmp_path))    # compile afresh, not from a cache
+    plan = LLM(model=str(smollm2_gguf), target="cpu-torch", max_model_len=512,
+               max_num_batched_tokens=64)
+    assert not plan.plan_cached
+    ids = llm.tokenizer.encode_chat([{"role": "user", "content": PROMPTS[2]}])
+    want, got = llm.logits(ids), plan.logits(ids)
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+    params = SamplingParams(max_tokens=32, temperature=0.0, ignore_eos=True)
+    assert plan.generate([ids], params)[0].token_ids == llm.generate([ids], params)[0].token_ids

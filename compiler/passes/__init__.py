@@ -6,3 +6,5 @@ new graph and how many rewrites it made, and keeps every invariant that
 its pre- and post-conditions, and which passes must run before it. The order
 they run in is `pipeline.PASSES`.
 """
+
+from .. import fused_ops  # noqa: F401  (passes introduce the fused ops: register them first)

@@ -6,7 +6,8 @@ Matches (mul is commutative; gate, up and the activation used by nothing else):
 
 Produces, at the first matched node:
 
-    gu = linear(x, W_gate_up, [b_gate_up])   W_gate_up derive=("concat", [wg, wu], 0): gate rows first
+    gu = linear(x, W_gate_up, [b_gate_up])   W_gate_up: derive=("concat", [wg, wu], 0),
+                                             gate rows first
     m  = swiglu(gu)                          [T, 2F] -> [T, F]: silu(gu[:, :F]) * gu[:, F:]
 
 Pre: gate and up are plain checkpoint weights (so fuse_qkv, which only fuses

@@ -1,0 +1,58 @@
+"""The command-line tools, driven as a user would (in-process for speed)."""
+from __future__ import annotations
+
+import pytest
+
+from hf_models import PARITY_CONFIGS, make_llama
+from rustinfer.compiler import cli as compile_cli
+from rustinfer.runtime import cli as rustinfer_cli
+
+
+@pytest.fixture()
+def tiny_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("RUSTINFER_CACHE", str(tmp_path / "cache"))
+    make_llama(tmp_path / "model", **PARITY_CONFIGS["gqa-tied"])
+    return tmp_path / "model"
+
+
+def test_compile_writes_plan_dumps_memory_and_report_then_hits_cache(tiny_model, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert compile_cli.main(["specs/llama3.yaml", "--model", str(tiny_model), "--out", str(out)]) == 0
+    first = capsys.readouterr().out
+    assert "compiled" in first and "fuse_qkv x2" in first and "naive" in first
+    for name in ("plan.py", "report.txt", "memory.txt", "memory.json", "passes/00-parsed.txt",
+                 "passes/01-fuse_qkv.txt"):
+        assert (out / name).exists(), name
+    import json
+    memory = json.loads((out / "memory.json").read_text())
+    assert memory["planned_bytes"] < memory["naive_bytes"]
+    assert compile_cli.main(["specs/llama3.yaml", "--model", str(tiny_model), "--out", str(out)]) == 0
+    assert "cache hit" in capsys.readouterr().out
+    assert rustinfer_cli.main(["inspect", str(out), "--memory"]) == 0
+    shown = capsys.readouterr().out
+    assert "fuse_rope_kv x2" in shown and "offset" in shown
+
+
+def test_compile_reports_spec_errors_with_file_and_line(tiny_model, tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(open("specs/llama3.yaml").read().replace("silu(mlp.gate)", "sillu(mlp.gate)"))
+    assert compile_cli.main([str(bad), "--model", str(tiny_model), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "bad.yaml:" in err and "unknown op 'sillu'" in err and "did you mean 'silu'" in err
+
+
+def test_inspect_explains_a_folder_without_compile_output(tmp_path, capsys):
+    assert rustinfer_cli.main(["inspect", str(tmp_path)]) == 2
+    assert "run `rustinfer-compile" in capsys.readouterr().err
+
+
+def test_generate_without_tokenizer_says_so(tiny_model, capsys):
+    assert rustinfer_cli.main(["generate", "hi", "--model", str(tiny_model)]) == 2
+    assert "no tokenizer" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_generate_streams_an_answer_from_the_default_model(smollm2_gguf, capsys):
+    assert rustinfer_cli.main(["generate", "What is the capital of France?",
+                               "--max-tokens", "24"]) == 0
+    assert "Paris" in capsys.readouterr().out
