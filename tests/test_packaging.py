@@ -8,6 +8,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 IMPORTS = ("import rustinfer.compiler, rustinfer.runtime, rustinfer.kernels, rustinfer.server; "
+           "from rustinfer.compiler.pipeline import run_pipeline; "
            "from rustinfer.compiler.spec import SPECS_DIR; "
            "assert (SPECS_DIR / 'llama3.yaml').exists(), SPECS_DIR; print('ok')")
 
@@ -27,6 +28,7 @@ def test_wheel_installs_only_the_rustinfer_namespace_and_imports(tmp_path):
     assert {t for t in top if not t.endswith(".dist-info")} == {"rustinfer"}
     assert "rustinfer/specs/llama3.yaml" in names
     assert "rustinfer/compiler/interpreter.py" in names
+    assert "rustinfer/compiler/passes/fuse_qkv.py" in names
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     # -S -I: no site-packages of the editable install; dependencies come via PYTHONPATH.
