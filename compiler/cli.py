@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -39,6 +40,8 @@ def compile_command(args) -> int:
                                    use_cache=not args.force)
     elapsed = time.perf_counter() - started
     out = Path(args.out)
+    if args.dump:
+        shutil.copytree(out / "passes", args.dump, dirs_exist_ok=True)
     print((out / "report.txt").read_text(), end="")
     print(f"model         {described}")
     print(f"{'cache hit' if cached else 'compiled'}     {folder} ({elapsed * 1000:.0f} ms in all)")
@@ -65,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="give every value its own buffer (to bisect a planning bug)")
     p.add_argument("--no-verify", action="store_true", help="skip the IR verifier between passes")
     p.add_argument("--force", action="store_true", help="recompile even if a cached plan exists")
+    p.add_argument("--dump", metavar="DIR", help="also copy the IR after each pass "
+                   "(00-parsed.txt, 01-fuse_qkv.txt, ...) into DIR")
     return p
 
 

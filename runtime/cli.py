@@ -9,9 +9,11 @@ from pathlib import Path
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="Hugging Face folder, .gguf file or alias "
                    "(default: smollm2-135m-instruct, fetched once into $RUSTINFER_CACHE)")
-    p.add_argument("--target", default="cpu-torch", choices=["cpu-torch", "reference"],
-                   help="cpu-torch: the compiled plan on torch kernels (default); "
-                        "reference: the IR interpreter (slow, the oracle)")
+    from .targets import TARGETS
+
+    p.add_argument("--target", default="cpu-torch", choices=list(TARGETS),
+                   help="where the model runs: cpu-torch, the compiled plan on torch kernels "
+                        "(default); reference, the IR interpreter (slow, the oracle)")
     p.add_argument("--spec", help="spec file (default: chosen from config.json)")
     p.add_argument("--max-model-len", type=int, help="context length to size the KV cache for")
 

@@ -35,12 +35,3 @@ class ReferenceExecutor:
     def forward(self, step: StepInputs) -> torch.Tensor:
         (logits,) = run_graph(self.graph, self.weights, self.caches, step).values()
         return logits
-
-
-TARGETS = {"reference": ReferenceExecutor}
-
-
-def make_executor(target: str, graph: Graph, weights, num_blocks: int, block_size: int):
-    if target not in TARGETS:
-        raise ValueError(f"unknown target '{target}'; choose one of: {', '.join(TARGETS)}")
-    return TARGETS[target](graph, weights, num_blocks, block_size)

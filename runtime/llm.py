@@ -25,11 +25,10 @@ from rustinfer.compiler.spec import load_spec
 from rustinfer.compiler.step_inputs import StepInputs
 
 from .checkpoint import open_checkpoint
-from .executor import make_executor
 from .model_resolver import resolve_model
 from .sampling import Sampler, SamplingParams
 from .stop import StopChecker
-from .weights import load_graph_weights
+from .targets import LoadContext, build_executor
 
 DEFAULT_MAX_MODEL_LEN = 8192  # the KV cache is sized for this unless max_model_len says otherwise
 
@@ -45,7 +44,8 @@ class RequestOutput:
 class LLM:
     def __init__(self, model: str | Path | None = None, target: str = "cpu-torch",
                  spec: str | Path | None = None, max_model_len: int | None = None,
-                 block_size: int = 16, max_num_batched_tokens: int = 512):
+                 block_size: int = 16, max_num_batched_tokens: int = 512,
+                 **target_options):
         """target: "cpu-torch" (the compiled plan on torch kernels) or "reference"
         (the IR interpreter, the oracle). max_num_batched_tokens bounds one step;
         longer prompts are prefilled in chunks."""
@@ -62,25 +62,14 @@ class LLM:
         self.block_size = block_size
         blocks = math.ceil(self.max_model_len / block_size)
         self.target = target
-        self.plan_dir = None
-        if target == "reference":
-            weights = load_graph_weights(self.graph, self.checkpoint)
-            self.executor = make_executor(target, self.graph, weights, blocks, block_size)
-            self.max_step_tokens = self.max_model_len
-        elif target == "cpu-torch":
-            from rustinfer.compiler.build import CompileOptions, compile_model
-
-            from .plan_executor import PlanExecutor
-
-            options = CompileOptions(target=target, max_tokens=max_num_batched_tokens)
-            self.plan_dir, self.plan_cached = compile_model(self.spec_path, self.config,
-                                                            self.checkpoint, options)
-            self.executor = PlanExecutor(self.plan_dir / "plan.py", self.checkpoint,
-                                         num_blocks=blocks, block_size=block_size,
-                                         max_model_len=self.max_model_len, target=target)
-            self.max_step_tokens = max_num_batched_tokens
-        else:
-            raise ValueError(f"unknown target '{target}'; choose cpu-torch or reference")
+        ctx = LoadContext(graph=self.graph, spec_path=self.spec_path, config=self.config,
+                          checkpoint=self.checkpoint, num_blocks=blocks, block_size=block_size,
+                          max_model_len=self.max_model_len,
+                          max_step_tokens=max_num_batched_tokens, options=dict(target_options))
+        self.executor = build_executor(target, ctx)
+        self.max_step_tokens = min(self.executor.max_tokens, max_num_batched_tokens)
+        self.plan_dir = getattr(self.executor, "plan_dir", None)
+        self.plan_cached = getattr(self.executor, "plan_cached", None)
         self.load_seconds = time.perf_counter() - started
 
     # -- token-level API ---------------------------------------------------

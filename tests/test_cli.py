@@ -17,8 +17,11 @@ def tiny_model(tmp_path, monkeypatch):
 
 def test_compile_writes_plan_dumps_memory_and_report_then_hits_cache(tiny_model, tmp_path, capsys):
     out = tmp_path / "out"
-    assert compile_cli.main(["specs/llama3.yaml", "--model", str(tiny_model), "--out", str(out)]) == 0
+    assert compile_cli.main(["specs/llama3.yaml", "--model", str(tiny_model), "--out", str(out),
+                             "--dump", str(tmp_path / "dump")]) == 0
     first = capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "dump").iterdir())[:2] == ["00-parsed.txt",
+                                                                       "01-fuse_qkv.txt"]
     assert "compiled" in first and "fuse_qkv x2" in first and "naive" in first
     for name in ("plan.py", "report.txt", "memory.txt", "memory.json", "passes/00-parsed.txt",
                  "passes/01-fuse_qkv.txt"):

@@ -1,0 +1,62 @@
+"""Targets: how a bound model becomes an executor.
+
+An executor runs one forward step: `forward(step: StepInputs) -> logits [R, vocab]`
+(R = rows asked for by `step.logit_rows`), owns its KV cache of `num_blocks`
+blocks of `block_size` tokens, and accepts steps of at most `max_tokens` tokens.
+Each target is one factory here; `LLM(target=...)` and the CLIs pick by name.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from rustinfer.compiler.ir import Graph
+
+
+@dataclass
+class LoadContext:
+    """Everything a target factory may need."""
+    graph: Graph              # the bound (unfused) IR
+    spec_path: str
+    config: dict
+    checkpoint: Any
+    num_blocks: int
+    block_size: int
+    max_model_len: int
+    max_step_tokens: int      # largest step the engine will run (max_num_batched_tokens)
+    options: dict             # target-specific options, e.g. {"threads": 2, "quant": "int4"}
+
+
+def _reference(ctx: LoadContext):
+    from .executor import ReferenceExecutor
+    from .weights import load_graph_weights
+
+    weights = load_graph_weights(ctx.graph, ctx.checkpoint)
+    ex = ReferenceExecutor(ctx.graph, weights, ctx.num_blocks, ctx.block_size)
+    ex.max_tokens = ctx.max_model_len
+    return ex
+
+
+def _cpu_torch(ctx: LoadContext):
+    from rustinfer.compiler.build import CompileOptions, compile_model
+
+    from .plan_executor import PlanExecutor
+
+    options = CompileOptions(target="cpu-torch", max_tokens=ctx.max_step_tokens)
+    plan_dir, cached = compile_model(ctx.spec_path, ctx.config, ctx.checkpoint, options)
+    ex = PlanExecutor(plan_dir / "plan.py", ctx.checkpoint, num_blocks=ctx.num_blocks,
+                      block_size=ctx.block_size, max_model_len=ctx.max_model_len)
+    ex.plan_dir, ex.plan_cached = plan_dir, cached
+    return ex
+
+
+TARGETS: dict[str, Callable[[LoadContext], Any]] = {
+    "cpu-torch": _cpu_torch,   # the compiled plan on torch CPU kernels (float32)
+    "reference": _reference,   # the IR interpreter (float32): slow, the oracle
+}
+
+
+def build_executor(target: str, ctx: LoadContext):
+    if target not in TARGETS:
+        raise ValueError(f"unknown target '{target}'; choose one of: {', '.join(TARGETS)}")
+    return TARGETS[target](ctx)
