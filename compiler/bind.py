@@ -90,12 +90,15 @@ class _Binder:
     def bind_weights(self, decls: dict[str, WeightDecl], env: dict, scope: dict) -> None:
         for key, decl in decls.items():
             if decl.when is not None and not evaluate(decl.when, env, decl.loc):
+                # Absent, but known: an op may name it as an optional input
+                # (`linear(x, w, bias)`), which is then left out.
+                scope[key] = None
                 continue
             if decl.tied_to is not None and evaluate(decl.when_tied, env, decl.loc):
-                if decl.tied_to not in scope:
+                if scope.get(decl.tied_to) is None:
                     hint = nearest(decl.tied_to, scope)
                     raise decl.loc.error(f"tied_to '{decl.tied_to}' is not a weight declared "
-                                         "before it", hint[0] if hint else None)
+                                         "(and present) before it", hint[0] if hint else None)
                 scope[key] = scope[decl.tied_to]
                 continue
             try:
@@ -103,12 +106,42 @@ class _Binder:
             except (KeyError, IndexError) as err:
                 raise decl.loc.error(f"name template '{decl.name}' uses undefined {err}") from None
             shape = self.shape_of(decl.shape, env, decl.loc)
+            if decl.rows is not None:
+                scope[key] = self.bind_slice(name, shape, decl, env)
+                continue
             self.values[name] = Value(name, shape, "float32", "weight", source=name)
             self.weight_locs[name] = decl.loc
             scope[key] = name
             self.check_weight(name, shape, decl)
 
-    def check_weight(self, name: str, shape: tuple, decl: WeightDecl) -> None:
+    def bind_slice(self, source: str, shape: tuple, decl: WeightDecl, env: dict) -> str:
+        """A weight that is rows [start, stop) of a packed checkpoint tensor:
+        value `source[start:stop]`, derive=("slice", [source], (0, start, stop))."""
+        loc = decl.loc.child("rows")
+        start, stop = (evaluate(r, env, loc) for r in decl.rows)
+        if not (isinstance(start, int) and isinstance(stop, int) and 0 <= start < stop):
+            raise loc.error(f"rows evaluate to [{start!r}, {stop!r}], not a row range")
+        if stop - start != shape[0]:
+            raise loc.error(f"rows [{start}, {stop}) hold {stop - start} rows but the shape "
+                            f"says {shape[0]}")
+        name = f"{source}[{start}:{stop}]"
+        self.values[name] = Value(name, shape, "float32", "weight", source=source,
+                                  derive=("slice", [source], (0, start, stop)))
+        self.weight_locs[name] = decl.loc
+        if self.checkpoint is not None:
+            self.check_weight(source, None, decl)
+            found = tuple(self.checkpoint.shape(source))
+            if decl.packed is not None:
+                want = self.shape_of(decl.packed, env, decl.loc.child("packed"))
+                if found != want:
+                    raise decl.loc.error(f"packed weight '{source}' has shape {list(found)} in "
+                                         f"the checkpoint, expected {list(want)}")
+            if len(found) != len(shape) or found[1:] != shape[1:] or found[0] < stop:
+                raise decl.loc.error(f"packed weight '{source}' has shape {list(found)}: rows "
+                                     f"[{start}, {stop}) of it are not {list(shape)}")
+        return name
+
+    def check_weight(self, name: str, shape: tuple | None, decl: WeightDecl) -> None:
         if self.checkpoint is None:
             return
         if name not in self.ckpt_names:
@@ -116,7 +149,7 @@ class _Binder:
             raise decl.loc.error(f"the checkpoint has no weight '{name}'",
                                  hint[0] if hint else None)
         found = tuple(self.checkpoint.shape(name))
-        if found != shape:
+        if shape is not None and found != shape:
             dims = ", ".join(str(d) for d in decl.shape)
             raise decl.loc.error(f"weight '{name}' has shape {list(found)} in the checkpoint, "
                                  f"expected {list(shape)} ([{dims}])")
@@ -128,16 +161,30 @@ class _Binder:
                 continue
             opdef = OPS[decl.op]
             inputs = []
-            for arg in decl.args:
+            for pos, arg in enumerate(decl.args):
                 if arg not in scope:
                     hint = nearest(arg, scope)
                     raise decl.loc.error(f"undefined value '{arg}' used by op '{decl.op}'",
                                          hint[0] if hint else None)
+                if scope[arg] is None:          # a weight whose `when:` is false
+                    if pos < len(opdef.inputs):
+                        raise decl.loc.error(f"op '{decl.op}' needs '{arg}', a weight that is "
+                                             "absent here (its `when:` is false)")
+                    continue
+                if len(inputs) < pos:
+                    missing = decl.args[len(inputs)]
+                    raise decl.loc.error(f"op '{decl.op}': optional input '{missing}' is "
+                                         f"absent, so '{arg}' after it cannot be given")
                 inputs.append(scope[arg])
             attrs = {}
             for attr, default in opdef.attrs.items():
                 if attr in decl.attrs:
-                    attrs[attr] = evaluate(decl.attrs[attr], env, decl.loc)
+                    value = evaluate(decl.attrs[attr], env, decl.loc)
+                    if attr in opdef.omit_default and (value is None or value == default):
+                        continue                # see OpDef.omit_default
+                    attrs[attr] = value
+                elif attr in opdef.omit_default:
+                    continue
                 elif default is REQUIRED:
                     raise decl.loc.error(f"op '{decl.op}' needs attribute '{attr}'")
                 else:
@@ -177,6 +224,8 @@ class _Binder:
             raise spec.layers_loc.error(f"count evaluates to {count!r}, not a layer count")
         for i in range(count):
             layer_env = {**env, spec.layer_index: i}
+            for name, expr, loc in spec.layer_let:
+                layer_env[name] = evaluate(expr, layer_env, loc)
             layer_scope = dict(scope)
             self.bind_weights(spec.layer_weights, layer_env, layer_scope)
             self.bind_nodes(spec.body, layer_env, layer_scope, f"layers.{i}/")
@@ -198,8 +247,27 @@ class _Binder:
 def bind(spec: Spec, config: dict, checkpoint: WeightSource | None = None) -> Graph:
     """Spec + config (+ checkpoint names/shapes) -> validated IR."""
     env = bind_symbols(spec, config)
-    graph = _Binder(spec, env, checkpoint).bind()
+    binder = _Binder(spec, env, checkpoint)
+    graph = binder.bind()
+    if checkpoint is not None:
+        _warn_unread(spec, binder.ckpt_names, graph)
     return graph
+
+
+def _warn_unread(spec: Spec, names: set, graph: Graph) -> None:
+    """A checkpoint tensor no weight reads is usually a spec that forgot it (a
+    bias, a norm): the model would load and silently compute something else."""
+    read = {v.source for v in graph.values.values() if v.kind == "weight"}
+    unread = sorted(n for n in names - read if not n.endswith("rotary_emb.inv_freq"))
+    if unread:
+        import warnings
+
+        shown = ", ".join(unread[:5]) + (f" and {len(unread) - 5} more" if len(unread) > 5 else "")
+        warnings.warn(f"{spec.file}: the checkpoint has {len(unread)} tensor(s) the spec never "
+                      f"reads: {shown}", stacklevel=3)
+
+
+_MATCHES: dict[str, tuple] = {}   # spec path -> (mtime_ns, size, architectures, model_types)
 
 
 def select_spec(config: dict) -> str:
@@ -209,8 +277,14 @@ def select_spec(config: dict) -> str:
     archs = set(config.get("architectures") or [])
     model_type = config.get("model_type")
     for path in sorted(SPECS_DIR.glob("*.yaml")):
-        spec = load_spec(path)
-        if archs & set(spec.architectures) or (model_type and model_type in spec.model_types):
+        # Parsing YAML with line numbers is slow; a spec is re-read only when it changes.
+        stat = path.stat()
+        known = _MATCHES.get(str(path))
+        if known is None or known[:2] != (stat.st_mtime_ns, stat.st_size):
+            spec = load_spec(path)
+            known = (stat.st_mtime_ns, stat.st_size, set(spec.architectures), set(spec.model_types))
+            _MATCHES[str(path)] = known
+        if archs & known[2] or (model_type and model_type in known[3]):
             return str(path)
     raise SpecError(f"no spec in {SPECS_DIR} serves architectures {sorted(archs)} / "
                     f"model_type {model_type!r}; pass --spec or write one "

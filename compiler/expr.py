@@ -16,9 +16,25 @@ from typing import Any, Callable
 
 from .errors import Loc, nearest
 
+
+def as_dtype(value: float, dtype: str) -> float:
+    """`value` rounded to what a tensor of `dtype` ('bfloat16', 'float16', ...) holds.
+
+    Some models multiply by a constant that the original code first stores in
+    the checkpoint's dtype (Gemma's embedding normalizer sqrt(hidden), which is
+    59.75 rather than 59.866 in bfloat16); the spec can say so."""
+    import torch
+
+    torch_dtype = getattr(torch, str(dtype).replace("torch.", ""), None)
+    if not isinstance(torch_dtype, torch.dtype):
+        raise ValueError(f"as_dtype: unknown dtype {dtype!r}")
+    return float(torch.tensor(float(value), dtype=torch_dtype).item())
+
+
 FUNCTIONS: dict[str, Callable] = {
-    "min": min, "max": max, "abs": abs, "int": int, "float": float, "bool": bool,
+    "min": min, "max": max, "abs": abs, "int": int, "float": float, "bool": bool, "len": len,
     "sqrt": math.sqrt, "get": lambda d, k, default=None: (d or {}).get(k, default),
+    "as_dtype": as_dtype,
 }
 
 _BINARY = {
@@ -142,4 +158,7 @@ class _Evaluator(ast.NodeVisitor):
                                  hint[0] if hint else None)
         args = [self.visit(a) for a in node.args]
         kwargs = {k.arg: self.visit(k.value) for k in node.keywords}
-        return FUNCTIONS[name](*args, **kwargs)
+        try:
+            return FUNCTIONS[name](*args, **kwargs)
+        except (TypeError, ValueError) as err:
+            raise self.loc.error(f"'{ast.unparse(node)}': {err}") from None

@@ -14,14 +14,17 @@ nodes; kernels may skip storing it).
     op                inputs                                outputs               attrs
     split             x [T, sum(sizes)]                     one [T, s] per size   sizes (view)
     swiglu            gu [T, 2F]                            [T, F]
+    geglu             gu [T, 2F]                            [T, F]                approximate
     rope_kv_write     q, k, v, positions, k_cache, v_cache  q_rot [T, H*D]        (1)
     cached_attention  q_rot, k_cache, v_cache               [T, H*D]              (2)
     add_rms_norm      a, b, weight                          (normed, a + b)       eps, offset
     gather_rows       x [T, D], rows [R] int64              [R, D]
 
     split's outputs are column blocks of x: row stride sum(sizes), not their width.
-    (1) heads, kv_heads, head_dim, theta, scaling; side effects (writes the cache)
-    (2) heads, kv_heads, head_dim, scale (None: head_dim ** -0.5)
+    (1) heads, kv_heads, head_dim, theta, scaling, [rotary_dim]; side effects (writes the cache)
+    (2) heads, kv_heads, head_dim, scale (None: head_dim ** -0.5), [window], [softcap]
+    [attr]: present only when not at its default (OpDef.omit_default), as on the
+    primitive op it comes from.
 """
 from __future__ import annotations
 
@@ -29,9 +32,10 @@ import torch
 import torch.nn.functional as F
 
 from .interpreter import paged_attention, reference, rms_norm, rope, write_kv
-from .ops import REQUIRED, OpDef, ShapeError, expect_dim, expect_rank, fmt, register
+from .ops import (REQUIRED, OpDef, ShapeError, check_attention_extras, check_rotary_dim,
+                  expect_dim, expect_rank, fmt, register)
 
-FUSED_OPS = ("split", "swiglu", "rope_kv_write", "cached_attention", "add_rms_norm",
+FUSED_OPS = ("split", "swiglu", "geglu", "rope_kv_write", "cached_attention", "add_rms_norm",
              "gather_rows")
 
 
@@ -72,6 +76,7 @@ def _rope_kv_write(shapes, attrs):
     h, kvh, d = _check_heads("rope_kv_write", attrs)
     if d % 2:
         raise ShapeError(f"rope needs an even head_dim, got {d}")
+    check_rotary_dim(attrs)
     expect_dim(f"rope_kv_write q width (heads {h} x head_dim {d})", q[-1], h * d)
     expect_dim(f"rope_kv_write k width (kv_heads {kvh} x head_dim {d})", k[-1], kvh * d)
     expect_dim(f"rope_kv_write v width (kv_heads {kvh} x head_dim {d})", v[-1], kvh * d)
@@ -93,6 +98,7 @@ def _cached_attention(shapes, attrs):
     h, kvh, d = _check_heads("cached_attention", attrs)
     expect_dim(f"cached_attention q width (heads {h} x head_dim {d})", q[-1], h * d)
     _check_caches("cached_attention", caches, kvh, d)
+    check_attention_extras(attrs)
     return [q]
 
 
@@ -118,15 +124,20 @@ register(OpDef("split", ("x",), attrs={"sizes": REQUIRED}, infer=_split, outputs
                doc="split the last dim into len(sizes) column blocks (views into x)"))
 register(OpDef("swiglu", ("gate_up",), infer=_swiglu, primitive=False,
                doc="[T, 2F] -> [T, F]: silu(x[:, :F]) * x[:, F:]"))
+register(OpDef("geglu", ("gate_up",), attrs={"approximate": "none"}, infer=_swiglu,
+               primitive=False,
+               doc="[T, 2F] -> [T, F]: gelu(x[:, :F], approximate) * x[:, F:]"))
 register(OpDef("rope_kv_write", ("q", "k", "v", "positions"),
                attrs={"heads": REQUIRED, "kv_heads": REQUIRED, "head_dim": REQUIRED,
-                      "theta": REQUIRED, "scaling": None},
+                      "theta": REQUIRED, "scaling": None, "rotary_dim": None},
+               omit_default=frozenset({"rotary_dim"}),
                infer=_rope_kv_write, uses_cache=True, primitive=False, side_effects=True,
                doc="rotate q and k, write rotated k and v into the paged cache at "
                    "step.slot_mapping, return rotated q"))
 register(OpDef("cached_attention", ("q",),
                attrs={"heads": REQUIRED, "kv_heads": REQUIRED, "head_dim": REQUIRED,
-                      "scale": None},
+                      "scale": None, "window": 0, "softcap": 0.0},
+               omit_default=frozenset({"window", "softcap"}),
                infer=_cached_attention, uses_cache=True, primitive=False,
                doc="causal GQA attention of q over each sequence's cached keys (reads the "
                    "cache only; runs after the rope_kv_write whose output it consumes)"))
@@ -150,22 +161,29 @@ def swiglu(gate_up, *, step):
     return F.silu(gate) * up
 
 
+@reference("geglu")
+def geglu(gate_up, *, approximate="none", step):
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.gelu(gate, approximate=approximate) * up
+
+
 @reference("rope_kv_write")
 def rope_kv_write(q, k, v, positions, k_cache, v_cache, *, heads, kv_heads, head_dim, theta,
-                  scaling=None, step):
+                  scaling=None, rotary_dim=None, step):
     q_rot = rope(q, positions, heads=heads, head_dim=head_dim, theta=theta, scaling=scaling,
-                 step=step)
+                 rotary_dim=rotary_dim, step=step)
     k_rot = rope(k, positions, heads=kv_heads, head_dim=head_dim, theta=theta, scaling=scaling,
-                 step=step)
+                 rotary_dim=rotary_dim, step=step)
     write_kv(k_rot, v, k_cache, v_cache, step, kv_heads, head_dim)
     return q_rot
 
 
 @reference("cached_attention")
-def cached_attention(q, k_cache, v_cache, *, heads, kv_heads, head_dim, scale=None, step):
+def cached_attention(q, k_cache, v_cache, *, heads, kv_heads, head_dim, scale=None, window=0,
+                     softcap=0.0, step):
     scale = head_dim ** -0.5 if scale is None else scale
     return paged_attention(q, k_cache, v_cache, step, heads=heads, kv_heads=kv_heads,
-                           head_dim=head_dim, scale=scale)
+                           head_dim=head_dim, scale=scale, window=window, softcap=softcap)
 
 
 @reference("add_rms_norm")

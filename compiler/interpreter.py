@@ -33,9 +33,10 @@ def embedding(ids, table, *, step):
 
 
 @reference("rms_norm")
-def rms_norm(x, weight, *, eps, offset=0.0, step):
-    variance = x.pow(2).mean(-1, keepdim=True)
-    return x * torch.rsqrt(variance + eps) * (weight + offset)
+def rms_norm(x, weight, *, eps, offset=0.0, heads=1, step):
+    xs = x.unflatten(-1, (heads, -1)) if heads != 1 else x      # per-head groups
+    variance = xs.pow(2).mean(-1, keepdim=True)
+    return (xs * torch.rsqrt(variance + eps) * (weight + offset)).reshape(x.shape)
 
 
 @reference("linear")
@@ -49,10 +50,12 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 @reference("rope")
-def rope(x, positions, *, heads, head_dim, theta, scaling=None, step):
-    cos, sin = cos_sin(positions, head_dim, theta, scaling)      # [T, head_dim]
-    xh = x.view(x.shape[0], heads, head_dim)
-    out = xh * cos[:, None, :] + rotate_half(xh) * sin[:, None, :]
+def rope(x, positions, *, heads, head_dim, theta, scaling=None, rotary_dim=None, step):
+    rd = rotary_dim or head_dim                                    # partial rotary: first rd dims
+    cos, sin = cos_sin(positions, rd, theta, scaling)             # [T, rd]
+    xh = x.reshape(x.shape[0], heads, head_dim)
+    xr, rest = xh[..., :rd], xh[..., rd:]
+    out = torch.cat((xr * cos[:, None, :] + rotate_half(xr) * sin[:, None, :], rest), dim=-1)
     return out.reshape(x.shape)
 
 
@@ -63,9 +66,12 @@ def write_kv(k, v, k_cache, v_cache, step: StepInputs, kv_heads: int, head_dim: 
     v_cache.view(-1, kv_heads, head_dim)[slots] = v.view(-1, kv_heads, head_dim).to(v_cache.dtype)
 
 
-def paged_attention(q, k_cache, v_cache, step: StepInputs, *, heads, kv_heads, head_dim, scale):
-    """Causal GQA attention of each sequence's new queries over its cached keys."""
-    out = torch.empty(q.shape[0], heads * head_dim, dtype=q.dtype)
+def paged_attention(q, k_cache, v_cache, step: StepInputs, *, heads, kv_heads, head_dim, scale,
+                    window=0, softcap=0.0):
+    """Causal GQA attention of each sequence's new queries over its cached keys
+    (only the last `window` positions when window > 0; scores soft-capped when softcap > 0)."""
+    dev = q.device
+    out = torch.empty(q.shape[0], heads * head_dim, dtype=q.dtype, device=dev)
     group = heads // kv_heads
     flat_k = k_cache.view(-1, kv_heads, head_dim)
     flat_v = v_cache.view(-1, kv_heads, head_dim)
@@ -76,25 +82,31 @@ def paged_attention(q, k_cache, v_cache, step: StepInputs, *, heads, kv_heads, h
             continue
         ctx = step.context_lens[b]
         table = step.block_tables[b]
-        pos = torch.arange(ctx)
-        slots = torch.tensor(table, dtype=torch.int64)[pos // bs] * bs + pos % bs
+        pos = torch.arange(ctx, device=dev)
+        slots = torch.tensor(table, dtype=torch.int64, device=dev)[pos // bs] * bs + pos % bs
         keys = flat_k[slots].float().repeat_interleave(group, dim=1)     # [ctx, heads, d]
         vals = flat_v[slots].float().repeat_interleave(group, dim=1)
         qb = q[lo:hi].view(hi - lo, heads, head_dim)                      # [n, heads, d]
         scores = torch.einsum("nhd,chd->hnc", qb, keys) * scale           # [heads, n, ctx]
-        q_pos = torch.arange(ctx - (hi - lo), ctx)                        # new tokens are the last n
-        scores = scores.masked_fill(pos[None, None, :] > q_pos[None, :, None], float("-inf"))
+        if softcap:
+            scores = torch.tanh(scores / softcap) * softcap
+        q_pos = torch.arange(ctx - (hi - lo), ctx, device=dev)                        # new tokens are the last n
+        hidden = pos[None, :] > q_pos[:, None]                            # [n, ctx]: the future
+        if window:
+            hidden |= pos[None, :] <= q_pos[:, None] - window             # out of the window
+        scores = scores.masked_fill(hidden[None], float("-inf"))
         probs = torch.softmax(scores, dim=-1)
         out[lo:hi] = torch.einsum("hnc,chd->nhd", probs, vals).reshape(hi - lo, heads * head_dim)
     return out
 
 
 @reference("attention")
-def attention(q, k, v, k_cache, v_cache, *, heads, kv_heads, head_dim, scale=None, step):
+def attention(q, k, v, k_cache, v_cache, *, heads, kv_heads, head_dim, scale=None, window=0,
+              softcap=0.0, step):
     write_kv(k, v, k_cache, v_cache, step, kv_heads, head_dim)
     scale = head_dim ** -0.5 if scale is None else scale
     return paged_attention(q, k_cache, v_cache, step, heads=heads, kv_heads=kv_heads,
-                           head_dim=head_dim, scale=scale)
+                           head_dim=head_dim, scale=scale, window=window, softcap=softcap)
 
 
 @reference("add")
@@ -110,6 +122,21 @@ def mul(a, b, *, step):
 @reference("silu")
 def silu(x, *, step):
     return F.silu(x)
+
+
+@reference("gelu")
+def gelu(x, *, approximate="none", step):
+    return F.gelu(x, approximate=approximate)
+
+
+@reference("scale")
+def scale(x, *, factor, step):
+    return x * factor
+
+
+@reference("softcap")
+def softcap(x, *, cap, step):
+    return torch.tanh(x / cap) * cap
 
 
 def run_graph(graph: Graph, weights: dict[str, torch.Tensor], caches: dict[str, torch.Tensor],

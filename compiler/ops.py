@@ -30,6 +30,12 @@ class OpDef:
     view: bool = False                      # outputs are views into input 0 (no new memory)
     side_effects: bool = False              # writes a cache: never removed as dead code
     doc: str = ""
+    # Attributes a node carries only when set to something other than their
+    # default (or None): a model that does not use a feature (a sliding window,
+    # a softcap) binds to the same IR, dumps and plan text as before it existed.
+    # Every implementation takes them as keyword arguments with that default.
+    omit_default: frozenset = frozenset()
+    elementwise: bool = False               # out[t, j] depends only on inputs[t, j] (row-wise)
 
 
 OPS: dict[str, OpDef] = {}
@@ -72,7 +78,14 @@ def _embedding(shapes, attrs):
 def _rms_norm(shapes, attrs):
     x, w = shapes
     expect_rank("rms_norm weight", w, 1)
-    expect_dim(f"rms_norm weight {fmt(w)} vs input {fmt(x)}, last dim", w[0], x[-1])
+    heads = attrs.get("heads", 1)
+    if not isinstance(heads, int) or heads < 1:
+        raise ShapeError(f"rms_norm heads must be a positive int, got {heads!r}")
+    if heads == 1:
+        expect_dim(f"rms_norm weight {fmt(w)} vs input {fmt(x)}, last dim", w[0], x[-1])
+    else:
+        expect_dim(f"rms_norm per head: input width {fmt(x)} vs heads {heads} x weight "
+                   f"{fmt(w)}", x[-1], heads * w[0])
     return [x]
 
 
@@ -97,6 +110,7 @@ def _rope(shapes, attrs):
                x[1], width)
     if attrs["head_dim"] % 2:
         raise ShapeError(f"rope needs an even head_dim, got {attrs['head_dim']}")
+    check_rotary_dim(attrs)
     from rustinfer.kernels.rope_tables import check_scaling
 
     try:
@@ -104,6 +118,20 @@ def _rope(shapes, attrs):
     except ValueError as err:
         raise ShapeError(str(err)) from None
     return [x]
+
+
+def check_rotary_dim(attrs) -> None:
+    rd, d = attrs.get("rotary_dim"), attrs["head_dim"]
+    if rd is not None and (not isinstance(rd, int) or rd <= 0 or rd % 2 or rd > d):
+        raise ShapeError(f"rotary_dim must be an even int in (0, head_dim={d}], got {rd!r}")
+
+
+def check_attention_extras(attrs) -> None:
+    window, cap = attrs.get("window"), attrs.get("softcap")
+    if window is not None and (not isinstance(window, int) or window < 0):
+        raise ShapeError(f"attention window must be an int >= 0 (0: no window), got {window!r}")
+    if cap is not None and (not isinstance(cap, (int, float)) or cap < 0):
+        raise ShapeError(f"attention softcap must be a number >= 0 (0: none), got {cap!r}")
 
 
 def _attention(shapes, attrs):
@@ -115,6 +143,7 @@ def _attention(shapes, attrs):
     expect_dim(f"attention k width (kv_heads {kvh} x head_dim {d})", k[-1], kvh * d)
     expect_dim(f"attention v width (kv_heads {kvh} x head_dim {d})", v[-1], kvh * d)
     expect_dim("attention k/q tokens", k[0], q[0])
+    check_attention_extras(attrs)
     return [q]
 
 
@@ -128,21 +157,53 @@ def _elementwise(shapes, attrs):
 
 register(OpDef("embedding", ("ids", "table"), infer=_embedding,
                doc="out[t] = table[ids[t]]"))
-register(OpDef("rms_norm", ("x", "weight"), attrs={"eps": REQUIRED, "offset": 0.0},
-               infer=_rms_norm,
-               doc="x / sqrt(mean(x^2) + eps) * (weight + offset)"))
+register(OpDef("rms_norm", ("x", "weight"), attrs={"eps": REQUIRED, "offset": 0.0, "heads": 1},
+               infer=_rms_norm, omit_default=frozenset({"heads"}),
+               doc="x / sqrt(mean(x^2) + eps) * (weight + offset); with heads=H the last "
+                   "dim is H groups of len(weight), each normalized alone (Qwen3 q/k norm)"))
 register(OpDef("linear", ("x", "weight"), optional_inputs=("bias",), infer=_linear,
                doc="x @ weight.T (+ bias); weight is [out, in]"))
 register(OpDef("rope", ("x", "positions"),
-               attrs={"heads": REQUIRED, "head_dim": REQUIRED, "theta": REQUIRED, "scaling": None},
-               infer=_rope,
-               doc="rotate-half rotary embedding per head; scaling: None or a rope_scaling dict"))
+               attrs={"heads": REQUIRED, "head_dim": REQUIRED, "theta": REQUIRED, "scaling": None,
+                      "rotary_dim": None},
+               infer=_rope, omit_default=frozenset({"rotary_dim"}),
+               doc="rotate-half rotary embedding per head; scaling: None or a rope_scaling dict; "
+                   "rotary_dim: rotate only the first rotary_dim dims of each head (partial "
+                   "rotary, Phi), None = head_dim"))
 register(OpDef("attention", ("q", "k", "v"),
                attrs={"heads": REQUIRED, "kv_heads": REQUIRED, "head_dim": REQUIRED,
-                      "scale": None},
+                      "scale": None, "window": 0, "softcap": 0.0},
                infer=_attention, uses_cache=True, side_effects=True,
+               omit_default=frozenset({"window", "softcap"}),
                doc="append k/v to this layer's paged cache, then causal GQA attention "
-                   "of q over each sequence's cached keys; scale defaults to head_dim**-0.5"))
-register(OpDef("add", ("a", "b"), infer=_elementwise, doc="a + b"))
-register(OpDef("mul", ("a", "b"), infer=_elementwise, doc="a * b"))
-register(OpDef("silu", ("x",), infer=_elementwise, doc="x * sigmoid(x)"))
+                   "of q over each sequence's cached keys; scale defaults to head_dim**-0.5; "
+                   "window > 0: a query at position p sees keys in (p - window, p]; "
+                   "softcap > 0: scores = softcap * tanh(scores / softcap) before the mask"))
+
+
+def _scalar(name):
+    def check(shapes, attrs):
+        value = attrs[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ShapeError(f"{name} must be a number, got {value!r}")
+        return _elementwise(shapes, attrs)
+    return check
+
+
+def _gelu(shapes, attrs):
+    if attrs["approximate"] not in ("none", "tanh"):
+        raise ShapeError(f"gelu approximate must be 'none' or 'tanh', got {attrs['approximate']!r}")
+    return _elementwise(shapes, attrs)
+
+
+register(OpDef("add", ("a", "b"), infer=_elementwise, elementwise=True, doc="a + b"))
+register(OpDef("mul", ("a", "b"), infer=_elementwise, elementwise=True, doc="a * b"))
+register(OpDef("silu", ("x",), infer=_elementwise, elementwise=True, doc="x * sigmoid(x)"))
+register(OpDef("gelu", ("x",), attrs={"approximate": "none"}, infer=_gelu, elementwise=True,
+               doc="GELU as torch computes it: approximate='none' (erf) or 'tanh' "
+                   "(transformers' gelu_pytorch_tanh)"))
+register(OpDef("scale", ("x",), attrs={"factor": REQUIRED}, infer=_scalar("factor"),
+               elementwise=True, doc="x * factor (a constant; e.g. Gemma's sqrt(hidden) "
+                                     "embedding normalizer)"))
+register(OpDef("softcap", ("x",), attrs={"cap": REQUIRED}, infer=_scalar("cap"),
+               elementwise=True, doc="cap * tanh(x / cap) (e.g. Gemma 2 final logits)"))

@@ -253,15 +253,18 @@ def _name(node: ast.expr, text: str) -> str:
 # --- constraint builders ---------------------------------------------------------
 
 def plain_weights(*vars: str) -> Constraint:
-    """Each bound variable is a checkpoint weight as stored (not derived), so
-    rewrites can describe a concatenation of it to the weight loader."""
+    """Each bound variable is a checkpoint weight as stored (not derived), or a
+    row slice of one (a spec's `rows:`), so rewrites can describe a
+    concatenation of it to the weight loader (`Rewriter.concat_weight`)."""
     def check(m: Match) -> bool:
         for var in vars:
             name = m.env.get(var)
             if name is None:
                 continue
             v = m.graph.values[name]
-            if v.kind != "weight" or v.derive is not None or v.source is None:
+            if v.kind != "weight" or v.source is None:
+                return False
+            if v.derive is not None and v.derive[0] != "slice":
                 return False
         return True
     return check
@@ -363,10 +366,17 @@ class Rewriter:
         self.new_values[name] = Value(name, shape, dtype, kind, source, derive)
         return name
 
-    def concat_weight(self, names: list[str], axis: int = 0) -> str:
+    def concat_weight(self, names: list[str], axis: int = 0) -> str | None:
         """A weight built at load time by concatenating plain checkpoint weights
-        (`derive=("concat", sources, axis)`); an identical one is reused."""
+        (`derive=("concat", sources, axis)`); an identical one is reused.
+
+        Adjacent row slices of one packed tensor, in order, concatenate back to
+        a slice of it (Phi-3's q, k, v -> its qkv_proj: nothing is copied).
+        Any other mix involving slices cannot be described: returns None, and
+        the rewrite should give up on the match."""
         values = [self.graph.values[n] for n in names]
+        if any(v.derive is not None for v in values):
+            return self._merge_slices(values, axis)
         sources = [v.source for v in values]
         derive = ("concat", sources, axis)
         for v in list(self.graph.values.values()) + list(self.new_values.values()):
@@ -376,6 +386,24 @@ class Rewriter:
         shape[axis] = sum(v.shape[axis] for v in values)
         return self.value(fused_name(names), kind="weight", dtype=values[0].dtype,
                           shape=tuple(shape), derive=derive)
+
+    def _merge_slices(self, values: list[Value], axis: int) -> str | None:
+        derives = [v.derive for v in values]
+        if any(d is None or d[0] != "slice" for d in derives):
+            return None
+        if len({d[1][0] for d in derives}) != 1 or any(d[2][0] != axis for d in derives):
+            return None
+        if any(a[2][2] != b[2][1] for a, b in zip(derives, derives[1:])):
+            return None                          # not adjacent, or out of order
+        source, start, stop = derives[0][1][0], derives[0][2][1], derives[-1][2][2]
+        derive = ("slice", [source], (axis, start, stop))
+        for v in list(self.graph.values.values()) + list(self.new_values.values()):
+            if v.kind == "weight" and v.derive == derive:
+                return v.name
+        shape = list(values[0].shape)
+        shape[axis] = stop - start
+        return self.value(f"{source}[{start}:{stop}]", kind="weight", dtype=values[0].dtype,
+                          shape=tuple(shape), source=source, derive=derive)
 
     def graph_input(self, name: str, shape: tuple, dtype: str) -> str:
         """A per-step graph input, added once (reused when it exists)."""

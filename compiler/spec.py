@@ -8,13 +8,17 @@ The YAML layout (see specs/llama3.yaml):
     inputs                   per-step inputs and their shapes
     weights                  model-level weights (name template + shape)
     prologue                 nodes before the layers
-    layers                   {count, index, weights, body}: the repeated layer
+    layers                   {count, index, let, weights, body}: the repeated layer;
+                             `let` defines per-layer symbols, expressions over
+                             the layer index (`window: sliding_window if i % 2 == 0 else 0`)
     epilogue                 nodes after the layers
     outputs                  values the step returns
 
 A node is a one-key mapping `out: op(arg, ..., attr=expr)`, optionally with
-`when: expr` (the node exists only when the expression is true). Binding the
-spec to a config (bind.py) turns it into IR.
+`when: expr` (the node exists only when the expression is true). A weight may
+be a row range of a packed checkpoint tensor (`rows: [start, stop]`) and may
+have a `when:`; an optional op input naming an absent weight is left out.
+Binding the spec to a config (bind.py) turns it into IR.
 """
 from __future__ import annotations
 
@@ -31,9 +35,9 @@ from .yaml_loader import LineDict, LineList, load_yaml
 TOP_LEVEL = {"family", "matches", "config", "checks", "inputs", "weights", "prologue",
              "layers", "epilogue", "outputs", "description"}
 SYMBOL_KEYS = {"field", "default", "doc"}
-WEIGHT_KEYS = {"name", "shape", "tied_to", "when_tied", "when", "doc"}
+WEIGHT_KEYS = {"name", "shape", "tied_to", "when_tied", "when", "rows", "packed", "doc"}
 INPUT_KEYS = {"shape", "dtype", "doc"}
-LAYER_KEYS = {"count", "index", "weights", "body"}
+LAYER_KEYS = {"count", "index", "let", "weights", "body"}
 NODE_KEYS = {"when"}
 MATCH_KEYS = {"architectures", "model_types"}
 INPUT_DTYPES = {"int64", "int32", "float32"}
@@ -59,6 +63,11 @@ class WeightDecl:
     when_tied: Any
     when: Any
     loc: Loc
+    # A row range [start, stop) of a packed checkpoint tensor (Phi-3's qkv_proj
+    # holds q, k and v stacked); `packed` is that tensor's whole shape, checked
+    # when given. Expressions, evaluated per layer.
+    rows: list | None = None
+    packed: list | None = None
 
 
 @dataclass
@@ -90,6 +99,8 @@ class Spec:
     outputs: list[tuple[str, Loc]]
     layers_loc: Loc | None = None
     raw: dict = field(default_factory=dict, repr=False)
+    # Per-layer symbols, in order: (name, expression, loc), evaluated with the index bound.
+    layer_let: list = field(default_factory=list)
 
 
 def spec_path(name_or_path: str | Path) -> Path:
@@ -160,6 +171,7 @@ def parse_spec(text: str, filename: str) -> Spec:
         outputs=_parse_outputs(data["outputs"], at("outputs")),
         layers_loc=layers_loc,
         raw=data,
+        layer_let=_parse_let(layers.get("let") or LineDict(), layer_at("let")),
     )
 
 
@@ -195,6 +207,13 @@ def _parse_symbols(config, loc: Loc) -> list[SymbolDecl]:
     return out
 
 
+def _parse_let(let, loc: Loc) -> list[tuple[str, Any, Loc]]:
+    if not isinstance(let, LineDict):
+        raise loc.error("must map per-layer symbol names to expressions, e.g. "
+                        "`window: sliding_window if i % 2 == 0 else 0`")
+    return [(str(name), expr, loc.child(str(name), let.lines[name])) for name, expr in let.items()]
+
+
 def _parse_checks(checks, loc: Loc) -> list[tuple[str, str, Loc]]:
     out = []
     for idx, item in enumerate(checks):
@@ -228,9 +247,17 @@ def _parse_weights(weights, loc: Loc) -> dict[str, WeightDecl]:
         if not isinstance(decl["shape"], list):
             raise wloc.child("shape", decl.lines.get("shape")).error(
                 "must be a list of dimension expressions, e.g. [hidden, vocab]")
+        rows, packed = decl.get("rows"), decl.get("packed")
+        if rows is not None and (not isinstance(rows, list) or len(rows) != 2):
+            raise wloc.child("rows", decl.lines.get("rows")).error(
+                "must be [start, stop]: the row range of the packed checkpoint tensor")
+        if packed is not None and (not isinstance(packed, list) or rows is None):
+            raise wloc.child("packed", decl.lines.get("packed")).error(
+                "must be a list of dimension expressions, and needs 'rows'")
         out[str(key)] = WeightDecl(str(key), str(decl["name"]), list(decl["shape"]),
                                    decl.get("tied_to"), decl.get("when_tied"),
-                                   decl.get("when"), wloc)
+                                   decl.get("when"), wloc, rows,
+                                   list(packed) if packed is not None else None)
     return out
 
 

@@ -57,6 +57,6 @@ def _llama3(freq: torch.Tensor, s: dict) -> torch.Tensor:
 def cos_sin(positions: torch.Tensor, head_dim: int, theta: float,
             scaling: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """cos, sin of shape [T, head_dim] (the half-size table repeated twice, rotate-half layout)."""
-    freqs = positions.to(torch.float32)[:, None] * inv_freq(head_dim, theta, scaling)[None, :]
+    freqs = positions.to(torch.float32)[:, None] * inv_freq(head_dim, theta, scaling).to(positions.device)[None, :]
     emb = torch.cat((freqs, freqs), dim=-1)
     return emb.cos(), emb.sin()

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from .rope_tables import inv_freq
 
 _softmax_out = torch.ops.aten._softmax.out
+_gelu_out = torch.ops.aten.gelu.out
 
 
 class Workspace:
@@ -27,7 +28,7 @@ class Workspace:
     def __init__(self, *, max_tokens: int, max_context: int, max_heads: int, max_kv_width: int,
                  max_head_dim: int, block_size: int, dtype=torch.float32):
         blocks = math.ceil(max_context / block_size)
-        self.rstd = torch.empty(max_tokens, 1, dtype=dtype)
+        self.rstd = torch.empty(max_tokens * max_heads, 1, dtype=dtype)   # per-head norms too
         self.cos = torch.empty(max_tokens, max_head_dim, dtype=dtype)
         self.sin = torch.empty(max_tokens, max_head_dim, dtype=dtype)
         self.k_rot = torch.empty(max_tokens * max_kv_width, dtype=dtype)
@@ -60,8 +61,10 @@ def linear(x, weight, bias=None, *, out):
         torch.addmm(bias, x, weight.t(), out=out)
 
 
-def rms_norm(x, weight, *, out, eps, offset=0.0, ws):
-    r = ws.rstd[: x.shape[0]]
+def rms_norm(x, weight, *, out, eps, offset=0.0, heads=1, ws):
+    if heads != 1:               # per head: [T, H*D] as [T, H, D] (x may be a split view)
+        x, out = x.unflatten(-1, (heads, -1)), out.view(out.shape[0], heads, -1)
+    r = ws.rstd[: x.shape[:-1].numel()].view(*x.shape[:-1], 1)
     torch.linalg.vector_norm(x, dim=-1, keepdim=True, out=r)    # sqrt(sum x^2)
     r.square_().div_(x.shape[-1]).add_(eps).rsqrt_()              # 1 / sqrt(mean x^2 + eps)
     torch.mul(x, r, out=out)
@@ -97,6 +100,25 @@ def silu(x, *, out):
     out.mul_(x)
 
 
+def gelu(x, *, out, approximate="none"):
+    _gelu_out(x, approximate=approximate, out=out)
+
+
+def scale(x, *, out, factor):
+    torch.mul(x, factor, out=out)
+
+
+def softcap(x, *, out, cap):
+    torch.div(x, cap, out=out)
+    out.tanh_().mul_(cap)
+
+
+def geglu(gate_up, *, out, approximate="none"):
+    ffn = out.shape[-1]
+    _gelu_out(gate_up[:, :ffn], approximate=approximate, out=out)
+    out.mul_(gate_up[:, ffn:])                                    # gelu(gate) * up
+
+
 def swiglu(gate_up, *, out):
     ffn = out.shape[-1]
     gate, up = gate_up[:, :ffn], gate_up[:, ffn:]
@@ -109,11 +131,16 @@ def gather_rows(x, rows, *, out):
 
 
 def _rotate(x, out, heads, head_dim, cos, sin):
-    """out = x * cos + rotate_half(x) * sin, per head, without temporaries."""
-    half = head_dim // 2
+    """out = x * cos + rotate_half(x) * sin, per head, without temporaries.
+    cos/sin may be narrower than head_dim (partial rotary): the rest is copied."""
+    rd = cos.shape[-1]
+    half = rd // 2
     x3 = x.reshape(x.shape[0], heads, head_dim) if x.is_contiguous() else \
         x.unflatten(-1, (heads, head_dim))
     o3 = out.view(out.shape[0], heads, head_dim)
+    if rd < head_dim:
+        o3[..., rd:].copy_(x3[..., rd:])
+        x3, o3 = x3[..., :rd], o3[..., :rd]
     c, s = cos[:, None, :], sin[:, None, :]
     torch.mul(x3, c, out=o3)
     o3[..., :half].addcmul_(x3[..., half:], s[..., :half], value=-1.0)
@@ -129,15 +156,15 @@ def _cos_sin(positions, head_dim, theta, scaling, ws):
     return cos, sin
 
 
-def rope(x, positions, *, out, heads, head_dim, theta, scaling=None, ws):
-    cos, sin = _cos_sin(positions, head_dim, theta, scaling, ws)
+def rope(x, positions, *, out, heads, head_dim, theta, scaling=None, rotary_dim=None, ws):
+    cos, sin = _cos_sin(positions, rotary_dim or head_dim, theta, scaling, ws)
     _rotate(x, out, heads, head_dim, cos, sin)
 
 
 def rope_kv_write(q, k, v, positions, k_cache, v_cache, *, out, heads, kv_heads, head_dim,
-                  theta, scaling=None, step, ws):
+                  theta, scaling=None, rotary_dim=None, step, ws):
     """Rotate q into `out`; rotate k and store it, with v, at the step's cache slots."""
-    cos, sin = _cos_sin(positions, head_dim, theta, scaling, ws)
+    cos, sin = _cos_sin(positions, rotary_dim or head_dim, theta, scaling, ws)
     _rotate(q, out, heads, head_dim, cos, sin)
     t = k.shape[0]
     k_rot = ws.k_rot[: t * kv_heads * head_dim].view(t, kv_heads * head_dim)
@@ -154,16 +181,18 @@ def _write_kv(k, v, k_cache, v_cache, step, kv_heads, head_dim):
 
 
 def attention(q, k, v, k_cache, v_cache, *, out, heads, kv_heads, head_dim, scale=None,
-              step, ws):
+              window=0, softcap=0.0, step, ws):
     """Unfused form: append k/v to the cache, then attend (k arrives already rotated)."""
     _write_kv(k.contiguous(), v.contiguous(), k_cache, v_cache, step, kv_heads, head_dim)
     cached_attention(q, k_cache, v_cache, out=out, heads=heads, kv_heads=kv_heads,
-                     head_dim=head_dim, scale=scale, step=step, ws=ws)
+                     head_dim=head_dim, scale=scale, window=window, softcap=softcap,
+                     step=step, ws=ws)
 
 
 def cached_attention(q, k_cache, v_cache, *, out, heads, kv_heads, head_dim, scale=None,
-                     step, ws):
-    """Causal GQA attention of each sequence's new queries over its cached keys."""
+                     window=0, softcap=0.0, step, ws):
+    """Causal GQA attention of each sequence's new queries over its cached keys;
+    window > 0: each query sees its last `window` positions; softcap > 0: tanh-capped scores."""
     scale = head_dim ** -0.5 if scale is None else scale
     group = heads // kv_heads
     bs = step.block_size
@@ -182,23 +211,32 @@ def cached_attention(q, k_cache, v_cache, *, out, heads, kv_heads, head_dim, sca
         keys = keys.view(n_blocks * bs, kv_heads, head_dim)[:ctx]     # [ctx, kvh, d]
         vals = vals.view(n_blocks * bs, kv_heads, head_dim)[:ctx]
         if hi - lo == 1:
-            _decode_one(q[lo], keys, vals, out[lo], kv_heads, group, head_dim, ctx, scale, ws)
+            if window and ctx > window:            # the one query sees the last `window` keys
+                keys, vals = keys[ctx - window:], vals[ctx - window:]
+            _decode_one(q[lo], keys, vals, out[lo], kv_heads, group, head_dim, keys.shape[0],
+                        scale, softcap, ws)
+        elif softcap:
+            _prefill_eager(q[lo:hi], keys, vals, out[lo:hi], heads, kv_heads, head_dim, ctx,
+                           scale, window, softcap)
         else:
-            _prefill(q[lo:hi], keys, vals, out[lo:hi], heads, kv_heads, head_dim, ctx, scale)
+            _prefill(q[lo:hi], keys, vals, out[lo:hi], heads, kv_heads, head_dim, ctx, scale,
+                     window)
 
 
-def _decode_one(q, keys, vals, out, kv_heads, group, head_dim, ctx, scale, ws):
+def _decode_one(q, keys, vals, out, kv_heads, group, head_dim, ctx, scale, softcap, ws):
     # One query token: scores[kvh, group, ctx] = q[kvh, group, d] @ keys^T, no temporaries.
     qg = q.view(kv_heads, group, head_dim)
     scores = ws.scores[: kv_heads * group * ctx].view(kv_heads, group, ctx)
     probs = ws.probs[: kv_heads * group * ctx].view(kv_heads, group, ctx)
     torch.bmm(qg, keys.permute(1, 2, 0), out=scores)
     scores.mul_(scale)
+    if softcap:
+        scores.div_(softcap).tanh_().mul_(softcap)
     _softmax_out(scores, -1, False, out=probs)
     torch.bmm(probs, vals.permute(1, 0, 2), out=out.view(kv_heads, group, head_dim))
 
 
-def _prefill(q, keys, vals, out, heads, kv_heads, head_dim, ctx, scale):
+def _prefill(q, keys, vals, out, heads, kv_heads, head_dim, ctx, scale, window=0):
     # Several new tokens (a prompt or a chunk of one) that follow ctx - n cached tokens.
     n = q.shape[0]
     qh = q.reshape(n, heads, head_dim).transpose(0, 1)                  # [h, n, d]
@@ -206,6 +244,28 @@ def _prefill(q, keys, vals, out, heads, kv_heads, head_dim, ctx, scale):
     vh = vals.transpose(0, 1)
     q_pos = torch.arange(ctx - n, ctx)
     mask = torch.arange(ctx)[None, :] <= q_pos[:, None]                # [n, ctx]
+    if window:                                                         # and within the window
+        mask &= torch.arange(ctx)[None, :] > q_pos[:, None] - window
     res = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale,
                                          enable_gqa=heads != kv_heads)
     out.view(n, heads, head_dim).copy_(res.transpose(0, 1))
+
+
+def _prefill_eager(q, keys, vals, out, heads, kv_heads, head_dim, ctx, scale, window, softcap):
+    # SDPA cannot soft-cap scores, so this path writes attention out (prefill may allocate).
+    n = q.shape[0]
+    group = heads // kv_heads
+    qh = q.reshape(n, heads, head_dim).transpose(0, 1)                  # [h, n, d]
+    kh = keys.transpose(0, 1).repeat_interleave(group, dim=0)          # [h, ctx, d]
+    vh = vals.transpose(0, 1).repeat_interleave(group, dim=0)
+    scores = torch.matmul(qh, kh.transpose(1, 2)).mul_(scale)          # [h, n, ctx]
+    if softcap:
+        scores.div_(softcap).tanh_().mul_(softcap)
+    q_pos = torch.arange(ctx - n, ctx)[:, None]
+    kv_pos = torch.arange(ctx)[None, :]
+    hidden = kv_pos > q_pos
+    if window:
+        hidden |= kv_pos <= q_pos - window
+    scores.masked_fill_(hidden, float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    out.view(n, heads, head_dim).copy_(torch.matmul(probs, vh).transpose(0, 1))

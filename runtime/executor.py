@@ -34,4 +34,6 @@ class ReferenceExecutor:
     @torch.inference_mode()
     def forward(self, step: StepInputs) -> torch.Tensor:
         (logits,) = run_graph(self.graph, self.weights, self.caches, step).values()
+        if "logit_rows" not in self.graph.inputs and step.logit_rows is not None:
+            logits = logits[step.logit_rows]       # the unfused graph computes every row
         return logits

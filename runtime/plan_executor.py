@@ -14,6 +14,8 @@ import torch
 
 from rustinfer.compiler.step_inputs import StepInputs
 
+from .weights import derive_weight
+
 
 def load_plan_module(plan_file: Path):
     spec = importlib.util.spec_from_file_location(f"rustinfer_plan_{abs(hash(str(plan_file)))}",
@@ -40,7 +42,11 @@ def build_weights(plan, checkpoint, dtype=torch.float32) -> dict[str, torch.Tens
             uses[s] -= 1
             if uses[s] == 0:          # drop the source once its last user has it
                 del loaded[s]
-        tensor = parts[0] if how == "load" else torch.cat(parts, dim=axis)
+        if how == "load":
+            tensor = parts[0]
+        else:       # "concat" (axis) or "slice" ((axis, start, stop)): see runtime/weights.py
+            by_name = dict(zip(sources, parts))
+            tensor = derive_weight(name, (how, sources, axis), by_name.__getitem__)
         if tuple(tensor.shape) != tuple(shape):
             raise ValueError(f"weight '{name}': built {list(tensor.shape)}, plan expects {list(shape)}")
         out[name] = tensor.contiguous()

@@ -50,8 +50,36 @@ def _cpu_torch(ctx: LoadContext):
     return ex
 
 
+def _cpu(ctx: LoadContext):
+    from .onnx_executor import load
+
+    return load(ctx)
+
+
+def _cuda(ctx: LoadContext):
+    from rustinfer.compiler.build import CompileOptions, compile_model
+
+    import torch
+
+    from .cuda_executor import CudaExecutor
+
+    options = CompileOptions(target="cuda", max_tokens=ctx.max_step_tokens)
+    plan_dir, cached = compile_model(ctx.spec_path, ctx.config, ctx.checkpoint, options)
+    opts = ctx.options
+    ex = CudaExecutor(plan_dir / "plan.py", ctx.checkpoint, num_blocks=ctx.num_blocks,
+                      block_size=ctx.block_size, max_model_len=ctx.max_model_len,
+                      max_batch=int(opts.get("max_batch", min(64, ctx.max_step_tokens))),
+                      cuda_graphs=bool(opts.get("cuda_graphs", True)),
+                      device=str(opts.get("device", "cuda")),
+                      dtype=getattr(torch, str(opts.get("dtype", "bfloat16"))))
+    ex.plan_dir, ex.plan_cached = plan_dir, cached
+    return ex
+
+
 TARGETS: dict[str, Callable[[LoadContext], Any]] = {
+    "cpu": _cpu,               # ONNX Runtime with contrib ops (float32 / int4 / int8), in-place KV
     "cpu-torch": _cpu_torch,   # the compiled plan on torch CPU kernels (float32)
+    "cuda": _cuda,             # the compiled plan on Triton kernels, bf16, CUDA graphs for decode
     "reference": _reference,   # the IR interpreter (float32): slow, the oracle
 }
 

@@ -52,7 +52,7 @@ def test_incremental_decode_equals_recomputation(pair):
     blocks = list(range(4))
     rows, cached = [], 0
     for chunk in (ids[:5], ids[5:8], *[[t] for t in ids[8:]]):
-        step = StepInputs.for_sequences([(chunk, cached, blocks)], llm.block_size)
+        step = StepInputs.for_sequences([(chunk, cached, blocks)], llm.block_size, logits="all")
         rows.append(llm.executor.forward(step).numpy())
         cached += len(chunk)
     incremental = np.concatenate(rows)

@@ -4,6 +4,9 @@ Matches (add is commutative):
 
     h = add(a, b);  x = rms_norm(h, w, eps=eps, offset=off)
 
+A per-head norm (`heads` > 1, Qwen3's q/k norm) is not of a residual sum and
+is never fused.
+
 Produces, at the add (so h and x are defined no later than before):
 
     x, h = add_rms_norm(a, b, w) {eps, offset}     outputs: (normalized, residual sum)
@@ -25,7 +28,8 @@ from ..pattern import Match, Pattern, Rewriter, rewrite_all
 PATTERN = Pattern("""
     h = add(a, b)
     x = rms_norm(h, w, eps=eps, offset=off)
-""", anchor="first", name="fuse_add_rms_norm")
+""", where=[lambda m: m.nodes[1].attrs.get("heads", 1) == 1], anchor="first",
+    name="fuse_add_rms_norm")
 
 
 def _rewrite(m: Match, rw: Rewriter) -> list[Node]:

@@ -13,7 +13,10 @@ Produces, at the first of the three (so q, k, v are defined no later than before
 The three are concatenated in graph order (whatever order the spec wrote them
 in) and keep their value names, so every user is unchanged. The derived weight
 is built once at load time (runtime/weights.py); the originals are left for
-dead_value_removal.
+dead_value_removal. Row slices of one packed tensor (Phi-3's qkv_proj, a
+spec's `rows:`) that are adjacent and in order concatenate back to one slice
+of it, so the fused GEMM reads the checkpoint tensor as stored; slices that
+cannot be described that way leave the match unfused.
 
 Pre: none (runs first). Post: no two-plus-one `linear`s of one input remain
 unfused; each fused GEMM reads x once. Must run before: nothing required.
@@ -40,6 +43,8 @@ def _rewrite(m: Match, rw: Rewriter) -> list[Node]:
     inputs = [m["x"], rw.concat_weight([n.inputs[1] for n in linears])]
     if len(linears[0].inputs) == 3:
         inputs.append(rw.concat_weight([n.inputs[2] for n in linears]))
+    if None in inputs:
+        return None
     qkv = rw.value(fused_name(outs))
     sizes = [rw.graph.values[o].shape[-1] for o in outs]
     return [rw.node("linear", inputs, [qkv]),

@@ -7,6 +7,10 @@ the same rotary parameters, head counts agreeing with the attention's:
     kr = rope(k, pos, heads=kvh, head_dim=d, theta=th, scaling=sc)
     o  = attention(qr, kr, v, kc, vc, heads=h, kv_heads=kvh, head_dim=d, scale=s)
 
+and both ropes rotate the same number of dims (`rotary_dim`, partial rotary).
+The attention's `window` and `softcap`, and the ropes' `rotary_dim`, travel
+to the fused ops when set (they are absent at their defaults).
+
 Produces, at the attention (the last matched node, so the cache is written
 exactly where it was before and q, k, v are all defined there):
 
@@ -30,13 +34,20 @@ PATTERN = Pattern("""
     qr = rope(q, pos, heads=h, head_dim=d, theta=th, scaling=sc)
     kr = rope(k, pos, heads=kvh, head_dim=d, theta=th, scaling=sc)
     o = attention(qr, kr, v, kc, vc, heads=h, kv_heads=kvh, head_dim=d, scale=s)
-""", where=[private("kr")], anchor="last", name="fuse_rope_kv")
+""", where=[private("kr"), lambda m: _extras(m.nodes[0], ("rotary_dim",))
+            == _extras(m.nodes[1], ("rotary_dim",))], anchor="last", name="fuse_rope_kv")
+
+
+def _extras(node: Node, names: tuple) -> dict:
+    """The optional attributes (OpDef.omit_default) a node carries."""
+    return {k: node.attrs[k] for k in names if k in node.attrs}
 
 
 def _rewrite(m: Match, rw: Rewriter) -> list[Node]:
     rope_attrs = {"heads": m["h"], "kv_heads": m["kvh"], "head_dim": m["d"],
-                  "theta": m["th"], "scaling": m["sc"]}
-    attn_attrs = {"heads": m["h"], "kv_heads": m["kvh"], "head_dim": m["d"], "scale": m["s"]}
+                  "theta": m["th"], "scaling": m["sc"], **_extras(m.nodes[0], ("rotary_dim",))}
+    attn_attrs = {"heads": m["h"], "kv_heads": m["kvh"], "head_dim": m["d"], "scale": m["s"],
+                  **_extras(m.nodes[2], ("window", "softcap"))}
     caches = [m["kc"], m["vc"]]
     return [rw.node("rope_kv_write", [m["q"], m["k"], m["v"], m["pos"], *caches], [m["qr"]],
                     rope_attrs),

@@ -1,0 +1,343 @@
+"""CPU benchmark: rustinfer's cpu target (float32, int4) against its peers, in one run.
+
+    .venv/bin/python bench/cpu.py [--model PATH.gguf] [--threads N] [--runs 3]
+
+Every engine runs in its own subprocess (so load time and peak RSS are its
+own) on the same 128-token prompt with the same thread count; engines that are
+not installed are skipped with a note (bench/PEERS.md says how to install them):
+
+    rustinfer fp32 / int4       the "cpu" target (ONNX Runtime), single sequence
+    transformers fp32           LlamaForCausalLM loaded from the same GGUF
+    onnxruntime-genai fp32/int4 built by its model builder from that model
+    llama.cpp                   llama-cpp-python on the same GGUF file
+
+Prints prefill tok/s, decode tok/s (median of --runs runs of 128 new tokens),
+load time, peak RSS, the memory-bandwidth roofline (weight bytes read per token
+/ measured bandwidth), ratios against each peer, and an int4-vs-fp32 accuracy
+report (greedy agreement over 5 prompts x 32 tokens, perplexity of a paragraph).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+PARAGRAPH = (
+    "The history of computing is a story of abstraction. Early machines were programmed by "
+    "rewiring panels; then came stored programs, assemblers, and compilers that let people "
+    "describe what they wanted instead of how the hardware should do it. Each layer hid the "
+    "one beneath it, and each was distrusted at first, because it cost speed. Over time the "
+    "compilers got better than most people at the details, and the trade became obvious. "
+    "Today the same argument plays out for machine learning: a model is written as a graph, "
+    "and a compiler decides how to fuse its operations, where to keep its intermediate "
+    "values, and which kernels to call on which device.")
+PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, in a small village,",
+           "The three primary colors are", "Water boils at a temperature of"]
+
+
+def rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bench_home() -> Path:
+    root = Path(os.environ.get("RUSTINFER_CACHE", Path.home() / ".cache" / "rustinfer"))
+    return root / "bench"
+
+
+# -- workers (each runs in a subprocess and prints one JSON line) ------------------------
+
+def worker_rustinfer(args, prompt):
+    from test_onnx_cpu import BS, load
+    from rustinfer.compiler.step_inputs import StepInputs
+
+    started = time.perf_counter()
+    ex = load(args.model, "cpu", max_model_len=512, max_tokens=256, threads=args.threads,
+              quant=args.quant, accuracy_level=args.accuracy_level)
+    load_s = time.perf_counter() - started
+    blocks = list(range(512 // BS))
+    prefill, decode = [], []
+    for _ in range(args.runs):
+        t0 = time.perf_counter()
+        logits = ex.forward(StepInputs.for_sequences([(prompt, 0, blocks)], BS))
+        t1 = time.perf_counter()
+        token, cached = int(logits[-1].argmax()), len(prompt)
+        for _ in range(args.new_tokens):
+            logits = ex.forward(StepInputs.for_sequences([([token], cached, blocks)], BS))
+            token, cached = int(logits[-1].argmax()), cached + 1
+        t2 = time.perf_counter()
+        prefill.append(len(prompt) / (t1 - t0))
+        decode.append(args.new_tokens / (t2 - t1))
+    meta = json.loads((ex.plan_dir / "meta.json").read_text())
+    return dict(load_s=load_s, prefill=prefill, decode=decode, bytes_per_token=meta["bytes_per_token"])
+
+
+def worker_transformers(args, prompt):
+    import torch
+    from transformers import LlamaForCausalLM
+
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    # From a float32 folder: transformers' own GGUF loading keeps the weights quantized
+    # ("quantized with gguf") and dequantizes per call, which is not its fp32 speed.
+    model = LlamaForCausalLM.from_pretrained(str(hf_folder(args.model)),
+                                             dtype=torch.float32).eval()
+    load_s = time.perf_counter() - started
+    prefill, decode = [], []
+    ids = torch.tensor([prompt])
+    with torch.inference_mode():
+        for _ in range(args.runs):
+            t0 = time.perf_counter()
+            out = model(ids, use_cache=True)
+            t1 = time.perf_counter()
+            past, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+            for _ in range(args.new_tokens):
+                out = model(token, past_key_values=past, use_cache=True)
+                past, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+            t2 = time.perf_counter()
+            prefill.append(len(prompt) / (t1 - t0))
+            decode.append(args.new_tokens / (t2 - t1))
+    return dict(load_s=load_s, prefill=prefill, decode=decode)
+
+
+def worker_genai(args, prompt):
+    import onnxruntime_genai as og
+
+    folder = genai_model(args.model, args.precision, args.threads)
+    started = time.perf_counter()
+    model = og.Model(str(folder))
+    load_s = time.perf_counter() - started
+    prefill, decode = [], []
+    for _ in range(args.runs):
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=len(prompt) + args.new_tokens + 1, do_sample=False)
+        gen = og.Generator(model, params)
+        t0 = time.perf_counter()
+        gen.append_tokens(prompt)               # prefill; it also picks the first token
+        t1 = time.perf_counter()
+        for _ in range(args.new_tokens):
+            gen.generate_next_token()
+        t2 = time.perf_counter()
+        prefill.append(len(prompt) / (t1 - t0))
+        decode.append(args.new_tokens / (t2 - t1))
+    return dict(load_s=load_s, prefill=prefill, decode=decode)
+
+
+def worker_llamacpp(args, prompt):
+    from llama_cpp import Llama
+
+    started = time.perf_counter()
+    llm = Llama(model_path=str(args.model), n_threads=args.threads, n_threads_batch=args.threads,
+                n_ctx=512, n_batch=256, verbose=False)
+    load_s = time.perf_counter() - started
+    prefill, decode = [], []
+    for _ in range(args.runs):
+        llm.reset()
+        t0 = time.perf_counter()
+        llm.eval(prompt)
+        t1 = time.perf_counter()
+        for _ in range(args.new_tokens):
+            token = llm.sample(temp=0.0)
+            llm.eval([token])
+        t2 = time.perf_counter()
+        prefill.append(len(prompt) / (t1 - t0))
+        decode.append(args.new_tokens / (t2 - t1))
+    return dict(load_s=load_s, prefill=prefill, decode=decode)
+
+
+def worker_accuracy(args, prompt):
+    """int4 vs fp32: greedy agreement (5 prompts x 32 tokens) and perplexity of PARAGRAPH."""
+    import numpy as np
+    from test_onnx_cpu import greedy, load, score
+
+    from rustinfer.runtime.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_gguf(args.model)
+    kw = dict(max_model_len=512, max_tokens=256, threads=args.threads)
+    fp32 = load(args.model, "cpu", **kw)
+    int4 = load(args.model, "cpu", quant="int4", accuracy_level=args.accuracy_level, **kw)
+    blocks = list(range(32))
+    agree = total = 0
+    for text in PROMPTS:
+        ids = tok.encode(text)
+        a, b = greedy(fp32, ids, 32, blocks), greedy(int4, ids, 32, blocks)
+        agree += sum(x == y for x, y in zip(a, b))
+        total += len(a)
+    ids = tok.encode(PARAGRAPH)[:256]
+
+    def ppl(ex):
+        logits = score(ex, ids, blocks)[:-1].astype(np.float64)
+        logz = np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) + logits.max(1)
+        return float(np.exp(np.mean(logz - logits[np.arange(len(ids) - 1), ids[1:]])))
+
+    return dict(agreement=agree / total, ppl_fp32=ppl(fp32), ppl_int4=ppl(int4))
+
+
+def hf_folder(gguf: str) -> Path:
+    """The GGUF as a float32 Hugging Face folder (our dequantized tensors), cached."""
+    hf = bench_home() / (Path(gguf).stem + "-hf-fp32")
+    if not (hf / "model.safetensors").exists():
+        from safetensors.torch import save_file
+
+        from rustinfer.runtime.checkpoint import open_checkpoint
+        from rustinfer.runtime.tokenizer import Tokenizer
+
+        hf.mkdir(parents=True, exist_ok=True)
+        ckpt = open_checkpoint(gguf)
+        (hf / "config.json").write_text(json.dumps({**ckpt.config, "torch_dtype": "float32"}))
+        tok = Tokenizer.from_gguf(gguf)
+        tok._backend.save(str(hf / "tokenizer.json"))
+        (hf / "tokenizer_config.json").write_text(json.dumps({
+            "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": tok.decode([1]),
+            "eos_token": tok.decode([2]), "model_max_length": ckpt.config["max_position_embeddings"]}))
+        save_file({n: ckpt.load(n).contiguous() for n in ckpt.names()}, str(hf / "model.safetensors"))
+    return hf
+
+
+def genai_model(gguf: str, precision: str, threads: int) -> Path:
+    """ORT GenAI's builder output for the checkpoint (via the fp32 HF folder), cached."""
+    hf, out = hf_folder(gguf), bench_home() / f"genai-{precision}"
+    if not (out / "genai_config.json").exists():
+        proc = subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder",
+                               "-i", str(hf), "-o", str(out), "-p", precision, "-e", "cpu",
+                               "-c", str(bench_home() / "genai-cache")],
+                              capture_output=True, text=True)
+        if proc.returncode:
+            raise RuntimeError(f"onnxruntime-genai builder failed: {proc.stderr[-2000:]}")
+    cfg_file = out / "genai_config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg["model"]["decoder"].setdefault("session_options", {})["intra_op_num_threads"] = threads
+    cfg_file.write_text(json.dumps(cfg, indent=1))
+    return out
+
+
+WORKERS = {"rustinfer": worker_rustinfer, "transformers": worker_transformers,
+           "genai": worker_genai, "llamacpp": worker_llamacpp, "accuracy": worker_accuracy}
+
+
+# -- the driver ------------------------------------------------------------------------------
+
+def measure_bandwidth(threads: int) -> float:
+    """GB/s of a float32 matrix-vector product over 512 MiB (what a decode step does)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, x = torch.randn(65536, 2048), torch.randn(2048)
+    times = []
+    for _ in range(6):
+        t0 = time.perf_counter()
+        torch.mv(a, x)
+        times.append(time.perf_counter() - t0)
+    return a.numel() * 4 / statistics.median(times[1:]) / 1e9
+
+
+def run_worker(args, name, **extra) -> dict | None:
+    cmd = [sys.executable, __file__, "--worker", name, "--model", str(args.model),
+           "--threads", str(args.threads), "--runs", str(args.runs),
+           "--new-tokens", str(args.new_tokens), "--accuracy-level", str(args.accuracy_level)]
+    for k, v in extra.items():
+        cmd += [f"--{k.replace('_', '-')}", str(v)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
+        print(f"  skipped {name} {extra or ''}: {tail}")
+        return None
+    return json.loads(lines[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="a llama GGUF file (default: SmolLM2-135M Q4_1)")
+    ap.add_argument("--threads", type=int, default=None, help="default: physical cores")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--prompt-tokens", type=int, default=128)
+    ap.add_argument("--accuracy-level", type=int, default=4, help="MatMulNBits accuracy_level (int4)")
+    ap.add_argument("--skip", default="", help="comma list: transformers,genai,llamacpp,accuracy")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--quant", default="none", help=argparse.SUPPRESS)
+    ap.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    from rustinfer.runtime.model_resolver import resolve_model
+    from rustinfer.runtime.onnx_executor import physical_cores
+    from rustinfer.runtime.tokenizer import Tokenizer
+
+    args.model = str(resolve_model(args.model))
+    args.threads = args.threads or physical_cores()
+    text = " ".join([PARAGRAPH] * 4)
+    prompt = Tokenizer.from_gguf(args.model).encode(text)[:args.prompt_tokens]
+    if args.worker:
+        result = WORKERS[args.worker](args, prompt)
+        print(json.dumps({**result, "rss_mib": rss_mib()}))
+        return
+
+    skip = set(filter(None, args.skip.split(",")))
+    bw = measure_bandwidth(args.threads)
+    print(f"model {Path(args.model).name}, {args.threads} threads, prompt {len(prompt)} tokens, "
+          f"{args.new_tokens} new tokens x {args.runs} runs; measured bandwidth {bw:.1f} GB/s")
+    engines = [("rustinfer fp32", "rustinfer", dict(quant="none")),
+               ("rustinfer int4", "rustinfer", dict(quant="int4")),
+               ("transformers fp32", "transformers", {}),
+               ("ort-genai fp32", "genai", dict(precision="fp32")),
+               ("ort-genai int4", "genai", dict(precision="int4")),
+               ("llama.cpp (gguf)", "llamacpp", {})]
+    results = {}
+    for label, worker, extra in engines:
+        if worker in skip:
+            continue
+        if worker == "genai" and not _importable("onnxruntime_genai"):
+            print(f"  skipped {label}: onnxruntime-genai is not installed (bench/PEERS.md)")
+            continue
+        if worker == "llamacpp" and not _importable("llama_cpp"):
+            print(f"  skipped {label}: llama-cpp-python is not installed (bench/PEERS.md)")
+            continue
+        if worker == "rustinfer":                 # compile once first: load_s is a cached start
+            run_worker(args, worker, **{**extra, "runs": 0, "new_tokens": 0})
+        r = run_worker(args, worker, **extra)
+        if r:
+            results[label] = r
+    print(f"\n{'engine':<20} {'prefill tok/s':>13} {'decode tok/s':>13} {'load s':>7} "
+          f"{'peak RSS MiB':>12} {'roofline tok/s':>15}")
+    for label, r in results.items():
+        roof = f"{bw * 1e9 / r['bytes_per_token']:.0f}" if r.get("bytes_per_token") else "-"
+        print(f"{label:<20} {statistics.median(r['prefill']):>13.0f} "
+              f"{statistics.median(r['decode']):>13.1f} {r['load_s']:>7.2f} {r['rss_mib']:>12.0f} "
+              f"{roof:>15}")
+    print()
+    for ours in ("rustinfer fp32", "rustinfer int4"):
+        if ours not in results:
+            continue
+        o = results[ours]
+        if o.get("bytes_per_token"):
+            roof = bw * 1e9 / o["bytes_per_token"]
+            print(f"{ours}: decode at {100 * statistics.median(o['decode']) / roof:.0f}% of its "
+                  f"roofline ({o['bytes_per_token'] / 2**20:.0f} MiB/token)")
+        for label, r in results.items():
+            if not label.startswith("rustinfer"):
+                print(f"  vs {label:<18} decode x{statistics.median(o['decode']) / statistics.median(r['decode']):.2f}"
+                      f"  prefill x{statistics.median(o['prefill']) / statistics.median(r['prefill']):.2f}")
+    if "accuracy" not in skip:
+        acc = run_worker(args, "accuracy")
+        if acc:
+            print(f"\naccuracy int4 (accuracy_level {args.accuracy_level}) vs fp32: greedy agreement "
+                  f"{100 * acc['agreement']:.1f}% (5 prompts x 32 tokens); perplexity fp32 "
+                  f"{acc['ppl_fp32']:.3f}, int4 {acc['ppl_int4']:.3f} "
+                  f"({100 * (acc['ppl_int4'] / acc['ppl_fp32'] - 1):+.1f}%)")
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The cuda target's GPU check, one command on an offline GPU host (H100 / H200):
+#   bash bench/gpu_check.sh [OUTDIR]          (OUTDIR defaults to $OUT, else ./gpu-out)
+# 1. wheels from .whl/ if brought along (../shared/gpu/wheels.sh; the check itself needs
+#    none: torch, triton, transformers and pytest are on the host image);
+# 2. the package importable without pip: a rustinfer/ tree of links on PYTHONPATH (the
+#    repo maps its folders with package-dir, and an editable install needs setuptools>=77);
+# 3. TRITON_INTERPRET=0 pytest -m cuda: kernels at real shapes, graph replay == eager == fp32;
+# 4. bench/gpu.py: TPOT / TTFT / batch throughput vs plain torch eager, HBM roofline.
+# Writes env.txt, pytest.log, bench.log, gpu.json, gpu.md and summary.md into OUTDIR.
+# Designed to finish in < 8 minutes: each stage has its own timeout.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-${OUT:-gpu-out}}
+mkdir -p "$out"
+py=${PYTHON:-python3}
+started=$(date +%s)
+
+if compgen -G ".whl/*.whl" >/dev/null; then
+  $py -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+site=/tmp/rustinfer-site
+rm -rf "$site" && mkdir -p "$site/rustinfer"
+ln -s "$PWD/rustinfer/__init__.py" "$site/rustinfer/__init__.py"
+for d in compiler runtime kernels server specs; do ln -s "$PWD/$d" "$site/rustinfer/$d"; done
+export PYTHONPATH=$site${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONSAFEPATH=1 TRITON_INTERPRET=0 RUSTINFER_CACHE=/tmp/rustinfer-cache PYTHONUNBUFFERED=1 \
+  HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+
+{ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+  $py -c "import torch, triton, numpy; print('torch', torch.__version__, 'triton', triton.__version__, 'numpy', numpy.__version__, torch.cuda.get_device_name())"
+  date -u; git log -1 --format='%h %s' 2>/dev/null; } >"$out/env.txt" 2>&1
+cat "$out/env.txt"
+
+timeout 210 $py -m pytest -m cuda -q -p no:cacheprovider --durations=8 \
+  tests/test_cuda_kernels.py tests/test_cuda_graphs.py tests/test_sampling.py 2>&1 | tee "$out/pytest.log"
+tests_rc=${PIPESTATUS[0]}
+
+left=$(( 450 - ($(date +%s) - started) ))
+timeout $(( left > 60 ? left : 60 )) $py bench/gpu.py --out "$out" 2>&1 | tee "$out/bench.log"
+bench_rc=${PIPESTATUS[0]}
+
+{ echo "# GPU check $(date -u +%F) on $(head -2 "$out/env.txt" | tail -1)"
+  echo
+  echo "pytest -m cuda: exit $tests_rc ($(tail -1 "$out/pytest.log"))"
+  echo "bench/gpu.py: exit $bench_rc; total $(( $(date +%s) - started )) s"
+  echo
+  cat "$out/gpu.md" 2>/dev/null || echo "(no benchmark table)"; } >"$out/summary.md"
+cat "$out/summary.md"
+[ "$tests_rc" = 0 ] && [ "$bench_rc" = 0 ]

@@ -1,0 +1,110 @@
+"""compile_onnx: bound IR + checkpoint -> a cached folder holding model.onnx + weights.bin.
+
+    $RUSTINFER_CACHE/plans/<family>-cpu-<quant>-<key>/
+        model.onnx      the graph (weights referenced as external data)
+        weights.bin     every large initializer, written once
+        graph.txt       one line per ONNX node (hierarchical names)
+        weights.txt     what each IR weight became (float32 MatMul, MatMulNBits, origin)
+        passes/         the IR after each fusion pass (as compile_model writes them)
+        meta.json       what the executor needs (caches, vocab, bytes read per token)
+        report.txt      a short human summary
+
+The key is build.cache_key's (spec text, config, weight shapes, compiler and
+kernel sources) plus the ONNX options and the checkpoint's identity (path, file
+sizes and mtimes): unlike plan.py, this folder embeds the weights.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import onnx
+
+from .build import CompileOptions, cache_key, cache_root
+from .ir import Graph
+from .onnx_lowering import describe, lower
+from .onnx_weights import WeightStore
+from .pipeline import run_pipeline
+
+
+@dataclass(frozen=True)
+class OnnxOptions:
+    quant: str = "none"            # "none" (float32) | "int4" | "int8"
+    accuracy_level: int = 4        # MatMulNBits: 4 = int8 activations (fast), 0 = float32
+    quantize_lm_head: bool = True  # the LM head is the largest matrix: quantize it too
+
+
+def checkpoint_identity(path) -> list:
+    p = Path(path)
+    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    return [str(p.resolve())] + [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+
+
+def compile_onnx(graph: Graph, spec_path: str, config: dict, checkpoint,
+                 options: OnnxOptions = OnnxOptions(), use_cache: bool = True
+                 ) -> tuple[Path, bool]:
+    """Lower (or find in the cache) the model; returns (folder, was_cached)."""
+    spec_text = Path(spec_path).read_text() if Path(spec_path).exists() else str(spec_path)
+    shapes = {n: checkpoint.shape(n) for n in checkpoint.names()}
+    keyed = {"config": config, "onnx": asdict(options),
+             "checkpoint": checkpoint_identity(checkpoint.path)}
+    key = cache_key(spec_text, keyed, shapes, CompileOptions(target="cpu"))
+    folder = cache_root() / f"{graph.family}-cpu-{options.quant}-{key}"
+    hit = use_cache and (folder / "meta.json").exists()
+    if not hit:
+        _build(graph, checkpoint, options, folder)
+    return folder, hit
+
+
+def _build(graph: Graph, checkpoint, options: OnnxOptions, folder: Path) -> None:
+    started = time.perf_counter()
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
+    try:
+        fused, passes = run_pipeline(graph, dump_dir=tmp / "passes")
+        store = WeightStore(fused, checkpoint, tmp, quant=options.quant,
+                            accuracy_level=options.accuracy_level,
+                            quantize_lm_head=options.quantize_lm_head)
+        try:
+            model = lower(fused, store)
+        finally:
+            store.close()
+        onnx.save_model(model, str(tmp / "model.onnx"))
+        (tmp / "graph.txt").write_text(describe(model))
+        (tmp / "weights.txt").write_text("\n".join(store.report) + "\n")
+        caches = {c.name: list(c.shape[2:]) for c in fused.caches()}
+        meta = {
+            "caches": caches,
+            "vocab": int(fused.values[fused.outputs[0]].shape[-1]),
+            "uses_position_ids": any(i.name == "position_ids" for i in model.graph.input),
+            "bytes_per_token": store.bytes_per_token,
+            "quant": options.quant,
+            "max_pos": int(fused.symbols.get("max_pos") or 8192),
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        seconds = time.perf_counter() - started
+        ops: dict[str, int] = {}
+        for node in model.graph.node:
+            ops[node.op_type] = ops.get(node.op_type, 0) + 1
+        (tmp / "report.txt").write_text("\n".join([
+            f"target        cpu (ONNX Runtime), quant {options.quant}, "
+            f"accuracy_level {options.accuracy_level}",
+            f"passes        " + ", ".join(f"{k} x{v}" for k, v in passes.rewrites.items() if v),
+            f"onnx nodes    {len(model.graph.node)}: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(ops.items())),
+            f"weights       {(tmp / 'weights.bin').stat().st_size / 2**20:.1f} MiB in weights.bin; "
+            f"{store.bytes_per_token / 2**20:.1f} MiB read per decoded token",
+            f"compile time  {seconds * 1000:.0f} ms",
+        ]) + "\n")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if folder.exists():                  # another process won the race: keep theirs
+        shutil.rmtree(tmp)
+        return
+    os.replace(tmp, folder)

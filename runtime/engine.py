@@ -1,0 +1,225 @@
+"""The engine: requests in, tokens out, many sequences at once.
+
+Each `step()` asks the scheduler for a batch (decodes and prefill chunks
+together), lays it out as one `StepInputs`, runs the executor once, samples
+the sequences whose tokens are all computed, and returns what each request
+got. See runtime/engine_api.py for the types and runtime/scheduler.py for the
+batching policy.
+"""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+import torch
+
+from rustinfer.compiler.step_inputs import StepInputs
+
+from .block_manager import BlockManager
+from .engine_api import EngineStats, RequestError, RequestEvent
+from .sampling import Sampler, SamplingParams, SequenceSamplingState
+from .scheduler import ScheduledSeq, Scheduler
+from .sequence import Sequence, Status
+from .stop import StopChecker
+
+
+class Engine:
+    def __init__(self, executor, tokenizer, *, max_model_len: int, vocab_size: int,
+                 max_num_seqs: int = 16, max_num_batched_tokens: int = 512,
+                 enable_prefix_caching: bool = True, model_name: str = "model"):
+        self.executor, self.tokenizer = executor, tokenizer
+        self.block_size = executor.block_size
+        self.blocks = BlockManager(executor.num_blocks, self.block_size, enable_prefix_caching)
+        # A sequence must fit in the cache on its own, or preemption could never make room.
+        self.max_model_len = min(max_model_len, executor.num_blocks * self.block_size)
+        self.vocab_size = vocab_size
+        self.model_name = model_name
+        step_tokens = min(max_num_batched_tokens, executor.max_tokens)
+        self.scheduler = Scheduler(self.blocks, max_num_seqs, step_tokens)
+        self.sampler = Sampler()
+        self.requests: dict[str, list[Sequence]] = {}
+        self.pending_events: list[RequestEvent] = []
+        self.stats_ = EngineStats(kv_blocks_total=executor.num_blocks)
+
+    @classmethod
+    def from_model(cls, model=None, target: str = "cpu-torch", *, max_num_seqs: int = 16,
+                   max_num_batched_tokens: int = 512, **kw) -> "Engine":
+        from .llm import LLM
+
+        return LLM(model=model, target=target, max_num_seqs=max_num_seqs,
+                   max_num_batched_tokens=max_num_batched_tokens, **kw).engine
+
+    # -- requests --------------------------------------------------------------
+    def add_request(self, request_id: str, prompt_token_ids: list[int],
+                    params: SamplingParams) -> None:
+        if request_id in self.requests:
+            raise RequestError(f"request id '{request_id}' is already running", "duplicate_id")
+        ids = [int(t) for t in prompt_token_ids]
+        if not ids:
+            raise RequestError("the prompt is empty: give at least one token", param="prompt")
+        bad = [t for t in ids if not 0 <= t < self.vocab_size]
+        if bad:
+            raise RequestError(f"token ids out of range [0, {self.vocab_size}): {bad[:5]}",
+                               param="prompt")
+        if len(ids) + 1 > self.max_model_len:
+            raise RequestError(f"this model's maximum context length is {self.max_model_len} "
+                               f"tokens; the prompt has {len(ids)} tokens: shorten it",
+                               "context_length_exceeded", param="messages")
+        eos = list(self.tokenizer.eos_token_ids) if self.tokenizer is not None else []
+        seqs = []
+        for index in range(params.n):
+            seq = Sequence(request_id, index, list(ids), params)
+            seq.sampling = SequenceSamplingState(params, seq.prompt_token_ids, seed_offset=index,
+                                                 eos_token_ids=eos)
+            seq.stop = StopChecker(self.tokenizer, params)
+            if index > 0:
+                seq.waits_for = seqs[0]             # reuse the first choice's cached prompt
+                seq.prompt_logprobs_done = True
+            seqs.append(seq)
+            self.scheduler.add(seq)
+        self.requests[request_id] = seqs
+        self.stats_.prompt_tokens_total += len(ids)
+
+    def abort(self, request_id: str) -> None:
+        for seq in self.requests.pop(request_id, []):
+            if seq.status != Status.FINISHED:
+                self.scheduler.finish(seq)
+                self.pending_events.append(RequestEvent(
+                    request_id, seq.index, finished=True, finish_reason="abort",
+                    num_prompt_tokens=len(seq.prompt_token_ids),
+                    num_generated_tokens=len(seq.output_token_ids)))
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished() or bool(self.pending_events)
+
+    # -- one iteration ---------------------------------------------------------------
+    def step(self) -> list[RequestEvent]:
+        events, self.pending_events = self.pending_events, []
+        batch = self.scheduler.schedule()
+        if not batch:
+            return events
+        step, sample_rows, prompt_rows = self._layout(batch)
+        logits = self.executor.forward(step)
+        now = time.perf_counter()
+        for item in batch:
+            seq = item.seq
+            seq.num_computed += item.num_tokens
+            self.blocks.register_computed(seq.block_table, seq.all_token_ids, seq.num_computed)
+        self._prompt_logprobs(batch, logits, prompt_rows)
+        to_sample = [s.seq for s in batch if s.seq.num_uncomputed == 0]
+        if to_sample:
+            rows = torch.stack([logits[sample_rows[id(seq)]] for seq in to_sample])
+            tokens, logprobs = self.sampler.sample(rows.float(), [s.sampling for s in to_sample])
+            for seq, token, lp in zip(to_sample, tokens, logprobs):
+                events.append(self._advance(seq, token, lp, now))
+        return events
+
+    def _layout(self, batch: list[ScheduledSeq]):
+        """One StepInputs for the batch; which logits row each sequence samples from."""
+        tokens, positions, slots, starts, ctx, tables, rows = [], [], [], [0], [], [], []
+        sample_rows, prompt_rows = {}, {}
+        bs = self.block_size
+        for item in batch:
+            seq, n = item.seq, item.num_tokens
+            start = seq.num_computed
+            tokens += seq.all_token_ids[start:start + n]
+            pos = range(start, start + n)
+            positions += pos
+            slots += [seq.block_table[p // bs] * bs + p % bs for p in pos]
+            row0 = starts[-1]
+            starts.append(row0 + n)
+            ctx.append(start + n)
+            tables.append(seq.block_table)
+            wants_prompt_lp = (seq.params.prompt_logprobs is not None
+                               and not seq.prompt_logprobs_done)
+            if wants_prompt_lp:
+                prompt_rows[id(seq)] = (len(rows), start, n)
+                rows += range(row0, row0 + n)
+            if start + n == seq.num_tokens:
+                if not (wants_prompt_lp and rows and rows[-1] == row0 + n - 1):
+                    rows.append(row0 + n - 1)
+                sample_rows[id(seq)] = len(rows) - 1
+        width = max(len(t) for t in tables)
+        step = StepInputs(
+            token_ids=torch.tensor(tokens, dtype=torch.int64),
+            positions=torch.tensor(positions, dtype=torch.int64),
+            query_start=starts, context_lens=ctx, block_tables=[list(t) for t in tables],
+            slot_mapping=torch.tensor(slots, dtype=torch.int64), block_size=bs,
+            logit_rows=torch.tensor(rows, dtype=torch.int64),
+            block_table_tensor=torch.tensor([t + [0] * (width - len(t)) for t in tables],
+                                            dtype=torch.int64))
+        return step, sample_rows, prompt_rows
+
+    def _prompt_logprobs(self, batch, logits, prompt_rows) -> None:
+        """Score prompt tokens (echo / prompt_logprobs): the row at position p predicts p + 1."""
+        for item in batch:
+            seq = item.seq
+            if id(seq) not in prompt_rows:
+                continue
+            first_row, start, n = prompt_rows[id(seq)]
+            prompt = seq.prompt_token_ids
+            if start == 0:
+                seq.pending_prompt_logprobs.append(None)     # nothing predicts the first token
+            m = min(start + n, len(prompt) - 1) - start       # rows here that predict a prompt token
+            if m > 0:
+                scored = self.sampler.prompt_logprobs(logits[first_row:first_row + m].float(),
+                                                      prompt[start:start + m + 1],
+                                                      seq.params.prompt_logprobs)
+                seq.pending_prompt_logprobs += scored[1:]
+            if start + n >= len(prompt):
+                seq.prompt_logprobs_done = True
+
+    def _advance(self, seq: Sequence, token: int, logprob, now: float) -> RequestEvent:
+        """Append a sampled token, apply the stop rules, make the request's event."""
+        seq.output_token_ids.append(token)
+        seq.sampling.append(token)
+        self.stats_.generation_tokens_total += 1
+        if seq.first_token_time is None:
+            seq.first_token_time = now
+        else:
+            seq.inter_token.append(now - seq.last_token_time)
+        seq.last_token_time = now
+        text, reason = seq.stop.push(token)
+        if reason is None and (len(seq.output_token_ids) >= seq.params.max_tokens
+                               or seq.num_tokens >= self.max_model_len):
+            reason = "length"
+            text += seq.stop.flush()
+        event = RequestEvent(seq.request_id, seq.index, [token], text,
+                             logprobs=[logprob] if logprob is not None else None,
+                             num_prompt_tokens=len(seq.prompt_token_ids),
+                             num_generated_tokens=len(seq.output_token_ids))
+        if seq.pending_prompt_logprobs and seq.params.prompt_logprobs is not None:
+            event.prompt_logprobs, seq.pending_prompt_logprobs = seq.pending_prompt_logprobs, []
+        if reason is not None:
+            event.finished, event.finish_reason = True, reason
+            event.stop_reason = seq.stop.stop_reason
+            self._finish(seq)
+        return event
+
+    def _finish(self, seq: Sequence) -> None:
+        self.scheduler.finish(seq)
+        st = self.stats_
+        st.requests_finished_total += 1
+        st.ttft_seconds.append(seq.first_token_time - seq.arrival)
+        st.inter_token_seconds += seq.inter_token
+        st.e2e_seconds.append(seq.last_token_time - seq.arrival)
+        seqs = self.requests.get(seq.request_id, [])
+        if all(s.status == Status.FINISHED for s in seqs):
+            self.requests.pop(seq.request_id, None)
+
+    # -- stats ---------------------------------------------------------------------
+    def stats(self) -> EngineStats:
+        """Counters and gauges now; latency samples since the previous call."""
+        st = self.stats_
+        out = EngineStats(
+            num_running=len(self.scheduler.running), num_waiting=len(self.scheduler.waiting),
+            num_preempted_total=self.scheduler.num_preempted,
+            kv_blocks_used=self.blocks.num_used, kv_blocks_total=self.blocks.num_blocks,
+            prefix_cache_queries=self.blocks.queries, prefix_cache_hits=self.blocks.hits,
+            prompt_tokens_total=st.prompt_tokens_total,
+            generation_tokens_total=st.generation_tokens_total,
+            requests_finished_total=st.requests_finished_total,
+            ttft_seconds=st.ttft_seconds, inter_token_seconds=st.inter_token_seconds,
+            e2e_seconds=st.e2e_seconds)
+        st.ttft_seconds, st.inter_token_seconds, st.e2e_seconds = [], [], []
+        return out

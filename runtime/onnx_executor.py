@@ -1,0 +1,319 @@
+"""The "cpu" target: the lowered ONNX model run by ONNX Runtime with IO binding.
+
+KV cache layout. ORT's GroupQueryAttention wants each sequence's cache as one
+contiguous row [kv_heads, max_seq, head_dim] of a [B, kv_heads, max_seq,
+head_dim] tensor, with the step's B sequences in B consecutive rows. The engine
+speaks paged blocks (StepInputs.block_tables). The executor bridges the two:
+
+- It owns `max_seqs` rows per layer. A row is a contiguous copy of what some
+  block table's first `length` positions hold; `RowMap` remembers, per row, the
+  blocks it mirrors and its length.
+- A step's sequence with `cached` tokens continues the row whose blocks start
+  with the sequence's first ceil(cached / block_size) blocks and whose length is
+  `cached`. A sequence with cached == 0 takes a free row (least recently used).
+  A sequence whose prefix another row holds at a greater length (prefix caching,
+  forks) gets a fresh row with that prefix copied in.
+- Writing a block invalidates every other row that mirrored it (the row is cut
+  before that block), so a row never claims content a block no longer holds.
+- No row matches -> RuntimeError (e.g. more live sequences than `max_seqs`, or
+  blocks changed outside this executor: swapping, copy-on-write).
+
+Runs. ORT's GQA takes either one sequence of S > 1 new tokens (prefill or a
+prefill chunk, batch 1) or B sequences of one new token each (decode, each row
+with its own length via seqlens_k). A step becomes one run per prefilling
+sequence plus one run for all its decoding sequences; the decoders' rows are
+made consecutive first (rows are swapped only when the batch changes).
+
+Memory. Caches, inputs and the logits buffer are allocated once; each run binds
+raw pointers into them (IO binding), and a binding is redone only when its
+pointer or shape changes, so a steady decode run binds nothing. past and present
+of a layer are the same buffer: GQA writes the new k/v in place.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rustinfer.compiler.onnx_lowering import past_name, present_name
+from rustinfer.compiler.step_inputs import StepInputs
+
+OPTIONS = ("quant", "threads", "max_seqs", "accuracy_level", "quantize_lm_head")
+
+
+def physical_cores() -> int:
+    try:
+        import psutil
+
+        return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    except ImportError:
+        return os.cpu_count() or 1
+
+
+@dataclass
+class _Row:
+    blocks: list[int] = field(default_factory=list)   # blocks mirrored, in table order
+    length: int = 0                                   # positions [0, length) are valid
+    used: int = 0                                     # step counter of the last use
+
+
+class RowMap:
+    """Which cache row holds which block-table prefix (see the module docstring)."""
+
+    def __init__(self, rows: int, block_size: int):
+        self.rows = [_Row() for _ in range(rows)]
+        self.bs = block_size
+        self.owner: dict[int, _Row] = {}              # block -> the row that last wrote it
+        self.last: dict[tuple[int, int], int] = {}    # (first block, length) -> row, last step
+        self.tick = 0
+
+    def assign(self, seqs: list[tuple[int, int, list[int]]]):
+        """seqs: (new tokens, cached, block table). Returns (rows, copies[(src, dst, length)])."""
+        taken: set[int] = set()
+        rows, copies = [], []
+        for n, cached, table in seqs:
+            if cached == 0:
+                r = self._free(taken)
+                self.rows[r] = _Row()
+            else:
+                nb = math.ceil(cached / self.bs)
+                prefix = table[:nb]
+                r = self.last.get((table[0], cached))    # the usual case: last step's row
+                if r is None or r in taken or self.rows[r].length != cached \
+                        or self.rows[r].blocks[:nb] != prefix:
+                    r = self._find(prefix, cached, taken, exact=True)
+                if r is None:
+                    src = self._find(prefix, cached, set(), exact=False)
+                    if src is None:
+                        raise RuntimeError(
+                            f"cpu target: no KV row holds the {cached} cached tokens of the "
+                            f"sequence starting at block {table[0]}; it holds at most "
+                            f"{len(self.rows)} sequences (option max_seqs) and cannot follow "
+                            "blocks changed outside the executor")
+                    r = self._free(taken | {src})
+                    copies.append((src, r, cached))
+                    self.rows[r] = _Row(list(prefix), cached)
+            taken.add(r)
+            rows.append(r)
+        return rows, copies
+
+    def commit(self, seqs, rows) -> None:
+        """After the step: each row now mirrors its table up to the new length."""
+        self.tick += 1
+        self.last = {}
+        for (n, cached, table), r in zip(seqs, rows):
+            self.last[(table[0], cached + n)] = r
+            row, ctx = self.rows[r], cached + n
+            for i in range(cached // self.bs, math.ceil(ctx / self.bs)):
+                block = table[i]
+                other = self.owner.get(block)
+                if other is not None and other is not row and block in other.blocks:
+                    cut = other.blocks.index(block)       # its copy of this block is stale
+                    other.blocks = other.blocks[:cut]
+                    other.length = min(other.length, cut * self.bs)
+                self.owner[block] = row
+            row.blocks = list(table[:math.ceil(ctx / self.bs)])
+            row.length, row.used = ctx, self.tick
+
+    def swap(self, a: int, b: int) -> None:
+        self.rows[a], self.rows[b] = self.rows[b], self.rows[a]
+
+    def _find(self, prefix, cached, taken, exact):
+        nb = len(prefix)
+        for i, row in enumerate(self.rows):
+            if i in taken or row.length < cached or (exact and row.length != cached):
+                continue
+            if row.blocks[:1] == prefix[:1] and row.blocks[:nb] == prefix:
+                return i
+        return None
+
+    def _free(self, taken) -> int:
+        free = [i for i in range(len(self.rows)) if i not in taken]
+        if not free:
+            raise RuntimeError(f"cpu target: a step has more sequences than its {len(self.rows)} "
+                               "KV rows; raise the max_seqs option")
+        empty = [i for i in free if self.rows[i].length == 0]
+        return empty[0] if empty else min(free, key=lambda i: self.rows[i].used)
+
+
+class OnnxExecutor:
+    """forward(step) -> logits [R, vocab] through ONNX Runtime (see the module docstring).
+
+    The logits returned are a view of a persistent buffer: the next forward overwrites
+    them (as PlanExecutor's pinned outputs), so copy what must outlive the step."""
+
+    target = "cpu"
+
+    def __init__(self, folder: Path, *, num_blocks: int, block_size: int, max_model_len: int,
+                 max_tokens: int, max_seqs: int, threads: int | None = None):
+        import onnxruntime as ort
+
+        self.folder = Path(folder)
+        self.meta = json.loads((self.folder / "meta.json").read_text())
+        self.threads = threads or physical_cores()
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(self.folder / "model.onnx"), so,
+                                            providers=["CPUExecutionProvider"])
+        self.num_blocks, self.block_size = num_blocks, block_size
+        self.max_tokens, self.max_seqs = max_tokens, max_seqs
+        self.max_seq = min(max_model_len, self.meta["max_pos"])
+        self.rows = RowMap(max_seqs, block_size)
+        self.caches = {name: np.zeros((max_seqs, kvh, self.max_seq, d), np.float32)
+                       for name, (kvh, d) in self.meta["caches"].items()}
+        n = max(max_tokens, max_seqs)
+        self.ids = np.zeros(n, np.int64)
+        self.pos = np.zeros(n, np.int64)
+        self.seqlens = np.zeros(max_seqs, np.int32)
+        self.total = np.zeros((), np.int32)
+        self.rows_in = np.zeros(n, np.int64)
+        self.logits = np.zeros((n, self.meta["vocab"]), np.float32)
+        self.scratch = np.zeros_like(self.logits)       # for rows not contiguous in the result
+        self.logits_t = torch.from_numpy(self.logits)
+        self.binding = self.session.io_binding()
+        self._bound: dict[str, tuple] = {}
+        self.runs = 0
+
+    # -- binding ---------------------------------------------------------------------
+    def _bind(self, name: str, array: np.ndarray, shape, output: bool = False) -> None:
+        key = (array.ctypes.data, tuple(shape))
+        if self._bound.get(name) == key:
+            return
+        bind = self.binding.bind_output if output else self.binding.bind_input
+        bind(name, "cpu", 0, array.dtype, list(shape), array.ctypes.data)
+        self._bound[name] = key
+
+    def _run(self, row0: int, b: int, s: int, out: np.ndarray, r: int) -> None:
+        self._bind("input_ids", self.ids, (b, s))
+        if self.meta["uses_position_ids"]:
+            self._bind("position_ids", self.pos, (b, s))
+        self._bind("seqlens_k", self.seqlens, (b,))
+        self._bind("total_seq_len", self.total, ())
+        self._bind("logit_rows", self.rows_in, (r,))
+        self._bind("logits", out, (r, out.shape[1]), output=True)
+        for name, cache in self.caches.items():
+            view = cache[row0]
+            shape = (b,) + cache.shape[1:]
+            self._bind(past_name(name), view, shape)
+            self._bind(present_name(name), view, shape, output=True)
+        self.session.run_with_iobinding(self.binding)
+        self.runs += 1
+
+    # -- the step ----------------------------------------------------------------------
+    def forward(self, step: StepInputs) -> torch.Tensor:
+        T = step.num_tokens
+        if T > self.max_tokens:
+            raise ValueError(f"a step of {T} tokens exceeds max_tokens {self.max_tokens}; "
+                             "chunk the prefill")
+        qs = step.query_start
+        seqs = []
+        for b in range(step.num_seqs):
+            n = qs[b + 1] - qs[b]
+            ctx = step.context_lens[b]
+            if ctx > self.max_seq:
+                raise ValueError(f"sequence {b} reaches {ctx} tokens; the cpu target's KV rows "
+                                 f"hold {self.max_seq} (max_model_len)")
+            if int(step.positions[qs[b]]) != ctx - n:     # GQA derives positions from lengths
+                raise ValueError(f"sequence {b}: first position {int(step.positions[qs[b]])} is "
+                                 f"not its cached length {ctx - n}")
+            seqs.append((n, ctx - n, step.block_tables[b]))
+        rows, copies = self.rows.assign(seqs)
+        for src, dst, length in copies:
+            for cache in self.caches.values():
+                cache[dst, :, :length] = cache[src, :, :length]
+        decoders = [b for b, (n, _, _) in enumerate(seqs) if n == 1]
+        self._make_consecutive(decoders, rows)
+
+        tokens = step.token_ids.numpy()
+        positions = step.positions.numpy()
+        wanted = list(range(T)) if step.logit_rows is None else step.logit_rows.tolist()
+        seq_of = np.searchsorted(np.asarray(qs), np.asarray(wanted, dtype=np.int64), side="right") - 1
+        runs = [sorted(decoders, key=lambda b: rows[b])] if decoders else []
+        runs += [[b] for b, (n, _, _) in enumerate(seqs) if n > 1]
+        for group in runs:
+            s = seqs[group[0]][0]
+            for i, b in enumerate(group):
+                n, cached, _ = seqs[b]
+                self.ids[i * s:(i + 1) * s] = tokens[qs[b]:qs[b + 1]]
+                self.pos[i * s:(i + 1) * s] = positions[qs[b]:qs[b + 1]]
+                self.seqlens[i] = cached + n - 1
+            self.total[...] = max(seqs[b][1] + seqs[b][0] for b in group)
+            local = {b: i for i, b in enumerate(group)}
+            dest = [j for j, b in enumerate(seq_of) if b in local]
+            for k, j in enumerate(dest):
+                b = int(seq_of[j])
+                self.rows_in[k] = local[b] * s + wanted[j] - qs[b]
+            contiguous = not dest or dest == list(range(dest[0], dest[0] + len(dest)))
+            out = self.logits[dest[0]:] if dest and contiguous else self.scratch
+            self._run(rows[group[0]], len(group), s, out, len(dest))
+            if not contiguous:
+                self.logits[dest] = self.scratch[:len(dest)]
+        self.rows.commit(seqs, rows)
+        return self.logits_t[:len(wanted)]
+
+    def _make_consecutive(self, decoders: list[int], rows: list[int]) -> None:
+        """Swap rows so the decoding sequences sit in rows [0, k) when they are not consecutive."""
+        mine = sorted(rows[b] for b in decoders)
+        if not mine or mine[-1] - mine[0] + 1 == len(mine):
+            return
+        k = len(mine)
+        holes = [r for r in range(k) if r not in mine]
+        for b in decoders:
+            if rows[b] >= k:
+                a, z = rows[b], holes.pop()
+                self._swap_rows(a, z)
+                for other, r in enumerate(rows):     # a step's other sequence may sit in z
+                    if r == z:
+                        rows[other] = a
+                rows[b] = z
+
+    def _swap_rows(self, a: int, b: int) -> None:
+        n = max(self.rows.rows[a].length, self.rows.rows[b].length)
+        for cache in self.caches.values():
+            tmp = cache[a, :, :n].copy()
+            cache[a, :, :n] = cache[b, :, :n]
+            cache[b, :, :n] = tmp
+        self.rows.swap(a, b)
+
+
+def load(ctx) -> object:
+    """The "cpu" target factory: compile (or reuse) the ONNX model and wrap it.
+
+    An op the lowering does not support falls back to "cpu-torch", loudly."""
+    from rustinfer.compiler.onnx_build import OnnxOptions, compile_onnx
+    from rustinfer.compiler.onnx_lowering import UnsupportedOp
+
+    unknown = sorted(set(ctx.options) - set(OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown cpu target option(s) {unknown}; known: {', '.join(OPTIONS)}")
+    opts = ctx.options
+    onnx_options = OnnxOptions(quant=opts.get("quant", "none") or "none",
+                               accuracy_level=int(opts.get("accuracy_level", 4)),
+                               quantize_lm_head=bool(opts.get("quantize_lm_head", True)))
+    try:
+        folder, cached = compile_onnx(ctx.graph, ctx.spec_path, ctx.config, ctx.checkpoint,
+                                      onnx_options)
+    except UnsupportedOp as err:
+        print(f"rustinfer: WARNING: the cpu target cannot lower this model ({err}); "
+              "falling back to target 'cpu-torch' (float32, slower)", file=sys.stderr)
+        from .targets import TARGETS
+
+        return TARGETS["cpu-torch"](ctx)
+    # Default: as many full-length rows as the paged cache budget holds tokens, at most 256
+    # (the row search is linear in rows; np.zeros pages are only touched when rows are used).
+    rows = opts.get("max_seqs") or max(1, min(256, ctx.num_blocks * ctx.block_size
+                                              // ctx.max_model_len))
+    ex = OnnxExecutor(folder, num_blocks=ctx.num_blocks, block_size=ctx.block_size,
+                      max_model_len=ctx.max_model_len, max_tokens=ctx.max_step_tokens,
+                      max_seqs=int(rows), threads=opts.get("threads"))
+    ex.plan_dir, ex.plan_cached = folder, cached
+    return ex

@@ -1,0 +1,149 @@
+"""The FastAPI application: routes, middleware, error handlers, life cycle.
+
+Generation routes live in chat.py and completions.py; this file wires them up
+with the small routes (models, health, metrics, tokenizer endpoints for
+lm-evaluation-harness) and the static chat page.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from importlib.resources import files
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from rustinfer.runtime.chat_template import ChatTemplateError
+
+from .chat import create_chat_completion
+from .completions import create_completion
+from .errors import OpenAIError, error_response, install_error_handlers, invalid
+from .metrics import CONTENT_TYPE
+from .middleware import ApiKeyMiddleware, BodyLimitMiddleware, read_body
+from .openai_types import DetokenizeRequest, TokenizeRequest, parse_body
+from .state import ServerState, decode, encode
+
+WEB_DIR = files("rustinfer.server") / "web"
+DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
+
+
+def create_app(state: ServerState, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+               on_shutdown=None) -> FastAPI:
+    started = int(time.time())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        await state.client.start()
+        loader = asyncio.create_task(state.load_tokenizer_when_ready())
+        try:
+            yield
+        finally:
+            loader.cancel()
+            await state.client.close()
+            state.pool.shutdown(wait=False, cancel_futures=True)
+            if on_shutdown is not None:
+                on_shutdown()
+
+    # No /docs or /openapi.json: this is an API server, not a schema browser, and
+    # FastAPI's generated schema would not describe our hand-validated bodies.
+    app = FastAPI(title="rustinfer", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    install_error_handlers(app)
+    app.state.server = state
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        return await create_chat_completion(state, request)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        return await create_completion(state, request)
+
+    def model_card() -> dict:
+        info = state.client.info or {}
+        return {"id": state.model_name, "object": "model", "created": started,
+                "owned_by": "rustinfer", "root": info.get("model_path"),
+                "max_model_len": state.max_model_len}
+
+    @app.get("/v1/models")
+    async def models():
+        state.require_ready()
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{name:path}")
+    async def model(name: str):
+        state.require_ready()
+        state.check_model(name)
+        return model_card()
+
+    @app.get("/health")
+    async def health():
+        if not state.ready:
+            reason = state.client.dead_reason or "loading the tokenizer"
+            return error_response(OpenAIError(503, f"the engine is not available ({reason})",
+                                              "service_unavailable", code="engine_unavailable"))
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/version")
+    async def version():
+        from importlib.metadata import version as v
+        return {"version": v("rustinfer")}
+
+    @app.get("/metrics")
+    async def metrics():
+        state.metrics.engine_up = state.client.alive
+        await state.client.fresh_stats()
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request):
+        req = parse_body(await read_body(request), TokenizeRequest)
+        state.check_model(req.model)
+        state.require_ready()
+        if (req.prompt is None) == (req.messages is None):
+            raise invalid("give either prompt or messages", "prompt")
+        tok = state.tokenizer
+        if req.prompt is not None:
+            ids = await state.run_blocking(encode, tok, req.prompt, req.add_special_tokens)
+        else:
+            messages = [m.model_dump(exclude_none=True) for m in req.messages]
+            try:
+                text = await state.run_blocking(tok.apply_chat_template, messages,
+                                                req.add_generation_prompt)
+            except ChatTemplateError as e:
+                raise invalid(f"the chat template refused these messages: {e}", "messages")
+            ids = await state.run_blocking(encode, tok, text, False)
+        return {"count": len(ids), "max_model_len": state.max_model_len, "tokens": ids,
+                "token_strs": None}
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request):
+        req = parse_body(await read_body(request), DetokenizeRequest)
+        state.check_model(req.model)
+        state.require_ready()
+        bad = [t for t in req.tokens if not 0 <= t < state.vocab_size]
+        if bad:
+            raise invalid(f"token ids out of range [0, {state.vocab_size}): {bad[:5]}", "tokens")
+        return {"prompt": await state.run_blocking(decode, state.tokenizer, req.tokens)}
+
+    @app.get("/tokenizer_info")
+    async def tokenizer_info():
+        state.require_ready()
+        tok = state.tokenizer
+        template = tok.chat_template
+        return {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": state.max_model_len,
+                "vocab_size": tok.vocab_size, "bos_token_id": tok.bos_token_id,
+                "eos_token_ids": tok.eos_token_ids, **tok.special_tokens,
+                "chat_template": template if isinstance(template, str) else None,
+                "chat_templates": template if isinstance(template, dict) else None}
+
+    @app.get("/")
+    async def index():
+        return FileResponse(str(WEB_DIR / "index.html"), media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=str(WEB_DIR)), name="static")
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
+    app.add_middleware(ApiKeyMiddleware, api_key=state.api_key)  # outermost: checked first
+    return app

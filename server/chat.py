@@ -1,0 +1,208 @@
+"""POST /v1/chat/completions: messages through the checkpoint's chat template,
+answers as message content or tool_calls, streamed or not.
+
+Streaming follows OpenAI chunk for chunk: a role chunk per choice
+(`{"role": "assistant", "content": ""}`), content deltas, then one chunk with
+an empty delta and the finish_reason, per choice; `usage` on a last chunk with
+no choices when stream_options.include_usage; `data: [DONE]`. With tools on,
+a choice's output is held back until its first characters say whether it is a
+tool call: content is then streamed as usual, a call is sent as tool_calls
+when complete (its arguments must parse as a whole).
+"""
+from __future__ import annotations
+
+import time
+import uuid
+
+from starlette.requests import Request
+
+from rustinfer.runtime.chat_template import ChatTemplateError
+
+from . import sse, tools
+from .completions import engine_failure, respond
+from .engine_client import EngineDead
+from .errors import invalid
+from .middleware import read_body
+from .logprobs import chat_logprobs
+from .openai_types import ChatCompletionRequest, build_params, context_error, parse_body
+from .state import ServerState, encode
+
+
+def render_chat(tokenizer, req: ChatCompletionRequest, prefix: str) -> list[int]:
+    """Prompt token ids for the conversation (runs on the tokenization pool)."""
+    messages = [m.model_dump(exclude_none=True) for m in req.messages]
+    use_tools = [t.model_dump(exclude_none=True) for t in req.tools or []]
+    if req.tool_choice == "none":
+        use_tools = []
+    messages, template_tools = tools.prepare_messages(messages, use_tools, tokenizer.chat_template)
+    kwargs = dict(req.chat_template_kwargs or {})
+    if req.continue_final_message:
+        kwargs["continue_final_message"] = True
+    try:
+        text = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=req.add_generation_prompt and not req.continue_final_message,
+            tools=template_tools, **kwargs)
+    except ChatTemplateError as e:
+        raise invalid(f"the chat template refused these messages: {e}", "messages") from None
+    except (TypeError, KeyError) as e:
+        raise invalid(f"the messages do not fit the chat template: {e}", "messages") from None
+    # No special tokens added: the template already wrote BOS (as encode_chat does).
+    return encode(tokenizer, text + prefix, add_special_tokens=False)
+
+
+async def create_chat_completion(state: ServerState, request: Request):
+    req = parse_body(await read_body(request), ChatCompletionRequest)
+    state.check_model(req.model)
+    state.require_ready()
+    if req.top_logprobs is not None and not req.logprobs:
+        raise invalid("top_logprobs needs logprobs: true", "top_logprobs")
+    if req.max_tokens == 0:
+        raise invalid("max_tokens must be at least 1", "max_tokens")
+    fmt = (req.response_format or {}).get("type", "text")
+    if fmt != "text":
+        raise invalid(f"response_format {fmt!r} is not supported (only 'text')", "response_format")
+    tool_list = [t.model_dump(exclude_none=True) for t in req.tools or []]
+    if req.tool_choice not in (None, "none", "auto") and not tool_list:
+        raise invalid("tool_choice needs tools", "tool_choice")
+    prefix = tools.tool_prefix(tool_list, req.tool_choice)
+    slot = state.admit()
+    streams = []
+    try:
+        ids = await state.run_blocking(render_chat, state.tokenizer, req, prefix)
+        limit = state.max_model_len
+        if len(ids) >= limit:
+            raise context_error(len(ids), limit, "messages")
+        wanted = req.max_completion_tokens or req.max_tokens or limit
+        logprobs = (req.top_logprobs or 0) if req.logprobs else None
+        params = build_params(req, max_tokens=max(1, min(wanted, limit - len(ids))),
+                              vocab_size=state.vocab_size, logprobs=logprobs)
+        run = _Chat(state, req, len(ids), prefix,
+                    tools_on=bool(tool_list) and req.tool_choice != "none")
+        streams = await state.submit(run.id, [ids], params)
+    except BaseException:
+        state.abort_soon(streams)
+        slot.release()
+        raise
+    return await respond(state, request, req.stream, run, streams, slot)
+
+
+class _Choice:
+    def __init__(self, prefix: str, tools_on: bool):
+        self.text = prefix            # all output so far (the forced prefix included)
+        self.unsent = prefix          # held back while tools_on and undecided / a call
+        self.unsent_lps: list = []
+        self.mode = "content" if not tools_on else ("tool" if prefix else None)
+        self.generated = 0
+        self.finish = None
+        self.stop_reason = None
+        self.calls = None
+        self.lps: list = []
+
+
+class _Chat:
+    def __init__(self, state: ServerState, req: ChatCompletionRequest, prompt_len: int, prefix: str,
+                 tools_on: bool):
+        self.state, self.req, self.prompt_len = state, req, prompt_len
+        self.id = f"chatcmpl-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self.top_n = req.top_logprobs or 0
+        self.choices = {i: _Choice(prefix, tools_on) for i in range(req.n)}
+
+    def _apply(self, ev: dict) -> tuple[int, str, list]:
+        """Fold one event in; returns (index, content to send now, logprob entries to send)."""
+        c = self.choices[ev["index"]]
+        delta = ev.get("new_text", "")
+        c.generated += len(ev.get("new_token_ids", []))
+        lps = chat_logprobs(self.state.token_text, ev.get("logprobs") or [], self.top_n) \
+            if self.req.logprobs else []
+        c.text += delta
+        c.lps += lps
+        if c.mode is None:
+            decided = tools.looks_like_call(c.text)
+            if decided is not None:
+                c.mode = "tool" if decided else "content"
+        if c.mode == "content":
+            out, out_lps = c.unsent + delta, c.unsent_lps + lps
+            c.unsent, c.unsent_lps = "", []
+        else:
+            c.unsent += delta
+            c.unsent_lps += lps
+            out, out_lps = "", []
+        if ev["finished"]:
+            c.finish, c.stop_reason = ev.get("finish_reason"), ev.get("stop_reason")
+            self.state.metrics.finished(c.finish)
+            if c.mode != "content":
+                c.calls = tools.parse_tool_calls(c.text)
+                if c.calls:
+                    c.finish = "tool_calls"
+                else:  # not a well-formed call after all: it is content
+                    out, out_lps = c.unsent + out, c.unsent_lps + out_lps
+                c.unsent, c.unsent_lps = "", []
+        return ev["index"], out, out_lps
+
+    def _usage(self) -> dict:
+        done = sum(c.generated for c in self.choices.values())
+        return {"prompt_tokens": self.prompt_len, "completion_tokens": done,
+                "total_tokens": self.prompt_len + done}
+
+    def _head(self) -> dict:
+        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                "model": self.state.model_name}
+
+    async def collect(self, streams) -> dict:
+        try:
+            async for _, ev in self.state.merged(streams):
+                if ev["finished"] and ev.get("finish_reason") in ("error", "abort"):
+                    raise engine_failure(ev)
+                self._apply(ev)
+        except EngineDead as e:
+            raise engine_failure(None, e) from None
+        choices = []
+        for i, c in sorted(self.choices.items()):
+            message = {"role": "assistant", "content": None if c.calls else c.text}
+            if c.calls:
+                message["tool_calls"] = c.calls
+            choices.append({"index": i, "message": message,
+                            "logprobs": {"content": c.lps} if self.req.logprobs else None,
+                            "finish_reason": c.finish, "stop_reason": c.stop_reason})
+        return {"id": self.id, "object": "chat.completion", "created": self.created,
+                "model": self.state.model_name, "choices": choices, "usage": self._usage()}
+
+    async def stream(self, streams):
+        include_usage = bool(self.req.stream_options and self.req.stream_options.include_usage)
+        extra = {"usage": None} if include_usage else {}
+
+        def chunk(i, delta, logprobs=None, finish=None):
+            return sse.event({**self._head(), "choices": [{
+                "index": i, "delta": delta,
+                "logprobs": {"content": logprobs} if logprobs else None,
+                "finish_reason": finish}], **extra})
+
+        for i in self.choices:
+            yield chunk(i, {"role": "assistant", "content": ""})
+        try:
+            async for _, ev in self.state.merged(streams):
+                if ev["finished"] and ev.get("finish_reason") in ("error", "abort"):
+                    yield sse.event(engine_failure(ev).body())
+                    yield sse.DONE
+                    return
+                i, text, lps = self._apply(ev)
+                if text or lps:
+                    yield chunk(i, {"content": text}, lps)
+                c = self.choices[i]
+                if ev["finished"]:
+                    if c.calls:
+                        for j, call in enumerate(c.calls):
+                            yield chunk(i, {"tool_calls": [{
+                                "index": j, "id": call["id"], "type": "function",
+                                "function": {"name": call["function"]["name"], "arguments": ""}}]})
+                            yield chunk(i, {"tool_calls": [{
+                                "index": j, "function": {"arguments": call["function"]["arguments"]}}]})
+                    yield chunk(i, {}, finish=c.finish)
+        except EngineDead as e:
+            yield sse.event(engine_failure(None, e).body())
+            yield sse.DONE
+            return
+        if include_usage:
+            yield sse.event({**self._head(), "choices": [], "usage": self._usage()})
+        yield sse.DONE

@@ -1,0 +1,226 @@
+"""rustinfer-serve, rustinfer-engine, rustinfer-server.
+
+    rustinfer-serve [--model M] [--port 8000]   both processes: the engine as a child
+    rustinfer-engine [--model M]                the engine alone (binds a private ipc socket)
+    rustinfer-server [--port 8000]              the HTTP side alone, attached to that engine
+
+Run apart, the HTTP side can be restarted without reloading the model. Under
+rustinfer-serve the engine exits when the HTTP process dies: PR_SET_PDEATHSIG
+delivers SIGTERM the moment its parent goes, even after a SIGKILL, and the
+engine also exits once its only client stops pinging. The engine child runs
+in its own session, so a Ctrl-C reaches only rustinfer-serve, which drains
+in-flight HTTP requests first and then stops the engine: no process is left.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+from .ipc import address_for, default_socket_dir, make_private_tempdir, private_dir
+
+log = logging.getLogger("rustinfer.server")
+
+
+def _engine_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("engine")
+    g.add_argument("--model", help="Hugging Face folder, .gguf file or alias "
+                   "(default: smollm2-135m-instruct, fetched once into $RUSTINFER_CACHE)")
+    g.add_argument("--target", default="cpu-torch", help="where the model runs (default cpu-torch)")
+    g.add_argument("--max-model-len", type=int, help="context length to size the KV cache for")
+    g.add_argument("--max-num-seqs", type=int, default=16, help="sequences batched per step")
+    g.add_argument("--max-num-batched-tokens", type=int, default=512, help="tokens per step")
+    g.add_argument("--block-size", type=int, default=16, help="KV-cache block size in tokens")
+    g.add_argument("--num-kv-blocks", type=int, help="KV-cache blocks (default: sized by the engine)")
+
+
+def _http_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("HTTP")
+    g.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; "
+                        "0.0.0.0 opens it to the network)")
+    g.add_argument("--port", type=int, default=8000)
+    g.add_argument("--api-key", default=os.environ.get("RUSTINFER_API_KEY") or None,
+                   help="require 'Authorization: Bearer KEY' (default: $RUSTINFER_API_KEY)")
+    g.add_argument("--served-model-name", help="the model's name in the API (default: the engine's)")
+    g.add_argument("--max-pending-requests", type=int, default=256,
+                   help="requests in flight before new ones get 429 (default 256)")
+    g.add_argument("--max-request-bytes", type=int, default=32 * 1024 * 1024,
+                   help="largest request body accepted (default 32 MiB)")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+# ------------------------------------------------------------------ engine ---
+def engine_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="rustinfer-engine", description="The rustinfer engine process.")
+    _engine_args(p)
+    p.add_argument("--socket-dir", help=f"private directory for the ipc socket "
+                   f"(default {default_socket_dir()})")
+    p.add_argument("--exit-when-orphaned", action="store_true",
+                   help="exit when the HTTP process is gone (rustinfer-serve sets this)")
+    _common(p)
+    args = p.parse_args(argv)
+    _logging(args.log_level)
+    from rustinfer.runtime.checkpoint import CheckpointError
+    from rustinfer.runtime.engine import Engine
+    from rustinfer.runtime.model_resolver import resolve_model
+
+    from .engine_process import EngineServer, install_signal_handlers
+
+    directory = private_dir(args.socket_dir or default_socket_dir())
+    try:
+        model_path = resolve_model(args.model)
+        log.info("engine: loading %s", model_path)
+        # The name as given (an alias, or None for the default) lets the engine name the
+        # model as people know it; the resolved path is for the HTTP side's tokenizer.
+        engine = Engine.from_model(model=args.model, target=args.target,
+                                   max_model_len=args.max_model_len,
+                                   max_num_seqs=args.max_num_seqs,
+                                   max_num_batched_tokens=args.max_num_batched_tokens,
+                                   block_size=args.block_size, num_kv_blocks=args.num_kv_blocks)
+    except (CheckpointError, OSError, ValueError) as e:  # a bad --model, spec, ...: the user's to fix
+        log.error("engine: cannot load the model: %s", e)
+        return 1
+    server = EngineServer(engine, address_for(directory), model_path=str(model_path),
+                          exit_when_orphaned=args.exit_when_orphaned)
+    install_signal_handlers(server)
+    server.serve()
+    return 0
+
+
+# -------------------------------------------------------------------- HTTP ---
+def server_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="rustinfer-server",
+                                description="The OpenAI-compatible HTTP side, attached to a "
+                                            "running rustinfer-engine.")
+    _http_args(p)
+    p.add_argument("--socket-dir", help=f"the engine's socket directory (default {default_socket_dir()})")
+    _common(p)
+    args = p.parse_args(argv)
+    _logging(args.log_level)
+    directory = private_dir(args.socket_dir or default_socket_dir())
+    return _run_http(args, address_for(directory), process=None)
+
+
+def _run_http(args, address: str, process: subprocess.Popen | None) -> int:
+    # uvicorn drains on SIGTERM / SIGINT, then re-raises the signal against the
+    # handler that was there before it. Python's defaults would then kill us
+    # before our cleanup runs (stopping the engine): make them harmless.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        return asyncio.run(_serve_http(args, address, process))
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _serve_http(args, address: str, process: subprocess.Popen | None) -> int:
+    import uvicorn
+
+    from .app import create_app
+    from .engine_client import EngineClient
+    from .state import ServerState
+
+    client = EngineClient(address, process=process)
+    state = ServerState(client, served_model_name=args.served_model_name,
+                        max_pending=args.max_pending_requests, api_key=args.api_key)
+    app = create_app(state, max_body_bytes=args.max_request_bytes)
+    config = uvicorn.Config(app, host=args.host, port=args.port, loop="asyncio", http="h11",
+                            log_level=args.log_level, timeout_graceful_shutdown=30,
+                            lifespan="on")
+    server = uvicorn.Server(config)
+    failed = False
+
+    async def watch_startup():
+        # An engine that dies while loading makes this server useless: stop it.
+        nonlocal failed
+        while process is not None and not client.ever_ready:
+            if process.poll() is not None:
+                log.error("the engine exited while starting (code %s)", process.returncode)
+                failed = True
+                server.should_exit = True
+                return
+            await asyncio.sleep(0.2)
+
+    watcher = asyncio.create_task(watch_startup())
+    log.info("listening on http://%s:%d (engine: %s)", args.host, args.port, address)
+    await server.serve()
+    watcher.cancel()
+    return 1 if failed or not server.started else 0
+
+
+# ------------------------------------------------------------------- serve ---
+def _die_with_parent() -> None:
+    """Runs in the engine child before exec: SIGTERM it when its parent dies."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the engine's orphan checks still stop it
+
+
+def serve_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="rustinfer-serve",
+                                description="Serve a model over the OpenAI API: starts the "
+                                            "engine process and the HTTP server.")
+    _engine_args(p)
+    _http_args(p)
+    _common(p)
+    args = p.parse_args(argv)
+    _logging(args.log_level)
+    directory = make_private_tempdir()
+    cmd = [sys.executable, "-m", "rustinfer.server.cli", "engine", "--socket-dir", str(directory),
+           "--exit-when-orphaned", "--log-level", args.log_level, "--target", args.target,
+           "--max-num-seqs", str(args.max_num_seqs), "--block-size", str(args.block_size),
+           "--max-num-batched-tokens", str(args.max_num_batched_tokens)]
+    for flag, value in (("--model", args.model), ("--max-model-len", args.max_model_len),
+                        ("--num-kv-blocks", args.num_kv_blocks)):
+        if value is not None:
+            cmd += [flag, str(value)]
+    engine = subprocess.Popen(cmd, start_new_session=True, preexec_fn=_die_with_parent)
+    code = 1
+    try:
+        code = _run_http(args, address_for(directory), process=engine)
+    finally:
+        _stop_engine(engine)
+        shutil.rmtree(directory, ignore_errors=True)
+    return code
+
+
+def _stop_engine(engine: subprocess.Popen) -> None:
+    # The HTTP side said bye on shutdown, so an orphan-aware engine is already exiting.
+    for sig, wait in ((None, 5), (signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        if sig is not None and engine.poll() is None:
+            engine.send_signal(sig)
+        try:
+            engine.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m rustinfer.server.cli engine|server|serve ARGS`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {"engine": engine_main, "server": server_main, "serve": serve_main}
+    if not argv or argv[0] not in commands:
+        print("usage: python -m rustinfer.server.cli {engine,server,serve} ...", file=sys.stderr)
+        return 2
+    return commands[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

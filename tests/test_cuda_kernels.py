@@ -1,0 +1,140 @@
+"""The Triton kernels on a GPU at real model shapes (Llama-3.2-1B/3B, Llama-3.1-8B), bf16.
+
+    TRITON_INTERPRET=0 pytest -m cuda        (bench/gpu_check.sh does this)
+
+TRITON_INTERPRET must be 0: tests/conftest.py defaults it to 1 (the CPU tests).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rustinfer.compiler import fused_ops, interpreter
+from rustinfer.compiler.step_inputs import StepInputs
+from rustinfer.kernels import triton_ops
+from rustinfer.kernels.triton import INTERPRET
+
+pytestmark = pytest.mark.cuda
+BF16 = torch.bfloat16
+LLAMA3 = {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+          "original_max_position_embeddings": 8192}
+# (heads, kv_heads, head_dim, hidden, intermediate): 1B, 3B, 8B
+SHAPES = {"1b": (32, 8, 64, 2048, 8192), "3b": (24, 8, 128, 3072, 8192),
+          "8b": (32, 8, 128, 4096, 14336)}
+
+
+@pytest.fixture(autouse=True)
+def _gpu():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    assert not INTERPRET, "run the cuda tests with TRITON_INTERPRET=0"
+    torch.manual_seed(0)
+
+
+def _err(got, want):
+    if got.numel() == 0:                      # an empty sequence: nothing to compare
+        return 0.0
+    return (got.float() - want.float()).abs().max().item()
+
+
+def _ws(max_context=8192):
+    return triton_ops.Workspace(max_tokens=4096, max_context=max_context, max_heads=32,
+                                max_kv_width=1024, max_head_dim=128, block_size=16,
+                                device="cuda", max_seqs=64)
+
+
+@pytest.mark.parametrize("model", sorted(SHAPES))
+def test_norms_and_swiglu(model):
+    *_, hidden, inter = SHAPES[model]
+    fused = torch.randn(257, hidden + 8, device="cuda", dtype=BF16)
+    a, b = fused[:, :hidden], torch.randn(257, hidden, device="cuda", dtype=BF16)
+    w = (1 + 0.1 * torch.randn(hidden, device="cuda")).to(BF16)
+    normed, residual = torch.empty_like(b), torch.empty_like(b)
+    triton_ops.add_rms_norm(a, b, w, out=(normed, residual), eps=1e-5, ws=None)
+    h = (a.float() + b.float()).to(BF16)
+    assert torch.equal(residual, h)                      # the GPU rounds to nearest even
+    want = interpreter.rms_norm(h.float(), w.float(), eps=1e-5, step=None)
+    assert _err(normed, want) <= 2e-2 * want.abs().max().item()
+    gu = torch.randn(129, 2 * inter, device="cuda", dtype=BF16)
+    out = torch.empty(129, inter, device="cuda", dtype=BF16)
+    triton_ops.swiglu(gu, out=out)
+    want = fused_ops.swiglu(gu.float(), step=None)
+    assert _err(out, want) <= 1e-2 * want.abs().max().item()
+
+
+@pytest.mark.parametrize("model", ["1b", "8b"])
+def test_rope_kv_write(model):
+    heads, kvh, d, *_ = SHAPES[model]
+    t, blocks = 300, 64
+    qkv = torch.randn(t, (heads + 2 * kvh) * d, device="cuda", dtype=BF16)
+    q, k, v = qkv.split([heads * d, kvh * d, kvh * d], dim=1)
+    positions = torch.randint(0, 8192, (t,), device="cuda")
+    slots = torch.randperm(blocks * 16, device="cuda")[:t]
+    slots[7] = -1                                        # a padded row
+    kc = torch.zeros(blocks, 16, kvh, d, device="cuda", dtype=BF16)
+    vc = torch.zeros_like(kc)
+    out = torch.empty(t, heads * d, device="cuda", dtype=BF16)
+    step = StepInputs(token_ids=positions, positions=positions, query_start=[0, t],
+                      context_lens=[t], block_tables=[[0]], slot_mapping=slots, block_size=16)
+    triton_ops.rope_kv_write(q, k, v, positions, kc, vc, out=out, heads=heads, kv_heads=kvh,
+                             head_dim=d, theta=500000.0, scaling=LLAMA3, step=step, ws=_ws())
+    keep = slots >= 0
+    ref_step = StepInputs(token_ids=positions[keep], positions=positions[keep],
+                          query_start=[0, int(keep.sum())], context_lens=[0], block_tables=[[0]],
+                          slot_mapping=slots[keep], block_size=16)
+    rkc, rvc = torch.zeros(kc.shape, device="cuda"), torch.zeros(kc.shape, device="cuda")
+    want = fused_ops.rope_kv_write(q[keep].float(), k[keep].float(), v[keep].float(),
+                                   positions[keep], rkc, rvc, heads=heads, kv_heads=kvh,
+                                   head_dim=d, theta=500000.0, scaling=LLAMA3, step=ref_step)
+    assert _err(out[keep], want) <= 3e-2
+    assert _err(kc, rkc) <= 3e-2 and torch.equal(vc.float(), rvc)
+
+
+def _paged(seqs, kvh, d, blocks):
+    kc = torch.randn(blocks, 16, kvh, d, device="cuda", dtype=BF16)
+    vc = torch.randn_like(kc)
+    perm, tables, starts = torch.randperm(blocks).tolist(), [], [0]
+    for rows, ctx in seqs:
+        n = -(-ctx // 16)
+        tables.append(perm[:n])
+        perm = perm[n:]
+        starts.append(starts[-1] + rows)
+    width = max(len(t) for t in tables)
+    zeros = torch.zeros(starts[-1], dtype=torch.int64, device="cuda")
+    step = StepInputs(token_ids=zeros, positions=zeros, query_start=starts,
+                      context_lens=[c for _, c in seqs], block_tables=tables, slot_mapping=zeros,
+                      block_size=16, block_table_tensor=torch.tensor(
+                          [t + [0] * (width - len(t)) for t in tables], device="cuda"))
+    return kc, vc, step
+
+
+def _check_attention(seqs, model, skip):
+    heads, kvh, d, *_ = SHAPES[model]
+    kc, vc, step = _paged(seqs, kvh, d, blocks=1024)
+    q = torch.randn(step.query_start[-1], heads * d, device="cuda", dtype=BF16)
+    out = torch.full_like(q, float("nan"))
+    triton_ops.cached_attention(q, kc, vc, out=out, heads=heads, kv_heads=kvh, head_dim=d,
+                                step=step, ws=_ws())
+    for b, (rows, ctx) in enumerate(seqs):
+        lo, hi = step.query_start[b], step.query_start[b + 1]
+        if b in skip:
+            assert (out[lo:hi] == 0).all()
+            continue
+        sub = StepInputs(token_ids=q[lo:hi, 0].long(), positions=q[lo:hi, 0].long(),
+                         query_start=[0, hi - lo], context_lens=[ctx],
+                         block_tables=[step.block_tables[b]], slot_mapping=q[lo:hi, 0].long(),
+                         block_size=16)
+        want = interpreter.paged_attention(q[lo:hi].float(), kc.float(), vc.float(), sub,
+                                           heads=heads, kv_heads=kvh, head_dim=d,
+                                           scale=d ** -0.5)
+        assert _err(out[lo:hi], want) <= 2e-2, (b, rows, ctx)
+
+
+@pytest.mark.parametrize("model", sorted(SHAPES))
+def test_decode_attention(model):
+    _check_attention([(1, 4000), (1, 1), (1, 0), (1, 513), (1, 64)], model, skip={2})
+
+
+@pytest.mark.parametrize("model", ["1b", "3b"])
+def test_prefill_attention(model):
+    _check_attention([(1000, 1500), (128, 128), (1, 700), (0, 0), (513, 513)], model, skip=())

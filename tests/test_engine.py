@@ -1,0 +1,188 @@
+"""The engine: continuous batching, chunked prefill, preemption, prefix caching, stops."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hf_models import PARITY_CONFIGS, make_llama
+from rustinfer.runtime import LLM, SamplingParams
+from rustinfer.runtime.engine_api import RequestError
+
+GREEDY = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+
+
+class PairTokenizer:
+    """Each token id decodes to two characters, so stop strings can straddle tokens."""
+
+    def __init__(self, eos=()):
+        self.eos_token_ids = list(eos)
+
+    @staticmethod
+    def piece(t: int) -> str:
+        return chr(97 + t % 26) + chr(65 + (t // 26) % 26)
+
+    def new_detokenizer(self, skip_special_tokens=True):
+        outer = self
+
+        class Detok:
+            def push(self, t):
+                return outer.piece(t)
+
+            def flush(self):
+                return ""
+        return Detok()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("engine-model")
+    make_llama(folder, **PARITY_CONFIGS["smollm2-like"])
+    return folder
+
+
+def make_llm(model_dir, tmp_path_factory=None, **kw):
+    kw.setdefault("max_model_len", 256)
+    return LLM(model=str(model_dir), target=kw.pop("target", "cpu-torch"), **kw)
+
+
+@pytest.fixture(scope="module")
+def llm(model_dir, tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RUSTINFER_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield make_llm(model_dir, max_num_batched_tokens=32)
+    mp.undo()
+
+
+def prompts(n, seed=0, lo=3, hi=40):
+    g = torch.Generator().manual_seed(seed)
+    lens = torch.randint(lo, hi, (n,), generator=g).tolist()
+    return [torch.randint(0, 490, (k,), generator=g).tolist() for k in lens]
+
+
+def alone(llm, ps, params=GREEDY):
+    return [llm.generate([p], params)[0].token_ids for p in ps]
+
+
+def test_batched_greedy_equals_each_request_alone(llm):
+    ps = prompts(6)                       # up to 39 tokens with a 32-token step: chunked prefill
+    together = [o.token_ids for o in llm.generate(ps, GREEDY)]
+    assert together == alone(llm, ps)
+    assert llm.engine.blocks.num_used == 0
+
+
+def test_requests_joining_mid_way_match(llm):
+    ps = prompts(4, seed=1)
+    want = alone(llm, ps)
+    eng = llm.engine
+    got = {}
+    eng.add_request("a", ps[0], GREEDY)
+    steps = 0
+    while eng.has_unfinished():
+        steps += 1
+        if steps == 3:
+            eng.add_request("b", ps[1], GREEDY)
+        if steps == 6:
+            eng.add_request("c", ps[2], GREEDY)
+            eng.add_request("d", ps[3], GREEDY)
+        for ev in eng.step():
+            got.setdefault(ev.request_id, []).extend(ev.new_token_ids)
+    assert [got[k] for k in "abcd"] == want
+
+
+def test_preemption_under_a_tiny_cache_keeps_outputs_and_leaks_nothing(model_dir, llm,
+                                                                       tmp_path, monkeypatch):
+    monkeypatch.setenv("RUSTINFER_CACHE", str(tmp_path))
+    ps = prompts(6, seed=2, lo=20, hi=40)
+    want = alone(llm, ps, SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True))
+    # 9 blocks of 16 tokens: two sequences of ~60 tokens cannot both stay resident.
+    small = make_llm(model_dir, num_kv_blocks=9, max_model_len=128, max_num_batched_tokens=32)
+    got = small.generate(ps, SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True))
+    assert [o.token_ids for o in got] == want
+    assert small.engine.scheduler.num_preempted > 0
+    assert small.engine.blocks.num_used == 0
+
+
+def test_aborts_free_every_block(llm):
+    eng = llm.engine
+    for i, p in enumerate(prompts(8, seed=3)):
+        eng.add_request(f"r{i}", p, SamplingParams(max_tokens=30, temperature=0.0))
+    for _ in range(3):
+        eng.step()
+    eng.abort("r1")
+    eng.abort("r6")                        # possibly still waiting
+    finished = {}
+    while eng.has_unfinished():
+        for ev in eng.step():
+            if ev.finished:
+                finished[ev.request_id] = ev.finish_reason
+        if "r3" not in finished and len(finished) >= 2:
+            eng.abort("r3")
+    assert finished["r1"] == finished["r6"] == "abort" and len(finished) == 8
+    assert eng.blocks.num_used == 0 and not eng.scheduler.running
+
+
+def test_prefix_cache_reuses_a_repeated_system_prompt(llm):
+    system = prompts(1, seed=4, lo=40, hi=41)[0]               # 2.5 blocks
+    first = llm.generate([system + [5, 6]], GREEDY)[0].token_ids
+    before = llm.engine.stats()
+    second = llm.generate([system + [5, 6]], GREEDY)[0].token_ids
+    after = llm.engine.stats()
+    assert first == second
+    assert after.prefix_cache_hits - before.prefix_cache_hits == 32  # two full blocks
+    assert after.prefix_cache_hit_rate > 0
+
+
+def test_stop_string_across_token_boundary(model_dir, llm):
+    llm.engine.tokenizer = tok = PairTokenizer()
+    try:
+        p = prompts(1, seed=5)[0]
+        full = llm.generate([p], GREEDY)[0]
+        text = "".join(tok.piece(t) for t in full.token_ids)
+        stop = text[5:8]                  # starts inside token 2, ends inside token 3
+        out = llm.generate([p], SamplingParams(max_tokens=12, temperature=0.0, stop=[stop]))[0]
+        assert out.finish_reason == "stop"
+        assert out.text == text[:text.index(stop)] and stop not in out.text
+    finally:
+        llm.engine.tokenizer = llm.tokenizer
+
+
+def test_every_eos_id_stops_and_max_tokens_is_length(llm):
+    p = prompts(1, seed=6)[0]
+    full = llm.generate([p], GREEDY)[0].token_ids
+    for eos_at in (2, 5):
+        llm.engine.tokenizer = PairTokenizer(eos=[999_999, full[eos_at]])
+        try:
+            first_hit = full.index(full[eos_at])
+            out = llm.generate([p], SamplingParams(max_tokens=12, temperature=0.0))[0]
+            assert out.finish_reason == "stop" and out.token_ids == full[:first_hit + 1]
+        finally:
+            llm.engine.tokenizer = llm.tokenizer
+    out = llm.generate([p], SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True))[0]
+    assert out.finish_reason == "length" and len(out.token_ids) == 4
+
+
+def test_too_long_prompt_is_rejected_before_queueing(llm):
+    with pytest.raises(RequestError) as info:
+        llm.engine.add_request("long", [1] * 300, GREEDY)
+    assert info.value.code == "context_length_exceeded"
+    assert not llm.engine.has_unfinished()
+
+
+def test_seeded_sampling_is_independent_of_batch_composition(llm):
+    ps = prompts(3, seed=7)
+    params = SamplingParams(max_tokens=10, temperature=0.9, top_p=0.95, seed=1234,
+                            ignore_eos=True)
+    solo = llm.generate([ps[0]], params)[0].token_ids
+    mixed = llm.generate([ps[1], ps[0], ps[2]], params)[1].token_ids
+    assert solo == mixed
+
+
+def test_n_choices_share_the_prompt_and_differ(llm):
+    p = prompts(1, seed=8, lo=35, hi=36)[0]
+    before = llm.engine.stats().prefix_cache_hits
+    out = llm.generate([p], SamplingParams(max_tokens=8, temperature=1.0, seed=3, n=3,
+                                           ignore_eos=True))[0]
+    assert len(out.choices) == 3
+    assert len({tuple(c.token_ids) for c in out.choices}) > 1
+    assert llm.engine.stats().prefix_cache_hits - before >= 2 * 32   # choices 1, 2 reuse blocks
+    assert llm.engine.blocks.num_used == 0

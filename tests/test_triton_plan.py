@@ -1,0 +1,125 @@
+"""The generated plan on Triton kernels (interpreter, fp32) == the same plan on torch kernels.
+
+Also runs the cuda target's executor on CPU with graphs off: its decode path
+(static inputs, padding to a batch bucket, the dummy KV slot) must give what the
+eager path gives. Graph capture itself needs a GPU (tests/test_cuda_*.py).
+"""
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+
+from hf_models import PARITY_CONFIGS, make_llama
+from rustinfer.compiler.build import CompileOptions, compile_model
+from rustinfer.compiler.spec import SPECS_DIR
+from rustinfer.compiler.step_inputs import StepInputs
+from rustinfer.kernels import torch_ops, triton_ops
+from rustinfer.runtime.checkpoint import open_checkpoint
+from rustinfer.runtime.cuda_executor import CudaExecutor, batch_buckets
+from rustinfer.runtime.plan_executor import PlanExecutor
+
+
+def test_op_signatures_match_torch_ops():
+    """Every op torch_ops offers, triton_ops offers with the same parameters (extra ones
+    only with defaults), so one plan runs on either module."""
+    ops = [n for n, f in vars(torch_ops).items() if inspect.isfunction(f)
+           and not n.startswith("_") and f.__module__ == torch_ops.__name__]
+    missing = [n for n in ops if not hasattr(triton_ops, n)]
+    assert not missing, f"triton_ops lacks {missing}"
+    for name in ops:
+        want = inspect.signature(getattr(torch_ops, name)).parameters
+        got = inspect.signature(getattr(triton_ops, name)).parameters
+        for p in want.values():
+            assert p.name in got, f"{name}: no parameter {p.name}"
+            assert (got[p.name].kind, got[p.name].default) == (p.kind, p.default), (name, p.name)
+        extra = [p for p in got.values() if p.name not in want]
+        assert all(p.default is not inspect.Parameter.empty for p in extra), (name, extra)
+
+
+def test_batch_buckets():
+    assert batch_buckets(1) == [1]
+    assert batch_buckets(32) == [1, 2, 4, 8, 16, 32]
+    assert batch_buckets(48) == [1, 2, 4, 8, 16, 32, 48]
+
+
+BLOCK = 4     # small blocks: sequences span several, in scrambled order
+
+
+@pytest.fixture(scope="module")
+def executors(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RUSTINFER_CACHE", str(tmp_path_factory.mktemp("cache")))
+    folder = tmp_path_factory.mktemp("gqa")
+    cfg = dict(PARITY_CONFIGS["llama3-rope-scaling"], num_hidden_layers=2)
+    make_llama(folder, seed=3, **cfg)
+    ckpt = open_checkpoint(folder)
+    plan_dir, _ = compile_model(SPECS_DIR / "llama3.yaml", ckpt.config, ckpt,
+                                CompileOptions(target="cuda", max_tokens=16, max_seqs=8))
+    torch_ex = PlanExecutor(plan_dir / "plan.py", ckpt, num_blocks=12, block_size=BLOCK,
+                            max_model_len=48)
+    triton_ex = CudaExecutor(plan_dir / "plan.py", ckpt, num_blocks=12, block_size=BLOCK,
+                             max_model_len=48, max_batch=4, device="cpu", dtype=torch.float32)
+    yield torch_ex, triton_ex
+    mp.undo()
+
+
+def _ids(n, seed):
+    return torch.randint(0, 1000, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def _both(executors, seqs, logits="last"):
+    torch_ex, triton_ex = executors
+    want = torch_ex.forward(StepInputs.for_sequences(seqs, BLOCK, logits=logits))
+    got = triton_ex.forward(StepInputs.for_sequences(seqs, BLOCK, logits=logits))
+    assert got.shape == want.shape
+    err = (got - want).abs().max().item()
+    assert err <= 1e-4 * want.abs().max().item(), err
+    return got
+
+
+def test_plan_on_triton_ops_matches_torch_ops(executors):
+    tables = {"a": [3, 0], "b": [5, 1, 7, 6], "c": [2]}
+    # step 1: ragged prefill of three prompts (one spans three blocks), all rows' logits
+    _both(executors, [(_ids(5, 1), 0, tables["a"]), (_ids(9, 2), 0, tables["b"]),
+                      (_ids(2, 3), 0, tables["c"])], logits="all")
+    # step 2: decode for all three: the bucket path (3 rows padded to 4)
+    _, triton_ex = executors
+    step = StepInputs.for_sequences([(_ids(1, 4), 5, tables["a"]), (_ids(1, 5), 9, tables["b"]),
+                                     (_ids(1, 6), 2, tables["c"])], BLOCK)
+    assert triton_ex.bucket_for(step) == 4
+    _both(executors, [(_ids(1, 4), 5, tables["a"]), (_ids(1, 5), 9, tables["b"]),
+                      (_ids(1, 6), 2, tables["c"])])
+    # step 3: chunked prefill after a cached prefix, mixed with a decode (the eager path)
+    _both(executors, [(_ids(1, 7), 6, tables["a"]), (_ids(2, 8), 10, tables["b"])])
+    # step 4: two decodes (bucket 2), one crossing into a new block
+    _both(executors, [(_ids(1, 9), 7, tables["a"]), (_ids(1, 10), 12, tables["b"])])
+
+
+def test_bucket_path_equals_eager_path_and_spares_real_blocks(executors):
+    _, ex = executors
+    tables = [[9, 4], [10, 11]]
+    ex.forward(StepInputs.for_sequences([(_ids(3, 11), 0, tables[0]),
+                                         (_ids(6, 12), 0, tables[1])], BLOCK))
+    before = {n: c[:-1].clone() for n, c in ex.caches.items()}
+    step = StepInputs.for_sequences([(_ids(1, 13), 3, tables[0])], BLOCK)
+    assert ex.bucket_for(step) == 1
+    bucketed = ex.forward(step)
+    after = {n: c[:-1] for n, c in ex.caches.items()}
+    changed = {n: (after[n] != before[n]).any(dim=(2, 3)).nonzero().tolist() for n in after}
+    assert all(v == [[9, 3]] for v in changed.values()), changed    # only the new token's slot
+    eager = ex._eager(StepInputs.for_sequences([(_ids(1, 13), 3, tables[0])], BLOCK)).float()
+    assert torch.allclose(bucketed, eager, atol=1e-5, rtol=1e-5)
+    # a two-row decode lands in bucket 2 with no padding; three rows pad to 4 and the
+    # padded row writes only the dummy block
+    step = StepInputs.for_sequences([(_ids(1, 14), 4, tables[0]), (_ids(1, 15), 6, tables[1]),
+                                     (_ids(1, 16), 3, [8])], BLOCK)
+    for c in ex.caches.values():
+        c[-1].zero_()
+    before = {n: c[:-1].clone() for n, c in ex.caches.items()}
+    ex.forward(step)
+    assert all(c[-1].abs().sum() > 0 for c in ex.caches.values())      # the padded row
+    changed = {n: (ex.caches[n][:-1] != before[n]).any(dim=(2, 3)).nonzero().tolist()
+               for n in before}
+    assert all(v == [[4, 0], [8, 3], [11, 2]] for v in changed.values()), changed
