@@ -16,4 +16,4 @@ fi
 # Downloads (the default model) stay inside the repository's own cache folder.
 export RUSTINFER_CACHE="${RUSTINFER_CACHE:-$PWD/.cache/rustinfer}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-exec .venv/bin/python -m pytest -q "$@"
+exec .venv/bin/python -m pytest -q -rs "$@"
