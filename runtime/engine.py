@@ -61,6 +61,12 @@ class Engine:
         if bad:
             raise RequestError(f"token ids out of range [0, {self.vocab_size}): {bad[:5]}",
                                param="prompt")
+        for name, tokens in (("logit_bias", params.logit_bias), ("stop_token_ids",
+                                                                params.stop_token_ids)):
+            bad = [t for t in tokens if not 0 <= int(t) < self.vocab_size]
+            if bad:
+                raise RequestError(f"{name} has token ids outside [0, {self.vocab_size}): "
+                                   f"{bad[:5]}", param=name)
         if len(ids) + 1 > self.max_model_len:
             raise RequestError(f"this model's maximum context length is {self.max_model_len} "
                                f"tokens; the prompt has {len(ids)} tokens: shorten it",

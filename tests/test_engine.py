@@ -186,3 +186,29 @@ def test_n_choices_share_the_prompt_and_differ(llm):
     assert len({tuple(c.token_ids) for c in out.choices}) > 1
     assert llm.engine.stats().prefix_cache_hits - before >= 2 * 32   # choices 1, 2 reuse blocks
     assert llm.engine.blocks.num_used == 0
+
+
+def test_prompt_logprobs_across_prefill_chunks_match_full_logits(llm):
+    """Echo scoring: every prompt token's logprob, also when the prompt spans 3 step chunks."""
+    p = prompts(1, seed=9, lo=70, hi=71)[0]                 # 70 tokens, 32-token steps
+    out = llm.generate([p], SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=3))[0]
+    lps = out.prompt_logprobs
+    assert len(lps) == len(p) and lps[0] is None
+    want = torch.log_softmax(torch.from_numpy(llm.logits(p)), dim=-1)
+    for i in range(1, len(p)):
+        assert lps[i].token_id == p[i]
+        assert abs(lps[i].logprob - want[i - 1, p[i]].item()) < 1e-4
+        assert [t for t, _ in lps[i].top] == want[i - 1].topk(3).indices.tolist()
+
+
+def test_out_of_range_logit_bias_is_rejected(llm):
+    with pytest.raises(RequestError) as info:
+        llm.engine.add_request("bias", [1, 2], SamplingParams(logit_bias={10_000: 5.0}))
+    assert info.value.param == "logit_bias"
+
+
+def test_engine_runs_on_the_reference_target(model_dir, llm):
+    ref = make_llm(model_dir, target="reference", max_num_batched_tokens=32)
+    ps = prompts(3, seed=10)
+    assert [o.token_ids for o in ref.generate(ps, GREEDY)] == \
+        [o.token_ids for o in llm.generate(ps, GREEDY)]
