@@ -72,8 +72,11 @@ class LLM:
         self.block_size = block_size
         if num_kv_blocks is None:
             per_block = sum(block_size * v.shape[2] * v.shape[3] * 4 for v in self.graph.caches())
-            num_kv_blocks = max(kv_cache_bytes // max(per_block, 1),
-                                -(-self.max_model_len // block_size) + 1)
+            per_seq = -(-self.max_model_len // block_size)
+            # As many as the byte budget allows, but never more than max_num_seqs full-length
+            # sequences can use, and always room for one.
+            num_kv_blocks = max(min(kv_cache_bytes // max(per_block, 1), max_num_seqs * per_seq),
+                                per_seq + 1)
         self.target = target
         ctx = LoadContext(graph=self.graph, spec_path=self.spec_path, config=self.config,
                           checkpoint=self.checkpoint, num_blocks=int(num_kv_blocks),

@@ -37,8 +37,10 @@ def test_greedy_tokens_match(pair):
     hf, llm = pair
     ids = _prompt(hf.config.vocab_size, 7, seed=2)
     with torch.no_grad():
-        want = hf.generate(torch.tensor([ids]), max_new_tokens=32, min_new_tokens=32,
-                           do_sample=False, eos_token_id=None, pad_token_id=0)[0, len(ids):]
+        # An explicit mask: without one, generate() masks prompt tokens equal to pad_token_id.
+        want = hf.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                           max_new_tokens=32, min_new_tokens=32, do_sample=False,
+                           eos_token_id=None, pad_token_id=0)[0, len(ids):]
     out = llm.generate([ids], SamplingParams(max_tokens=32, temperature=0.0))[0]
     assert out.token_ids == want.tolist()
     assert out.finish_reason == "length"

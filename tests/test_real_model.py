@@ -41,6 +41,7 @@ def test_greedy_tokens_match_transformers_on_gguf(llm, hf_model, prompt):
     ids = llm.tokenizer.encode_chat([{"role": "user", "content": prompt}])
     with torch.no_grad():
         want = hf_model.generate(torch.tensor([ids]), max_new_tokens=32, do_sample=False,
+                                 attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                                  eos_token_id=None, pad_token_id=0, min_new_tokens=32)
     ours = llm.generate([ids], SamplingParams(max_tokens=32, temperature=0.0, ignore_eos=True))
     assert ours[0].token_ids == want[0, len(ids):].tolist()
