@@ -18,6 +18,13 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def llm(smollm2_gguf):
+    """What users run: the compiled plan (cpu-torch)."""
+    return LLM(model=str(smollm2_gguf), target="cpu-torch", max_model_len=512)
+
+
+@pytest.fixture(scope="module")
+def ref(smollm2_gguf):
+    """The IR interpreter: the oracle for the compiled plan."""
     return LLM(model=str(smollm2_gguf), target="reference", max_model_len=512)
 
 
@@ -47,21 +54,23 @@ def test_greedy_tokens_match_transformers_on_gguf(llm, hf_model, prompt):
     assert ours[0].token_ids == want[0, len(ids):].tolist()
 
 
-def test_logits_match_transformers_on_gguf(llm, hf_model):
-    ids = llm.tokenizer.encode_chat([{"role": "user", "content": PROMPTS[1]}])
+@pytest.mark.parametrize("target", ["llm", "ref"])
+def test_logits_match_transformers_on_gguf(target, request, hf_model):
+    model = request.getfixturevalue(target)
+    ids = model.tokenizer.encode_chat([{"role": "user", "content": PROMPTS[1]}])
     with torch.no_grad():
         want = hf_model(torch.tensor([ids])).logits[0].numpy()
-    got = llm.logits(ids)
+    got = model.logits(ids)
     assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
 
 
-def test_compiled_plan_matches_reference_on_smollm2(llm, smollm2_gguf, tmp_path, monkeypatch):
+def test_compiled_plan_matches_reference_on_smollm2(ref, smollm2_gguf, tmp_path, monkeypatch):
     monkeypatch.setenv("RUSTINFER_CACHE", str(tmp_path))    # compile afresh, not from a cache
     plan = LLM(model=str(smollm2_gguf), target="cpu-torch", max_model_len=512,
                max_num_batched_tokens=64)
     assert not plan.plan_cached
-    ids = llm.tokenizer.encode_chat([{"role": "user", "content": PROMPTS[2]}])
-    want, got = llm.logits(ids), plan.logits(ids)
+    ids = ref.tokenizer.encode_chat([{"role": "user", "content": PROMPTS[2]}])
+    want, got = ref.logits(ids), plan.logits(ids)          # chunked: 64-token steps
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
-    params = SamplingParams(max_tokens=32, temperature=0.0, ignore_eos=True)
-    assert plan.generate([ids], params)[0].token_ids == llm.generate([ids], params)[0].token_ids
+    params = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
+    assert plan.generate([ids], params)[0].token_ids == ref.generate([ids], params)[0].token_ids
