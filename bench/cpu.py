@@ -179,6 +179,26 @@ def worker_accuracy(args, prompt):
         result[f"int4 accuracy_level {level}"] = dict(
             agreement=same / sum(map(len, want)), ppl=ppl(int4))
         del int4
+    try:                                   # the peer's int4 (its builder, int8 activations)
+        import onnxruntime_genai as og
+    except ImportError:
+        return result
+    for precision in ("fp32", "int4"):     # fp32: checks that this loop drives it right
+        model = og.Model(str(genai_model(args.model, precision, args.threads)))
+        same = 0
+        for text, ref in zip(PROMPTS, want):
+            ids = tok.encode(text)
+            params = og.GeneratorParams(model)
+            params.set_search_options(max_length=len(ids) + 32, do_sample=False)
+            gen = og.Generator(model, params)
+            gen.append_tokens(ids)
+            out = []
+            for _ in range(32):
+                gen.generate_next_token()        # samples from the logits it has, appends
+                out.append(int(gen.get_next_tokens()[0]))
+            same += sum(x == y for x, y in zip(ref, out))
+        result[f"ort-genai {precision}"] = dict(agreement=same / sum(map(len, want)),
+                                                ppl=float("nan"))
     return result
 
 
@@ -349,8 +369,10 @@ def main() -> None:
                   f"paragraph {acc['ppl_fp32']:.3f}; greedy agreement over 5 prompts x 32 tokens)")
             for name, r in acc.items():
                 if name != "ppl_fp32" and name != "rss_mib":
-                    print(f"  {name}: agreement {100 * r['agreement']:.1f}%, perplexity "
-                          f"{r['ppl']:.3f} ({100 * (r['ppl'] / acc['ppl_fp32'] - 1):+.2f}%)")
+                    ppl = "" if r["ppl"] != r["ppl"] else (
+                        f", perplexity {r['ppl']:.3f} "
+                        f"({100 * (r['ppl'] / acc['ppl_fp32'] - 1):+.2f}%)")
+                    print(f"  {name}: agreement {100 * r['agreement']:.1f}%{ppl}")
 
 
 def _importable(module: str) -> bool:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
 from gguf import GGMLQuantizationType
 from gguf.quants import dequantize, quantize as gguf_quantize
