@@ -61,16 +61,19 @@ def main() -> int:
     p.add_argument("--tokens", type=int, default=64)
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--quant", help="cpu target only: none | int4 | int8")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     from rustinfer.runtime import LLM
 
+    extra = {"quant": args.quant} if args.quant else {}
     llm = LLM(model=args.model, target=args.target, max_num_seqs=16, max_num_batched_tokens=512,
-              max_model_len=1024)
+              max_model_len=1024, **extra)
     weight_bytes = sum(t.numel() * t.element_size() for t in llm.executor.weights.values()) \
         if hasattr(llm.executor, "weights") else 0
     bw = measure_bandwidth()
-    print(f"model {llm.model_path.name}, target {args.target}, threads {args.threads}, "
+    print(f"model {llm.model_path.name}, target {args.target} {args.quant or ''}, "
+          f"threads {args.threads}, "
           f"{args.tokens} tokens per request")
     if weight_bytes:
         print(f"weights {weight_bytes / 1e6:.0f} MB read per step; copy bandwidth "
