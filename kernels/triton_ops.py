@@ -113,41 +113,10 @@ def add_rms_norm(a, b, weight, *, out, eps, offset=0.0, ws):
     _rms.add_rms_norm(a, b, weight, normed, residual, eps=eps, offset=offset)
 
 
-def add(a, b, *, out):
-    torch.add(a, b, out=out)
-
-
-def mul(a, b, *, out):
-    torch.mul(a, b, out=out)
-
-
-def silu(x, *, out):
-    torch.sigmoid(x, out=out)
-    out.mul_(x)
-
-
-# Elementwise ops of other model families (Gemma): torch is capture-safe and these are not
-# on Llama's path; fused Triton versions can replace them when a plan needs the speed.
-_gelu_out = torch.ops.aten.gelu.out
-
-
-def gelu(x, *, out, approximate="none"):
-    _gelu_out(x, approximate=approximate, out=out)
-
-
-def scale(x, *, out, factor):
-    torch.mul(x, factor, out=out)
-
-
-def softcap(x, *, out, cap):
-    torch.div(x, cap, out=out)
-    out.tanh_().mul_(cap)
-
-
-def geglu(gate_up, *, out, approximate="none"):
-    ffn = out.shape[-1]
-    _gelu_out(gate_up[:, :ffn], approximate=approximate, out=out)
-    out.mul_(gate_up[:, ffn:])
+# Plain elementwise ops (and other families' GELU / scale / softcap): torch's out= forms are
+# already capture-safe and allocation-free, so the GPU interface shares them with the CPU one.
+# Fused Triton versions can replace them when a plan needs the speed.
+from .torch_ops import add, geglu, gelu, mul, scale, silu, softcap  # noqa: E402,F401
 
 
 def _unsupported(op, **attrs):
