@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -34,6 +35,8 @@ def compile_command(args) -> int:
     started = time.perf_counter()
     config, ckpt, described = _model_source(args.model)
     spec_file = args.spec or select_spec(config)
+    if args.target == "cpu":
+        return _compile_onnx(args, config, ckpt, described, spec_file, started)
     options = CompileOptions(target=args.target, max_tokens=args.max_tokens,
                              plan_memory=not args.no_memory_plan, verify=not args.no_verify)
     folder, cached = compile_model(spec_file, config, ckpt, options, out_dir=args.out,
@@ -49,6 +52,36 @@ def compile_command(args) -> int:
     return 0
 
 
+def _compile_onnx(args, config, ckpt, described, spec_file, started) -> int:
+    """The ONNX Runtime target: model.onnx + weights.bin (hard-linked into --out when the
+    cache is on the same file system; ONNX Runtime refuses external data behind a symlink)."""
+    from .bind import bind
+    from .onnx_build import OnnxOptions, compile_onnx
+    from .spec import load_spec
+
+    if ckpt is None:
+        raise ValueError("the cpu target embeds the weights: give --model a checkpoint "
+                         "(a Hugging Face folder with weights, a .gguf file or an alias)")
+    graph = bind(load_spec(spec_file), config, ckpt)
+    folder, cached = compile_onnx(graph, spec_file, config, ckpt,
+                                  OnnxOptions(quant=args.quant), use_cache=not args.force)
+    out = Path(args.out)
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(folder, out, ignore=shutil.ignore_patterns("weights.bin"))
+    try:
+        os.link(folder / "weights.bin", out / "weights.bin")
+    except OSError:
+        shutil.copy2(folder / "weights.bin", out / "weights.bin")
+    print((out / "report.txt").read_text(), end="")
+    print(f"model         {described}")
+    print(f"{'cache hit' if cached else 'compiled'}     {folder} "
+          f"({(time.perf_counter() - started) * 1000:.0f} ms in all)")
+    print(f"wrote         {out}/model.onnx, weights.bin, graph.txt, "
+          "weights.txt, report.txt, passes/")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="rustinfer-compile",
@@ -60,8 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="Hugging Face folder, .gguf file or alias "
                    "(default: smollm2-135m-instruct)")
     p.add_argument("--out", default="out", help="output folder (default: ./out)")
-    p.add_argument("--target", default="cpu-torch", choices=["cpu-torch"],
-                   help="cpu-torch: plan.py on torch kernels (default)")
+    p.add_argument("--target", default="cpu-torch", choices=["cpu-torch", "cpu"],
+                   help="cpu-torch: plan.py on torch kernels (default); cpu: an ONNX model "
+                        "for ONNX Runtime's CPU contrib ops")
+    p.add_argument("--quant", default="none", choices=["none", "int4", "int8"],
+                   help="cpu target: weight quantization (default none = float32)")
     p.add_argument("--max-tokens", type=int, default=2048,
                    help="largest step (tokens) the workspace is planned for (default 2048)")
     p.add_argument("--no-memory-plan", action="store_true",

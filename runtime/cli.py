@@ -13,7 +13,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--target", default="cpu-torch", choices=list(TARGETS),
                    help="where the model runs: cpu-torch, the compiled plan on torch kernels "
-                        "(default); reference, the IR interpreter (slow, the oracle)")
+                        "(default); cpu, ONNX Runtime (fp32, or int4/int8 with --quant); cuda, "
+                        "Triton kernels + CUDA graphs; reference, the IR interpreter (the oracle)")
+    p.add_argument("--quant", choices=["none", "int4", "int8"],
+                   help="cpu target: weight quantization (default none = float32)")
+    p.add_argument("--threads", type=int, help="cpu target: ONNX Runtime threads "
+                   "(default: physical cores)")
     p.add_argument("--spec", help="spec file (default: chosen from config.json)")
     p.add_argument("--max-model-len", type=int, help="context length to size the KV cache for")
 
@@ -40,8 +45,11 @@ def _params(args):
 def _load(args):
     from .llm import LLM
 
+    options = {k: v for k, v in (("quant", args.quant), ("threads", args.threads)) if v}
+    if options and args.target != "cpu":
+        raise ValueError("--quant and --threads apply to --target cpu")
     return LLM(model=args.model, target=args.target, spec=args.spec,
-               max_model_len=args.max_model_len)
+               max_model_len=args.max_model_len, **options)
 
 
 def cmd_generate(args) -> int:

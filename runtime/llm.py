@@ -81,7 +81,8 @@ class LLM:
         ctx = LoadContext(graph=self.graph, spec_path=self.spec_path, config=self.config,
                           checkpoint=self.checkpoint, num_blocks=int(num_kv_blocks),
                           block_size=block_size, max_model_len=self.max_model_len,
-                          max_step_tokens=max_num_batched_tokens, options=dict(target_options))
+                          max_step_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs,
+                          options=dict(target_options))
         self.executor = build_executor(target, ctx)
         self.plan_dir = getattr(self.executor, "plan_dir", None)
         self.plan_cached = getattr(self.executor, "plan_cached", None)

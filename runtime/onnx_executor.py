@@ -308,10 +308,9 @@ def load(ctx) -> object:
         from .targets import TARGETS
 
         return TARGETS["cpu-torch"](ctx)
-    # Default: as many full-length rows as the paged cache budget holds tokens, at most 256
-    # (the row search is linear in rows; np.zeros pages are only touched when rows are used).
-    rows = opts.get("max_seqs") or max(1, min(256, ctx.num_blocks * ctx.block_size
-                                              // ctx.max_model_len))
+    # Default: one row per sequence the engine may run at once (np.zeros pages are only
+    # touched when rows are used, so unused rows cost address space, not memory).
+    rows = opts.get("max_seqs") or max(1, ctx.max_num_seqs)
     ex = OnnxExecutor(folder, num_blocks=ctx.num_blocks, block_size=ctx.block_size,
                       max_model_len=ctx.max_model_len, max_tokens=ctx.max_step_tokens,
                       max_seqs=int(rows), threads=opts.get("threads"))

@@ -25,6 +25,7 @@ class LoadContext:
     max_model_len: int
     max_step_tokens: int      # largest step the engine will run (max_num_batched_tokens)
     options: dict             # target-specific options, e.g. {"threads": 2, "quant": "int4"}
+    max_num_seqs: int = 16    # most sequences the engine keeps running at once
 
 
 def _reference(ctx: LoadContext):

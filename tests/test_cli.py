@@ -36,6 +36,21 @@ def test_compile_writes_plan_dumps_memory_and_report_then_hits_cache(tiny_model,
     assert "fuse_rope_kv x2" in shown and "offset" in shown
 
 
+def test_compile_for_the_onnx_cpu_target(tiny_model, tmp_path, capsys):
+    out = tmp_path / "onnx"
+    assert compile_cli.main(["--model", str(tiny_model), "--target", "cpu", "--quant", "int4",
+                             "--out", str(out)]) == 0
+    assert "MatMulNBits" in capsys.readouterr().out
+    import onnx
+
+    import onnxruntime
+
+    model = onnx.load(str(out / "model.onnx"), load_external_data=False)
+    assert any(n.op_type == "GroupQueryAttention" for n in model.graph.node)
+    onnxruntime.InferenceSession(str(out / "model.onnx"))     # the folder stands on its own
+    assert rustinfer_cli.main(["inspect", str(out)]) == 0
+
+
 def test_compile_reports_spec_errors_with_file_and_line(tiny_model, tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text(open("specs/llama3.yaml").read().replace("silu(mlp.gate)", "sillu(mlp.gate)"))
