@@ -10,10 +10,9 @@ Three translations happen here so that nothing above this module sees GGUF:
    (`raw`), which is the same reordering because each row is whole blocks.
 3. Config: the `llama.*` metadata becomes a LlamaConfig-style dict.
 
-The header is parsed here rather than with `gguf.GGUFReader`: that reader builds
-one numpy memmap per string of the tokenizer vocabulary and takes 2-4 s to open
-SmolLM2; this parser takes ~0.1 s. Block decoding uses `gguf.quants.dequantize`
-(the gguf package's numpy port of ggml's decoders) and gguf's type table.
+The header is parsed by gguf_file.py (not `gguf.GGUFReader`, which is slow to
+open). Block decoding uses `gguf.quants.dequantize` (the gguf package's numpy
+port of ggml's decoders) and gguf's type table.
 
 Only `general.architecture == "llama"` is accepted (Llama 2/3.x, SmolLM2,
 Mistral-as-llama): the Q/K permutation and the name map are llama's.
@@ -22,10 +21,8 @@ Mistral-as-llama): the Q/K permutation and the name map are llama's.
 from __future__ import annotations
 
 import math
-import mmap
 import pathlib
 import re
-import struct
 import warnings
 from typing import Any
 
@@ -35,11 +32,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf.quants import dequantize
 
 from .checkpoint import Checkpoint, CheckpointError
-
-# GGUF value types (gguf.GGUFValueType): struct formats of the scalar ones.
-_STRING, _ARRAY = 8, 9
-_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
-_FLOAT32 = 6
+from .gguf_file import FLOAT32, GGUFError, map_gguf, parse_gguf_header
 
 _LAYER_NAMES = {
     "attn_norm": "input_layernorm",
@@ -83,7 +76,7 @@ class _Tensor:
 
 
 class _GGUFFile:
-    """A minimal GGUF v2/v3 header parser over a read-only memory map.
+    """A GGUF file's header (gguf_file.py) over a read-only memory map of it.
 
     Attributes: metadata (key -> Python value), value_types (key -> GGUF value
     type), tensors (GGUF name -> _Tensor, file order). Tensor data stays in the
@@ -92,94 +85,36 @@ class _GGUFFile:
 
     def __init__(self, path: pathlib.Path):
         self.path = path
-        with open(path, "rb") as f:
-            try:
-                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-            except ValueError:  # an empty file cannot be mapped
-                raise CheckpointError(f"{path}: empty file; re-download it.") from None
-        self._buf = memoryview(self._map)
-        self._pos = 0
         try:
-            self._parse()
-        except (struct.error, IndexError, ValueError, UnicodeDecodeError) as e:
-            raise CheckpointError(
-                f"{path}: malformed GGUF header ({type(e).__name__}: {e}); the file is truncated "
-                "or not a GGUF file. Re-download it."
-            ) from e
-
-    def _unpack(self, fmt: str) -> tuple:
-        values = struct.unpack_from("<" + fmt, self._buf, self._pos)
-        self._pos += struct.calcsize("<" + fmt)
-        return values
-
-    def _string(self) -> str:
-        (n,) = self._unpack("Q")
-        s = bytes(self._buf[self._pos : self._pos + n])
-        if len(s) != n:
-            raise ValueError(f"string of {n} bytes runs past the end of the file")
-        self._pos += n
-        # surrogateescape: lossless for the odd vocabulary entry that is not valid UTF-8.
-        return s.decode("utf-8", errors="surrogateescape")
-
-    def _value(self, vtype: int) -> Any:
-        if vtype == _STRING:
-            return self._string()
-        if vtype == _ARRAY:
-            etype, count = self._unpack("IQ")
-            if etype in _SCALARS:  # numeric array: one numpy read, not `count` struct calls
-                dt = np.dtype("<" + _SCALARS[etype]) if etype != 7 else np.dtype(np.bool_)
-                arr = np.frombuffer(self._buf, dtype=dt, count=count, offset=self._pos)
-                self._pos += arr.nbytes
-                return arr.tolist()
-            return [self._value(etype) for _ in range(count)]
-        if vtype not in _SCALARS:
-            raise ValueError(f"unknown GGUF value type {vtype}")
-        return self._unpack(_SCALARS[vtype])[0]
-
-    def _parse(self) -> None:
-        magic, version = self._unpack("4sI")
-        if magic != b"GGUF":
-            raise CheckpointError(f"{self.path}: not a GGUF file (no 'GGUF' magic).")
-        if version & 0xFFFF == 0:
-            raise CheckpointError(f"{self.path}: a big-endian GGUF file; convert it to little-endian.")
-        if version < 2:
-            raise CheckpointError(f"{self.path}: GGUF version {version} is too old; re-convert with a recent llama.cpp.")
-        n_tensors, n_kv = self._unpack("QQ")
-        self.metadata: dict[str, Any] = {}
-        self.value_types: dict[str, int] = {}
-        for _ in range(n_kv):
-            key = self._string()
-            (vtype,) = self._unpack("I")
-            self.value_types[key] = vtype
-            self.metadata[key] = self._value(vtype)
-        infos = []
-        for _ in range(n_tensors):
-            name = self._string()
-            (n_dims,) = self._unpack("I")
-            dims = self._unpack("Q" * n_dims)
-            qtype_id, offset = self._unpack("IQ")
-            infos.append((name, dims, qtype_id, offset))
-        align = int(self.metadata.get("general.alignment", 32))
-        start = -(-self._pos // align) * align
+            self._map = map_gguf(path)
+            header = parse_gguf_header(self._map, path)
+        except GGUFError as e:
+            raise CheckpointError(str(e)) from e
+        if header.byte_order != "<":
+            raise CheckpointError(f"{path}: a big-endian GGUF file; convert it to little-endian.")
+        self.metadata, self.value_types = header.metadata, header.value_types
+        buf = memoryview(self._map)
         self.tensors: dict[str, _Tensor] = {}
-        for name, dims, qtype_id, offset in infos:
+        for info in header.tensors:
+            name, dims = info.name, info.dims
             try:
-                qtype = GGMLQuantizationType(qtype_id)
+                qtype = GGMLQuantizationType(info.type_id)
             except ValueError:
                 raise CheckpointError(
-                    f"{self.path}: tensor {name!r} has GGML type {qtype_id}, unknown to gguf "
+                    f"{path}: tensor {name!r} has GGML type {info.type_id}, unknown to gguf "
                     f"{_gguf_version()}; upgrade the gguf package."
                 ) from None
             block, type_size = GGML_QUANT_SIZES[qtype]
             n_bytes = math.prod(dims) // block * type_size
-            if start + offset + n_bytes > len(self._map):
+            start = header.data_start + info.offset
+            if start + n_bytes > len(self._map):
                 raise CheckpointError(
-                    f"{self.path}: tensor {name!r} ends past the end of the file; the file is "
+                    f"{path}: tensor {name!r} ends past the end of the file; the file is "
                     "truncated (an interrupted download?). Re-download it."
                 )
             row_bytes = dims[0] // block * type_size
-            data = np.frombuffer(self._buf, dtype=np.uint8, count=n_bytes, offset=start + offset)
-            self.tensors[name] = _Tensor(name, qtype, tuple(dims), data.reshape(*dims[:0:-1], row_bytes))
+            data = np.frombuffer(buf, dtype=np.uint8, count=n_bytes, offset=start)
+            self.tensors[name] = _Tensor(name, qtype, dims, data.reshape(*dims[:0:-1], row_bytes))
 
 
 def _gguf_version() -> str:
@@ -303,7 +238,7 @@ class GGUFCheckpoint(Checkpoint):
             v = md[key]
             # llama.cpp stores floats as float32: 1e-5 arrives as 9.999999747378752e-06.
             # Use the shortest decimal that is the same float32, which is what config.json said.
-            return float(str(np.float32(v))) if self._file.value_types.get(key) == _FLOAT32 else v
+            return float(str(np.float32(v))) if self._file.value_types.get(key) == FLOAT32 else v
 
         hidden = get("llama.embedding_length", required=True)
         heads = get("llama.attention.head_count", required=True)

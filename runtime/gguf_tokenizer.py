@@ -6,73 +6,30 @@ the pre-tokenizer (`tokenizer.ggml.pre`) instead of spelling it out. We rebuild
 the tokenizer the checkpoint was trained with, following llama.cpp (the format's
 owner) where it and transformers' GGUF loader disagree.
 
-The metadata is read by a small parser of our own: `gguf.GGUFReader` builds a
-numpy view per array element and takes seconds on a 49k vocabulary, and we never
-need the tensors.
+The metadata is read by our own header parser (gguf_file.py): `gguf.GGUFReader`
+builds a numpy view per array element and takes seconds on a 49k vocabulary.
 """
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+
+from .gguf_file import read_gguf_header
 
 # llama.cpp token types (gguf.TokenType).
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
 # ---------------------------------------------------------------- metadata ---
 
-_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
-_STRING, _ARRAY = 8, 9
-
 
 def read_gguf_metadata(path: str | Path, prefixes: tuple[str, ...] = ("tokenizer.", "general.")) -> dict:
     """The key/value metadata of a GGUF file whose key starts with one of `prefixes`.
 
-    Stops at the end of the metadata block: tensor infos and data are never read.
-    Handles both byte orders (big-endian GGUFs exist for s390x).
+    Tensor data is never read. Handles both byte orders (big-endian GGUFs exist for s390x).
     """
-    out: dict = {}
-    with open(path, "rb", buffering=1 << 20) as f:
-        if f.read(4) != b"GGUF":
-            raise ValueError(f"{path} is not a GGUF file (bad magic)")
-        (version,) = struct.unpack("<I", f.read(4))
-        end = "<" if version < 0x10000 else ">"  # a byte-swapped small version reads huge
-        if end == ">":
-            (version,) = struct.unpack(">I", struct.pack("<I", version))
-        if version < 2:  # v1 used 32-bit lengths; llama.cpp dropped it long ago
-            raise ValueError(f"{path}: GGUF version {version} is not supported")
-        _n_tensors, n_kv = struct.unpack(end + "QQ", f.read(16))
-
-        def u32():
-            return struct.unpack(end + "I", f.read(4))[0]
-
-        def string():
-            (n,) = struct.unpack(end + "Q", f.read(8))
-            return f.read(n).decode("utf-8", errors="replace")
-
-        def value(vtype):
-            if vtype == _STRING:
-                return string()
-            if vtype == _ARRAY:
-                etype = u32()
-                (count,) = struct.unpack(end + "Q", f.read(8))
-                if etype == _STRING:
-                    return [string() for _ in range(count)]
-                if etype == _ARRAY:
-                    return [value(_ARRAY) for _ in range(count)]
-                fmt = _SCALARS[etype]
-                return list(struct.unpack(f"{end}{count}{fmt}", f.read(struct.calcsize(fmt) * count)))
-            fmt = _SCALARS[vtype]
-            return struct.unpack(end + fmt, f.read(struct.calcsize(fmt)))[0]
-
-        for _ in range(n_kv):
-            key = string()
-            val = value(u32())
-            if key.startswith(prefixes):
-                out[key] = val
-    return out
+    return read_gguf_header(path, prefixes, errors="replace").metadata
 
 
 # ---------------------------------------------------------- pre-tokenizers ---

@@ -1,40 +1,27 @@
 """dead_value_removal: before/expected IR, side effects kept, and differential checks."""
 from __future__ import annotations
 
-import textwrap
-
-from rustinfer.compiler.bind import bind
+from pass_testing import bind_text, bind_tiny_mha, check, small_spec
 from rustinfer.compiler.passes import dead_value_removal, fuse_add_rms_norm, fuse_qkv
-from rustinfer.compiler.spec import load_spec, parse_spec
-from rustinfer.compiler.verify import differential, verify
+from rustinfer.compiler.verify import verify
 
-TINY_MHA = "tests/specs/tiny_mha.yaml"
-
-BEFORE = """
-family: t
-config:
-  d: {default: 8}
-  nv: {default: 11}
-inputs:
-  tokens: {shape: [T], dtype: int64}
-  positions: {shape: [T], dtype: int64}
-weights:
-  emb: {name: emb, shape: [nv, d]}
-  w_dead: {name: w_dead, shape: [d, d]}
-  w_unused: {name: w_unused, shape: [d]}
-  wq: {name: wq, shape: [d, d]}
-  ln: {name: ln, shape: [d]}
-prologue:
-  - h: embedding(tokens, emb)
-  - dead: linear(h, w_dead)
-  - deader: silu(dead)
-  - q: linear(h, wq)
-  - o: attention(q, q, q, heads=2, kv_heads=2, head_dim=4)
-  - s: add(h, h)
-  - y: rms_norm(s, ln, eps=1e-5)
-layers: {count: 0, body: []}
-outputs: [y]
-"""
+BEFORE = small_spec(
+    weights="""
+        w_dead: {name: w_dead, shape: [d, d]}
+        w_unused: {name: w_unused, shape: [d]}
+        wq: {name: wq, shape: [d, d]}
+        ln: {name: ln, shape: [d]}
+    """,
+    prologue="""
+        - h: embedding(tokens, emb)
+        - dead: linear(h, w_dead)
+        - deader: silu(dead)
+        - q: linear(h, wq)
+        - o: attention(q, q, q, heads=2, kv_heads=2, head_dim=4)
+        - s: add(h, h)
+        - y: rms_norm(s, ln, eps=1e-5)
+    """,
+    outputs="[y]")
 
 # The attention's output is unused but it writes the KV cache: kept. The sum
 # of add_rms_norm is unused: blanked to '_'.
@@ -55,31 +42,25 @@ graph t
 """
 
 
-def bind_text(text: str, config: dict | None = None):
-    return bind(parse_spec(textwrap.dedent(text), "test.yaml"), config or {})
-
-
 def test_before_expected():
     before, _ = fuse_add_rms_norm.run(bind_text(BEFORE))
     after, n = dead_value_removal.run(before)
     assert after.to_text() == EXPECTED
     assert n == 2 + 1 + 2          # dead, deader; the blanked sum; w_dead, w_unused
     assert "dead" not in after.values and "s" not in after.values
-    verify(after)
-    differential(before, after)
+    check(before, after)
     assert dead_value_removal.run(after)[1] == 0                 # idempotent
 
 
 def test_removes_weights_fusions_replaced():
-    before = bind(load_spec(TINY_MHA), dict(d_model=16, n_layer=2, n_head=2, d_ff=24, n_vocab=40))
+    before = bind_tiny_mha(n_layer=2)
     fused, _ = fuse_qkv.run(before)
     after, n = dead_value_removal.run(fused)
     assert n == 2 * 6                                # per layer: q, k, v weights and biases
     names = {v.name for v in after.weights()}
     assert "blocks.1.attn.query.w" not in names and "blocks.1.attn.value+key+query.w" in names
     assert "wte" in names                            # tied: read by embedding and head
-    verify(after)
-    differential(before, after)
+    check(before, after)
 
 
 def test_graph_inputs_are_kept():

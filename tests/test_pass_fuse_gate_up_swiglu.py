@@ -1,40 +1,27 @@
 """fuse_gate_up_swiglu: before/expected IR, constraints, and differential checks."""
 from __future__ import annotations
 
-import textwrap
-
-from rustinfer.compiler.bind import bind
+from pass_testing import bind_llama3, bind_text, bind_tiny_mha, check, small_spec
 from rustinfer.compiler.passes import fuse_gate_up_swiglu
-from rustinfer.compiler.spec import load_spec, parse_spec
-from rustinfer.compiler.verify import differential, verify
-
-TINY_MHA = "tests/specs/tiny_mha.yaml"
+from rustinfer.compiler.verify import differential
 
 # Up projected first, `mul(up, act)`: the pattern is commutative and order-free.
-BEFORE = """
-family: t
-config:
-  d: {default: 8}
-  f: {default: 12}
-  nv: {default: 11}
-inputs:
-  tokens: {shape: [T], dtype: int64}
-  positions: {shape: [T], dtype: int64}
-weights:
-  emb: {name: emb, shape: [nv, d]}
-  w_up: {name: mlp.up, shape: [f, d]}
-  w_gate: {name: mlp.gate, shape: [f, d]}
-  w_down: {name: mlp.down, shape: [d, f]}
-prologue:
-  - x: embedding(tokens, emb)
-  - up: linear(x, w_up)
-  - gate: linear(x, w_gate)
-  - act: silu(gate)
-  - prod: mul(up, act)
-  - y: linear(prod, w_down)
-layers: {count: 0, body: []}
-outputs: [y]
-"""
+BEFORE = small_spec(
+    config="f: {default: 12}",
+    weights="""
+        w_up: {name: mlp.up, shape: [f, d]}
+        w_gate: {name: mlp.gate, shape: [f, d]}
+        w_down: {name: mlp.down, shape: [d, f]}
+    """,
+    prologue="""
+        - x: embedding(tokens, emb)
+        - up: linear(x, w_up)
+        - gate: linear(x, w_gate)
+        - act: silu(gate)
+        - prod: mul(up, act)
+        - y: linear(prod, w_down)
+    """,
+    outputs="[y]")
 
 EXPECTED = """\
 graph t
@@ -53,17 +40,12 @@ graph t
 """
 
 
-def bind_text(text: str, config: dict | None = None):
-    return bind(parse_spec(textwrap.dedent(text), "test.yaml"), config or {})
-
-
 def test_before_expected():
     before = bind_text(BEFORE)
     after, n = fuse_gate_up_swiglu.run(before)
     assert n == 1
     assert after.to_text() == EXPECTED
-    verify(after)
-    differential(before, after)
+    check(before, after)
 
 
 def test_biases_are_concatenated_gate_first():
@@ -96,22 +78,18 @@ def test_gate_of_another_input_is_not_fused():
 
 
 def test_other_spec_plain_mlp_left_alone():
-    before = bind(load_spec(TINY_MHA), dict(d_model=16, n_layer=3, n_head=2, d_ff=24, n_vocab=40))
+    before = bind_tiny_mha(n_layer=3)
     after, n = fuse_gate_up_swiglu.run(before)
     assert n == 2                                    # layer 0's MLP is not gated
     text = after.to_text()
     assert "%layers.0/ff_act = silu(%layers.0/ff)" in text
     assert "%layers.2/prod = swiglu(%layers.2/gate+up)  # [T, 24]" in text
-    verify(after)
-    differential(before, after)
+    check(before, after)
 
 
 def test_llama3():
-    config = dict(hidden_size=16, intermediate_size=24, num_hidden_layers=3,
-                  num_attention_heads=4, num_key_value_heads=2, vocab_size=50)
-    before = bind(load_spec("llama3"), config)
+    before = bind_llama3(num_hidden_layers=3)
     after, n = fuse_gate_up_swiglu.run(before)
     assert n == 3
     assert not any(node.op in ("silu", "mul") for node in after.nodes)
-    verify(after)
-    differential(before, after)
+    check(before, after)

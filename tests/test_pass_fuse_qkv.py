@@ -1,43 +1,30 @@
 """fuse_qkv: before/expected IR, and the fused graph computes what the unfused one did."""
 from __future__ import annotations
 
-import textwrap
-
 import pytest
 
-from rustinfer.compiler.bind import bind
+from pass_testing import bind_llama3, bind_text, bind_tiny_mha, check, small_spec
 from rustinfer.compiler.passes import fuse_qkv
-from rustinfer.compiler.spec import load_spec, parse_spec
 from rustinfer.compiler.verify import differential, verify
 
-TINY_MHA = "tests/specs/tiny_mha.yaml"
-
 # GQA: q has 2 heads, k/v one; no rope, so only the projections matter.
-BEFORE = """
-family: t
-config:
-  d: {default: 8}
-  nv: {default: 11}
-inputs:
-  tokens: {shape: [T], dtype: int64}
-  positions: {shape: [T], dtype: int64}
-weights:
-  emb: {name: emb, shape: [nv, d]}
-  wq: {name: attn.q.w, shape: [d, d]}
-  wk: {name: attn.k.w, shape: [4, d]}
-  wv: {name: attn.v.w, shape: [4, d]}
-  bq: {name: attn.q.b, shape: [d]}
-  bk: {name: attn.k.b, shape: [4]}
-  bv: {name: attn.v.b, shape: [4]}
-prologue:
-  - x: embedding(tokens, emb)
-  - q: linear(x, wq, bq)
-  - k: linear(x, wk, bk)
-  - v: linear(x, wv, bv)
-  - o: attention(q, k, v, heads=2, kv_heads=1, head_dim=4)
-layers: {count: 0, body: []}
-outputs: [o]
-"""
+BEFORE = small_spec(
+    weights="""
+        wq: {name: attn.q.w, shape: [d, d]}
+        wk: {name: attn.k.w, shape: [4, d]}
+        wv: {name: attn.v.w, shape: [4, d]}
+        bq: {name: attn.q.b, shape: [d]}
+        bk: {name: attn.k.b, shape: [4]}
+        bv: {name: attn.v.b, shape: [4]}
+    """,
+    prologue="""
+        - x: embedding(tokens, emb)
+        - q: linear(x, wq, bq)
+        - k: linear(x, wk, bk)
+        - v: linear(x, wv, bv)
+        - o: attention(q, k, v, heads=2, kv_heads=1, head_dim=4)
+    """,
+    outputs="[o]")
 
 EXPECTED = """\
 graph t
@@ -60,10 +47,6 @@ graph t
   %o = attention(%q, %k, %v, $o/k_cache, $o/v_cache) {heads=2, kv_heads=1, head_dim=4, scale=None}  # [T, 8]
   return %o
 """
-
-
-def bind_text(text: str, config: dict | None = None):
-    return bind(parse_spec(textwrap.dedent(text), "test.yaml"), config or {})
 
 
 def test_before_expected():
@@ -109,7 +92,7 @@ def test_idempotent():
 
 def test_other_spec_other_order():
     """v, k, q written in that order with biases: fused in graph order, names kept."""
-    before = bind(load_spec(TINY_MHA), dict(d_model=16, n_layer=3, n_head=2, d_ff=24, n_vocab=40))
+    before = bind_tiny_mha(n_layer=3)
     after, n = fuse_qkv.run(before)
     assert n == 3
     text = after.to_text()
@@ -117,16 +100,12 @@ def test_other_spec_other_order():
             "{sizes=[16, 16, 16]}") in text
     assert ("<- concat(blocks.1.attn.value.b, blocks.1.attn.key.b, blocks.1.attn.query.b)"
             in text)
-    verify(after)
-    differential(before, after)
+    check(before, after)
 
 
 @pytest.mark.parametrize("kv_heads", [4, 2, 1])
 def test_llama3(kv_heads):
-    config = dict(hidden_size=16, intermediate_size=24, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=kv_heads, vocab_size=50)
-    before = bind(load_spec("llama3"), config)
+    before = bind_llama3(num_hidden_layers=2, num_key_value_heads=kv_heads)
     after, n = fuse_qkv.run(before)
     assert n == 2
-    verify(after)
-    differential(before, after)
+    check(before, after)

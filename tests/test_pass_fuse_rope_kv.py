@@ -1,40 +1,27 @@
 """fuse_rope_kv: before/expected IR, constraints, and differential checks (KV caches included)."""
 from __future__ import annotations
 
-import textwrap
-
-from rustinfer.compiler.bind import bind
+from pass_testing import bind_llama3, bind_text, bind_tiny_mha, check, nodes_text, small_spec
 from rustinfer.compiler.passes import fuse_qkv, fuse_rope_kv
-from rustinfer.compiler.spec import load_spec, parse_spec
 from rustinfer.compiler.verify import differential, verify
 
-TINY_MHA = "tests/specs/tiny_mha.yaml"
-
 # k is rotated before q is projected; v is projected last (after both ropes).
-BEFORE = """
-family: t
-config:
-  d: {default: 8}
-  nv: {default: 11}
-inputs:
-  tokens: {shape: [T], dtype: int64}
-  positions: {shape: [T], dtype: int64}
-weights:
-  emb: {name: emb, shape: [nv, d]}
-  wq: {name: wq, shape: [d, d]}
-  wk: {name: wk, shape: [4, d]}
-  wv: {name: wv, shape: [4, d]}
-prologue:
-  - x: embedding(tokens, emb)
-  - k: linear(x, wk)
-  - kr: rope(k, positions, heads=1, head_dim=4, theta=500.0)
-  - q: linear(x, wq)
-  - qr: rope(q, positions, heads=2, head_dim=4, theta=500.0)
-  - v: linear(x, wv)
-  - o: attention(qr, kr, v, heads=2, kv_heads=1, head_dim=4)
-layers: {count: 0, body: []}
-outputs: [o]
-"""
+BEFORE = small_spec(
+    weights="""
+        wq: {name: wq, shape: [d, d]}
+        wk: {name: wk, shape: [4, d]}
+        wv: {name: wv, shape: [4, d]}
+    """,
+    prologue="""
+        - x: embedding(tokens, emb)
+        - k: linear(x, wk)
+        - kr: rope(k, positions, heads=1, head_dim=4, theta=500.0)
+        - q: linear(x, wq)
+        - qr: rope(q, positions, heads=2, head_dim=4, theta=500.0)
+        - v: linear(x, wv)
+        - o: attention(qr, kr, v, heads=2, kv_heads=1, head_dim=4)
+    """,
+    outputs="[o]")
 
 EXPECTED_NODES = """\
   %x = embedding(%tokens, @emb)  # [T, 8]
@@ -47,23 +34,13 @@ EXPECTED_NODES = """\
 """
 
 
-def bind_text(text: str, config: dict | None = None):
-    return bind(parse_spec(textwrap.dedent(text), "test.yaml"), config or {})
-
-
-def nodes_text(graph) -> str:
-    lines = graph.to_text().splitlines(keepends=True)
-    return "".join(line for line in lines if line.startswith("  %") or "return" in line)
-
-
 def test_before_expected():
     before = bind_text(BEFORE)
     after, n = fuse_rope_kv.run(before)
     assert n == 1
     assert nodes_text(after) == EXPECTED_NODES
     assert "kr" not in after.values
-    verify(after)
-    differential(before, after)                      # outputs and both caches, 3 steps
+    check(before, after)                             # outputs and both caches, 3 steps
 
 
 def test_different_theta_is_not_fused():
@@ -94,23 +71,19 @@ def test_rotated_q_used_before_attention_is_not_fused():
 
 
 def test_after_fuse_qkv_on_other_spec():
-    before = bind(load_spec(TINY_MHA), dict(d_model=16, n_layer=2, n_head=2, d_ff=24, n_vocab=40))
+    before = bind_tiny_mha(n_layer=2)
     split, _ = fuse_qkv.run(before)
     after, n = fuse_rope_kv.run(split)
     assert n == 2
     assert not any(node.op in ("rope", "attention") for node in after.nodes)
-    verify(after)
-    differential(before, after)
+    check(before, after)
 
 
 def test_llama3_with_rope_scaling():
-    config = dict(hidden_size=32, intermediate_size=24, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, vocab_size=50,
-                  rope_theta=500000.0, max_position_embeddings=512,
-                  rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
-                                "high_freq_factor": 4.0, "original_max_position_embeddings": 4})
-    before = bind(load_spec("llama3"), config)
+    before = bind_llama3(
+        hidden_size=32, num_hidden_layers=2, rope_theta=500000.0, max_position_embeddings=512,
+        rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                      "high_freq_factor": 4.0, "original_max_position_embeddings": 4})
     after, n = fuse_rope_kv.run(before)
     assert n == 2
-    verify(after)
-    differential(before, after)
+    check(before, after)

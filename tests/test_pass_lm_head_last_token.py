@@ -1,37 +1,24 @@
 """lm_head_last_token: before/expected IR, and the logits of the wanted rows are unchanged."""
 from __future__ import annotations
 
-import textwrap
-
 import torch
 
-from rustinfer.compiler.bind import bind
+from pass_testing import bind_llama3, bind_text, bind_tiny_mha, check, small_spec
 from rustinfer.compiler.interpreter import run_graph
 from rustinfer.compiler.passes import lm_head_last_token
-from rustinfer.compiler.spec import load_spec, parse_spec
 from rustinfer.compiler.verify import default_schedule, differential, random_weights, verify
 
-TINY_MHA = "tests/specs/tiny_mha.yaml"
-
-BEFORE = """
-family: t
-config:
-  d: {default: 8}
-  nv: {default: 11}
-inputs:
-  tokens: {shape: [T], dtype: int64}
-  positions: {shape: [T], dtype: int64}
-weights:
-  emb: {name: emb, shape: [nv, d]}
-  ln: {name: ln, shape: [d]}
-  head: {name: head, shape: [nv, d]}
-prologue:
-  - h: embedding(tokens, emb)
-  - x: rms_norm(h, ln, eps=1e-5)
-  - logits: linear(x, head)
-layers: {count: 0, body: []}
-outputs: [logits]
-"""
+BEFORE = small_spec(
+    weights="""
+        ln: {name: ln, shape: [d]}
+        head: {name: head, shape: [nv, d]}
+    """,
+    prologue="""
+        - h: embedding(tokens, emb)
+        - x: rms_norm(h, ln, eps=1e-5)
+        - logits: linear(x, head)
+    """,
+    outputs="[logits]")
 
 EXPECTED = """\
 graph t
@@ -47,10 +34,6 @@ graph t
   %logits = linear(%logits/rows, @head)  # [R, 11]
   return %logits
 """
-
-
-def bind_text(text: str, config: dict | None = None):
-    return bind(parse_spec(textwrap.dedent(text), "test.yaml"), config or {})
 
 
 def test_before_expected():
@@ -97,18 +80,15 @@ def test_only_output_linears_and_every_one():
 
 
 def test_tied_head_on_other_spec():
-    before = bind(load_spec(TINY_MHA), dict(d_model=16, n_layer=1, n_head=2, d_ff=24, n_vocab=40))
+    before = bind_tiny_mha(n_layer=1)
     after, n = lm_head_last_token.run(before)
     assert n == 1
     assert "%scores = linear(%scores/rows, @wte)  # [R, 40]" in after.to_text()
-    verify(after)
-    differential(before, after)
+    check(before, after)
 
 
 def test_llama3():
-    config = dict(hidden_size=16, intermediate_size=24, num_hidden_layers=1,
-                  num_attention_heads=4, num_key_value_heads=2, vocab_size=50)
-    before = bind(load_spec("llama3"), config)
+    before = bind_llama3(num_hidden_layers=1)
     after, n = lm_head_last_token.run(before)
     assert n == 1 and after.values["logits"].shape == ("R", 50)
     steps = default_schedule(vocab=50)

@@ -1,45 +1,35 @@
 """The declarative pattern matcher and rewrite driver that every fusion pass uses."""
 from __future__ import annotations
 
-import textwrap
-
 import pytest
 
-from rustinfer.compiler.bind import bind
-from rustinfer.compiler.pattern import Pattern, PatternError, fused_name, rewrite_all
-from rustinfer.compiler.spec import parse_spec
+from pass_testing import bind_text, small_spec
+from rustinfer.compiler.pattern import Pattern, PatternError
+from rustinfer.compiler.rewrite import fused_name, rewrite_all
 
-SPEC = """
-family: t
-config:
-  d: {default: 8}
-  nv: {default: 11}
-inputs:
-  tokens: {shape: [T], dtype: int64}
-  positions: {shape: [T], dtype: int64}
-weights:
-  emb: {name: emb, shape: [nv, d]}
-  w1: {name: w1, shape: [d, d]}
-  w2: {name: w2, shape: [d, d]}
-  ln: {name: ln, shape: [d]}
-prologue:
-  - x: embedding(tokens, emb)
-  - a: linear(x, w1)
-  - b: linear(x, w2)
-  - s: silu(a)
-  - p: mul(b, s)
-  - n: rms_norm(p, ln, eps=1e-5, offset=1.0)
-  - r1: rope(n, positions, heads=2, head_dim=4, theta=10.0)
-  - r2: rope(p, positions, heads=2, head_dim=4, theta=20.0)
-  - out: add(r1, r2)
-layers: {count: 0, body: []}
-outputs: [out]
-"""
+SPEC = small_spec(
+    weights="""
+        w1: {name: w1, shape: [d, d]}
+        w2: {name: w2, shape: [d, d]}
+        ln: {name: ln, shape: [d]}
+    """,
+    prologue="""
+        - x: embedding(tokens, emb)
+        - a: linear(x, w1)
+        - b: linear(x, w2)
+        - s: silu(a)
+        - p: mul(b, s)
+        - n: rms_norm(p, ln, eps=1e-5, offset=1.0)
+        - r1: rope(n, positions, heads=2, head_dim=4, theta=10.0)
+        - r2: rope(p, positions, heads=2, head_dim=4, theta=20.0)
+        - out: add(r1, r2)
+    """,
+    outputs="[out]")
 
 
 @pytest.fixture
 def graph():
-    return bind(parse_spec(textwrap.dedent(SPEC), "t.yaml"), {})
+    return bind_text(SPEC)
 
 
 def bindings(pattern: Pattern, graph) -> list[dict]:

@@ -3,18 +3,14 @@ from __future__ import annotations
 
 import pytest
 
-from rustinfer.compiler.bind import bind
+from pass_testing import bind_llama3
 from rustinfer.compiler.ir import Node, Value
-from rustinfer.compiler.spec import load_spec
 from rustinfer.compiler.verify import VerifyError, verify
-
-CONFIG = dict(hidden_size=16, intermediate_size=24, num_hidden_layers=1,
-              num_attention_heads=4, num_key_value_heads=2, vocab_size=50)
 
 
 @pytest.fixture
 def graph():
-    return bind(load_spec("llama3"), CONFIG)
+    return bind_llama3(num_hidden_layers=1)
 
 
 def find(graph, name):

@@ -23,7 +23,8 @@ Must run before: nothing required.
 from __future__ import annotations
 
 from ..ir import Graph, Node
-from ..pattern import Match, Pattern, Rewriter, rewrite_all
+from ..pattern import Match, Pattern
+from ..rewrite import Rewriter, rewrite_all
 
 PATTERN = Pattern("""
     h = add(a, b)

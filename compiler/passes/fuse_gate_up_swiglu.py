@@ -22,8 +22,8 @@ does not match and is left alone.
 from __future__ import annotations
 
 from ..ir import Graph, Node
-from ..pattern import (Match, Pattern, Rewriter, all_or_none, fused_name, plain_weights, private,
-                       rewrite_all)
+from ..pattern import Match, Pattern, all_or_none, plain_weights, private
+from ..rewrite import Rewriter, fused_name, rewrite_all
 
 _WHERE = [plain_weights("wg", "wu", "bg", "bu"), all_or_none("bg", "bu"), private("g", "u", "a")]
 

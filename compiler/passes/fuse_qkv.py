@@ -27,7 +27,8 @@ three in graph order are taken.
 from __future__ import annotations
 
 from ..ir import Graph, Node
-from ..pattern import Match, Pattern, Rewriter, all_or_none, fused_name, plain_weights, rewrite_all
+from ..pattern import Match, Pattern, all_or_none, plain_weights
+from ..rewrite import Rewriter, fused_name, rewrite_all
 
 PATTERN = Pattern("""
     q = linear(x, wq, [bq])

@@ -28,7 +28,8 @@ Must run before: nothing required (after fuse_qkv, q, k and v are split views).
 from __future__ import annotations
 
 from ..ir import Graph, Node
-from ..pattern import Match, Pattern, Rewriter, private, rewrite_all
+from ..pattern import Match, Pattern, private
+from ..rewrite import Rewriter, rewrite_all
 
 PATTERN = Pattern("""
     qr = rope(q, pos, heads=h, head_dim=d, theta=th, scaling=sc)

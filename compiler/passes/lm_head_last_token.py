@@ -30,7 +30,8 @@ from __future__ import annotations
 
 from ..ir import Graph, Node
 from ..ops import OPS
-from ..pattern import Match, Pattern, Rewriter, is_output, not_produced_by, private, rewrite_all
+from ..pattern import Match, Pattern, is_output, not_produced_by, private
+from ..rewrite import Rewriter, rewrite_all
 
 LOGIT_ROWS = "logit_rows"
 
