@@ -74,3 +74,12 @@ def test_generate_streams_an_answer_from_the_default_model(smollm2_gguf, capsys)
     assert rustinfer_cli.main(["generate", "What is the capital of France?",
                                "--max-tokens", "24"]) == 0
     assert "Paris" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_chat_keeps_the_conversation(smollm2_gguf, monkeypatch, capsys):
+    lines = iter(["What is the capital of France?", "And of Italy?", "/exit"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
+    assert rustinfer_cli.main(["chat", "--max-tokens", "24"]) == 0
+    answers = capsys.readouterr().out.strip().splitlines()
+    assert "Paris" in answers[0] and "Rome" in answers[1]
