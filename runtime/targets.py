@@ -7,6 +7,7 @@ Each target is one factory here; `LLM(target=...)` and the CLIs pick by name.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -57,7 +58,26 @@ def _cpu(ctx: LoadContext):
     return load(ctx)
 
 
+def cuda_unsupported(graph: Graph) -> list[str]:
+    """What the Triton kernels cannot run yet: sliding windows, soft-capping, partial rotary."""
+    found = []
+    for node in graph.nodes:
+        a = node.attrs
+        if a.get("window") or a.get("softcap"):
+            found.append(f"{node.op} window/softcap ({node.name})")
+        elif a.get("rotary_dim") not in (None, a.get("head_dim")):
+            found.append(f"{node.op} rotary_dim ({node.name})")
+    return found
+
+
 def _cuda(ctx: LoadContext):
+    missing = cuda_unsupported(ctx.graph)
+    if missing:
+        # A slower correct path beats a wrong or crashing one: say so, then run on the CPU.
+        print(f"rustinfer: WARNING: the cuda target's Triton kernels do not implement "
+              f"{missing[0]}{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}; "
+              "falling back to target 'cpu-torch' (float32, CPU)", file=sys.stderr)
+        return _cpu_torch(ctx)
     from rustinfer.compiler.build import CompileOptions, compile_model
 
     import torch
