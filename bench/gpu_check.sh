@@ -7,7 +7,7 @@
 #    repo maps its folders with package-dir, and an editable install needs setuptools>=77);
 # 3. TRITON_INTERPRET=0 pytest -m cuda: kernels at real shapes, graph replay == eager == fp32;
 # 4. bench/gpu.py: TPOT / TTFT / batch throughput vs plain torch eager, HBM roofline.
-# Writes env.txt, pytest.log, bench.log, gpu.json, gpu.md and summary.md into OUTDIR.
+# Writes env.txt, pytest.log, bench.log, gpu.json, gpu.md, profile.txt and summary.md into OUTDIR.
 # Designed to finish in < 8 minutes: each stage has its own timeout.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -41,11 +41,15 @@ left=$(( 450 - ($(date +%s) - started) ))
 timeout $(( left > 60 ? left : 60 )) $py bench/gpu.py --out "$out" 2>&1 | tee "$out/bench.log"
 bench_rc=${PIPESTATUS[0]}
 
+# Where the bs=1 decode step's GPU time goes (kernel groups), for the next optimisation.
+timeout 120 $py bench/gpu_profile.py --out "$out" 2>&1 | tee "$out/profile.log"
+
 { echo "# GPU check $(date -u +%F) on $(head -2 "$out/env.txt" | tail -1)"
   echo
   echo "pytest -m cuda: exit $tests_rc ($(tail -1 "$out/pytest.log"))"
   echo "bench/gpu.py: exit $bench_rc; total $(( $(date +%s) - started )) s"
   echo
-  cat "$out/gpu.md" 2>/dev/null || echo "(no benchmark table)"; } >"$out/summary.md"
+  cat "$out/gpu.md" 2>/dev/null || echo "(no benchmark table)"
+  echo; cat "$out/profile.txt" 2>/dev/null || echo "(no profile)"; } >"$out/summary.md"
 cat "$out/summary.md"
 [ "$tests_rc" = 0 ] && [ "$bench_rc" = 0 ]
