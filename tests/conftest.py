@@ -33,3 +33,12 @@ def llama32_1b_dir() -> Path:
         if (candidate / "config.json").exists():
             return candidate
     pytest.fail("Llama-3.2-1B config not found under bench/models or ../shared/models")
+
+
+@pytest.fixture(scope="session")
+def llama_dir(llama32_1b_dir) -> Path:
+    """A folder with Llama 3.2 1B's tokenizer files (bench/models holds only its config)."""
+    for path in (llama32_1b_dir, SHARED_MODELS / "llama-3.2-1b-instruct"):
+        if (path / "tokenizer.json").is_file():
+            return path
+    pytest.skip("no Llama 3.2 tokenizer.json available")

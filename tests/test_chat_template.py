@@ -11,7 +11,6 @@ from rustinfer.runtime.tokenizer import Tokenizer
 transformers = pytest.importorskip("transformers")
 jinja2 = pytest.importorskip("jinja2")
 
-SHARED_MODELS = Path(__file__).resolve().parents[2] / "shared" / "models"
 
 CONVERSATIONS = [
     [{"role": "user", "content": "Hi there 🤗"}],
@@ -57,15 +56,6 @@ Tools:
 TOOLS = [{"type": "function", "function": {
     "name": "get_weather", "description": "Météo à <ville> & \"temps\"",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
-
-
-@pytest.fixture(scope="module")
-def llama_dir(llama32_1b_dir):
-    """Llama 3.2 1B's tokenizer files (bench/models may hold only its config)."""
-    for path in (llama32_1b_dir, SHARED_MODELS / "llama-3.2-1b-instruct"):
-        if (path / "tokenizer.json").is_file():
-            return path
-    pytest.skip("no Llama 3.2 tokenizer.json available")
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import textwrap
 
 import pytest
-import torch
 
 from family_models import (FAMILY_CONFIGS, load_llm, make_model,  # noqa: F401
                            one_torch_thread)
@@ -113,7 +112,7 @@ def test_gemma_embedding_normalizer_is_rounded_to_the_checkpoint_dtype():
 def test_decode_step_allocates_nothing(family, name, tmp_path, monkeypatch):
     """Windows, soft-caps, per-head norms, GeGLU and partial rotary keep the
     plan's decode step allocation-free (contexts longer than the window)."""
-    from test_plan_no_alloc import StorageWatch, _storages
+    from test_plan_no_alloc import new_storages_in_step
 
     monkeypatch.setenv("RUSTINFER_CACHE", str(tmp_path / "cache"))
     make_model(family, tmp_path / "m", **FAMILY_CONFIGS[family][name])
@@ -122,16 +121,7 @@ def test_decode_step_allocates_nothing(family, name, tmp_path, monkeypatch):
     ex.forward(StepInputs.for_sequences([(list(range(3, 12)), 0, [0]), ([7, 8], 0, [1])], bs))
     ex.forward(StepInputs.for_sequences([([6], 9, [0]), ([9], 2, [1])], bs))
     decode = StepInputs.for_sequences([([10], 10, [0]), ([11], 3, [1])], bs)
-    step_tensors = [decode.token_ids, decode.positions, decode.slot_mapping, decode.logit_rows,
-                    decode.block_table_tensor]
-    ws = [v for v in vars(ex.ws).values() if isinstance(v, torch.Tensor)]
-    ws += [t for pair in ex.ws._rope_tables.values() for t in pair]
-    known = _storages([ex.arena], ex.caches.values(), ex.outputs.values(), ex.weights.values(),
-                      ws, step_tensors)
-    watch = StorageWatch(known)
-    with torch.inference_mode(), watch:
-        ex.plan.run(decode, ex.weights, ex.caches, ex.arena, ex.outputs, ex.kernels, ex.ws)
-    assert watch.new == []
+    assert new_storages_in_step(ex, decode) == []
 
 
 # --- the constructs, and their errors --------------------------------------------

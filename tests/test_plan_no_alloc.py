@@ -37,6 +37,20 @@ def _storages(*groups) -> set[int]:
     return ptrs
 
 
+def new_storages_in_step(ex, step) -> list:
+    """Run one step of `ex`'s plan under the watch; the ops whose outputs got new storage."""
+    step_tensors = [step.token_ids, step.positions, step.slot_mapping, step.logit_rows,
+                    step.block_table_tensor]
+    ws = [v for v in vars(ex.ws).values() if isinstance(v, torch.Tensor)]
+    ws += [t for pair in ex.ws._rope_tables.values() for t in pair]
+    known = _storages([ex.arena], ex.caches.values(), ex.outputs.values(), ex.weights.values(),
+                      ws, step_tensors)
+    watch = StorageWatch(known)
+    with torch.inference_mode(), watch:
+        ex.plan.run(step, ex.weights, ex.caches, ex.arena, ex.outputs, ex.kernels, ex.ws)
+    return watch.new
+
+
 def test_decode_step_allocates_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("RUSTINFER_CACHE", str(tmp_path / "cache"))
     make_llama(tmp_path / "m", **PARITY_CONFIGS["gqa-tied"])
@@ -48,16 +62,7 @@ def test_decode_step_allocates_nothing(tmp_path, monkeypatch):
     decode = StepInputs.for_sequences([([6], 5, [0]), ([9], 2, [1])], llm.block_size)
     ex.forward(decode)                                             # warm-up decode
     decode = StepInputs.for_sequences([([10], 6, [0]), ([11], 3, [1])], llm.block_size)
-    step_tensors = [decode.token_ids, decode.positions, decode.slot_mapping, decode.logit_rows,
-                    decode.block_table_tensor]
-    ws = [v for v in vars(ex.ws).values() if isinstance(v, torch.Tensor)]
-    ws += [t for pair in ex.ws._rope_tables.values() for t in pair]
-    known = _storages([ex.arena], ex.caches.values(), ex.outputs.values(), ex.weights.values(),
-                      ws, step_tensors)
-    watch = StorageWatch(known)
-    with torch.inference_mode(), watch:
-        ex.plan.run(decode, ex.weights, ex.caches, ex.arena, ex.outputs, ex.kernels, ex.ws)
-    assert watch.new == []
+    assert new_storages_in_step(ex, decode) == []
 
 
 def test_the_watch_catches_an_allocation():

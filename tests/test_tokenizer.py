@@ -5,7 +5,6 @@ our GGUF rebuild follows llama.cpp instead are tested on their own, with why.
 """
 import json
 import random
-from pathlib import Path
 
 import pytest
 
@@ -35,16 +34,6 @@ def _random_texts(tok, n, seed=0):
     return ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 25))) for _ in range(n)]
 
 
-SHARED_MODELS = Path(__file__).resolve().parents[2] / "shared" / "models"
-
-
-@pytest.fixture(scope="module")
-def llama_dir(llama32_1b_dir):
-    """Llama 3.2 1B's tokenizer files (bench/models may hold only its config)."""
-    for path in (llama32_1b_dir, SHARED_MODELS / "llama-3.2-1b-instruct"):
-        if (path / "tokenizer.json").is_file():
-            return path
-    pytest.skip("no Llama 3.2 tokenizer.json available")
 
 
 @pytest.fixture(scope="module")
