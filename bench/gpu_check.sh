@@ -6,8 +6,12 @@
 # 2. the package importable without pip: a rustinfer/ tree of links on PYTHONPATH (the
 #    repo maps its folders with package-dir, and an editable install needs setuptools>=77);
 # 3. TRITON_INTERPRET=0 pytest -m cuda: kernels at real shapes, graph replay == eager == fp32;
-# 4. bench/gpu.py: TPOT / TTFT / batch throughput vs plain torch eager, HBM roofline.
-# Writes env.txt, pytest.log, bench.log, gpu.json, gpu.md, profile.txt and summary.md into OUTDIR.
+# 4. bench/gpu_gemv.py: the Triton GEMV (opt-in, RUSTINFER_TRITON_GEMV=1) vs cuBLAS at the
+#    1B linears (+ a sweep of its configs), and the 1B bs=1 TPOT with each;
+# 5. bench/gpu.py: TPOT / TTFT / batch throughput vs plain torch eager, HBM roofline;
+# 6. bench/gpu_profile.py: where the 1B bs=1 step's GPU time goes.
+# Writes env.txt, pytest.log, gemv.log, gemv.json, gemv.md, bench.log, gpu.json, gpu.md,
+# profile.txt and summary.md into OUTDIR.
 # Designed to finish in < 8 minutes: each stage has its own timeout.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +41,11 @@ timeout 210 $py -m pytest -m cuda -q -p no:cacheprovider --durations=8 \
   tests/test_cuda_kernels.py tests/test_cuda_graphs.py tests/test_sampling.py 2>&1 | tee "$out/pytest.log"
 tests_rc=${PIPESTATUS[0]}
 
+# Before gpu.py: its time budget below shrinks by this stage's ~1-2 minutes (it saves each
+# model as it finishes) so the whole check's bound does not grow.
+timeout 150 $py bench/gpu_gemv.py --out "$out" --sweep 2>&1 | tee "$out/gemv.log"
+gemv_rc=${PIPESTATUS[0]}
+
 left=$(( 450 - ($(date +%s) - started) ))
 timeout $(( left > 60 ? left : 60 )) $py bench/gpu.py --out "$out" 2>&1 | tee "$out/bench.log"
 bench_rc=${PIPESTATUS[0]}
@@ -47,9 +56,11 @@ timeout 120 $py bench/gpu_profile.py --out "$out" 2>&1 | tee "$out/profile.log"
 { echo "# GPU check $(date -u +%F) on $(head -2 "$out/env.txt" | tail -1)"
   echo
   echo "pytest -m cuda: exit $tests_rc ($(tail -1 "$out/pytest.log"))"
+  echo "bench/gpu_gemv.py: exit $gemv_rc"
   echo "bench/gpu.py: exit $bench_rc; total $(( $(date +%s) - started )) s"
   echo
   cat "$out/gpu.md" 2>/dev/null || echo "(no benchmark table)"
+  echo; cat "$out/gemv.md" 2>/dev/null || echo "(no GEMV table)"
   echo; cat "$out/profile.txt" 2>/dev/null || echo "(no profile)"; } >"$out/summary.md"
 cat "$out/summary.md"
-[ "$tests_rc" = 0 ] && [ "$bench_rc" = 0 ]
+[ "$tests_rc" = 0 ] && [ "$gemv_rc" = 0 ] && [ "$bench_rc" = 0 ]

@@ -4,6 +4,11 @@ Same names and signatures as rustinfer.kernels.torch_ops (a test checks), so a
 plan runs unchanged with `K = triton_ops`. GEMMs go through torch (cuBLAS on a
 GPU); everything else is a kernel in rustinfer.kernels.triton.
 
+RUSTINFER_TRITON_GEMV=1 (read once, at import) routes decode-sized GEMMs (x with
+<= 16 rows, cuda tensors) to the Triton GEMV (triton/gemv.py) instead of cuBLAS.
+Opt-in until measured: off by default, and `linear` is then exactly torch.mm /
+addmm. bench/gpu_gemv.py compares the two (and flips `TRITON_GEMV` in-process).
+
 Capture-safe: no op here reads a device value on the host, allocates, or
 branches on data. What the kernels need of the step's layout (row offsets,
 context lengths, block table) they read on device from a `DeviceMeta` attached
@@ -17,6 +22,7 @@ interpreter (the CI tests).
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +30,7 @@ import torch
 from .rope_tables import inv_freq
 from .triton import decode_attention as _decode
 from .triton import gather as _gather
+from .triton import gemv as _gemv
 from .triton import prefill_attention as _prefill
 from .triton import rms_norm as _rms
 from .triton import rope_kv as _rope
@@ -96,8 +103,14 @@ def embedding(ids, table, *, out):
     _gather.gather_rows(table, ids, out)
 
 
+# Opt-in until bench/gpu_gemv.py has measured the GEMV against cuBLAS on a GPU.
+TRITON_GEMV = os.environ.get("RUSTINFER_TRITON_GEMV", "0") == "1"
+
+
 def linear(x, weight, bias=None, *, out):
-    if bias is None:
+    if TRITON_GEMV and x.shape[0] <= _gemv.MAX_ROWS and x.is_cuda:
+        _gemv.gemv(x, weight, out, bias)
+    elif bias is None:
         torch.mm(x, weight.t(), out=out)
     else:
         torch.addmm(bias, x, weight.t(), out=out)

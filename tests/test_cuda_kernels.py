@@ -138,3 +138,43 @@ def test_decode_attention(model):
 @pytest.mark.parametrize("model", ["1b", "3b"])
 def test_prefill_attention(model):
     _check_attention([(1000, 1500), (128, 128), (1, 700), (0, 0), (513, 513)], model, skip=())
+
+
+# Llama-3.2-1B's linears as the cuda target runs them: (N, K) of out = x @ W^T.
+GEMV_1B = {"qkv": (3072, 2048), "o": (2048, 2048), "gate_up": (16384, 2048),
+           "down": (2048, 8192), "lm_head": (128256, 2048)}
+
+
+@pytest.mark.parametrize("rows", [1, 8])
+@pytest.mark.parametrize("name", sorted(GEMV_1B))
+def test_gemv_matches_cublas(name, rows):
+    from rustinfer.kernels.triton.gemv import gemv
+
+    n, k = GEMV_1B[name]
+    x = torch.randn(rows, k, device="cuda", dtype=BF16)
+    w = (0.02 * torch.randn(n, k, device="cuda")).to(BF16)
+    out = torch.full((rows, n), float("nan"), device="cuda", dtype=BF16)
+    gemv(x, w, out)
+    want = x.float() @ w.float().t()
+    cublas = torch.mm(x, w.t())
+    scale = want.abs().max().item()
+    # both accumulate in fp32 and round once to bf16: each within ~1 bf16 ulp of fp32
+    assert _err(out, want) <= 1e-2 * scale
+    assert _err(out, cublas) <= 2e-2 * scale
+    bias = torch.randn(n, device="cuda", dtype=BF16)
+    gemv(x, w, out, bias)
+    assert _err(out, torch.addmm(bias, x, w.t())) <= 2e-2 * (scale + bias.abs().max().item())
+
+
+def test_linear_routes_decode_rows_to_the_gemv(monkeypatch):
+    """RUSTINFER_TRITON_GEMV=1's routing: <= 16 rows take the GEMV, more take cuBLAS."""
+    from rustinfer.kernels.triton import gemv as gemv_mod
+
+    calls = []
+    monkeypatch.setattr(triton_ops, "TRITON_GEMV", True)
+    monkeypatch.setattr(gemv_mod, "gemv", lambda *a, **kw: calls.append(a[0].shape[0]))
+    w = torch.randn(64, 32, device="cuda", dtype=BF16)
+    for rows in (1, 16, 17):
+        triton_ops.linear(torch.randn(rows, 32, device="cuda", dtype=BF16), w,
+                          out=torch.empty(rows, 64, device="cuda", dtype=BF16))
+    assert calls == [1, 16]

@@ -3,6 +3,8 @@
 The plan for SmolLM2-135M and Llama-3.2-1B shapes runs on meta tensors with
 launches recorded (decode buckets 1..32 and two prefill layouts), and each
 distinct specialization goes through triton.compile for GPUTarget("cuda", 90).
+`--gemv` routes the decode buckets' linears (<= 16 rows) to the Triton GEMV, as
+RUSTINFER_TRITON_GEMV=1 does; aot keeps two of its row counts per block config.
 It runs in a subprocess: the compiler cannot lower Triton's library functions
 once TRITON_INTERPRET=1 has turned them into interpreted ones.
 """
@@ -28,7 +30,7 @@ def test_every_emitted_kernel_compiles_for_sm90(tmp_path, llama32_1b_dir):
     env["TRITON_CACHE_DIR"] = str(tmp_path / "triton")
     out = subprocess.run([sys.executable, "-m", "rustinfer.kernels.triton.aot", str(smol),
                           str(llama32_1b_dir / "config.json"), "--buckets", "1,2,4,8,16,32",
-                          "--prefill", "128"], capture_output=True, text=True, env=env,
+                          "--prefill", "128", "--gemv"], capture_output=True, text=True, env=env,
                          timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     lines = out.stdout.splitlines()
@@ -36,5 +38,12 @@ def test_every_emitted_kernel_compiles_for_sm90(tmp_path, llama32_1b_dir):
                if line.startswith("ok ")}
     assert kernels == {"gather._kernel", "rms_norm._kernel", "rope_kv._kernel", "swiglu._kernel",
                        "decode_attention._kernel", "decode_attention._merge_kernel",
-                       "prefill_attention._kernel"}, lines
+                       "prefill_attention._kernel", "gemv._kernel"}, lines
     assert lines[-1].startswith("aot: ") and int(lines[-1].split()[1]) >= 14
+    # Llama-3.2-1B's qkv, o, gate+up, down and LM head GEMVs at rows 1..16: 25 launches,
+    # compiled as a few block configs at their fewest and most rows (never all 25).
+    after_smol = lines[next(i for i, line in enumerate(lines) if "smollm2.json:" in line):]
+    gemvs = [line for line in after_smol if line.startswith("ok ") and "gemv._kernel" in line]
+    assert 4 <= len(gemvs) < 25, gemvs
+    assert any("BLOCK_M=1," in line for line in gemvs) and any("BLOCK_M=16," in line
+                                                                for line in gemvs)

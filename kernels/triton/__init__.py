@@ -9,6 +9,7 @@ the files here hold the kernels and their launchers:
     gather.py             embedding lookup and logits-row gather (one row copy kernel)
     decode_attention.py   paged GQA decode attention, split-K with an LSE merge
     prefill_attention.py  varlen causal flash attention over the paged cache
+    gemv.py               decode-sized GEMM (<= 16 rows), opt-in via RUSTINFER_TRITON_GEMV=1
 
 Every launch goes through `launch()` below, so a dry run can record each
 kernel specialization a plan emits (aot.py compiles them all to sm_90 cubins

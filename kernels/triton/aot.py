@@ -11,6 +11,12 @@ NOTE: measured on the 2-core CPU machine: SmolLM2-135M + Llama-3.2-1B, decode bu
 1..32 and two prefill layouts: 2164 launches, 29 distinct specializations, 0.1-0.9 s
 each, ~19 s in all including the 3 s import.
 
+`--gemv` runs the plans as RUSTINFER_TRITON_GEMV=1 would (decode-sized linears on the
+Triton GEMV) and keeps, of the GEMV's specializations, the fewest- and most-rows one
+per block config: the others differ only in how many rows the kernel unrolls.
+(Measured as the test runs it, both models with --gemv: 3098 launches, 49 specializations,
+20 of them GEMVs, ~19 s.)
+
 Must run in a process without TRITON_INTERPRET=1: under the interpreter Triton's
 own library functions (tl.sum, tl.max, ...) are interpreted objects the compiler
 cannot lower. Tests call it in a subprocess:
@@ -27,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from . import record_launches
+from . import gemv, record_launches
 
 _PTR = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32",
         torch.int64: "*i64", torch.int32: "*i32"}
@@ -86,10 +92,28 @@ def _meta_step(seqs, block_size, max_blocks):
     return step
 
 
+class _GemvOps:
+    """triton_ops with RUSTINFER_TRITON_GEMV=1's routing on meta tensors (triton_ops.linear
+    itself routes only cuda tensors): linears of <= 16 rows launch the GEMV."""
+
+    def __init__(self, ops):
+        self._ops = ops
+
+    def __getattr__(self, name):
+        return getattr(self._ops, name)
+
+    def linear(self, x, weight, bias=None, *, out):
+        if x.shape[0] <= gemv.MAX_ROWS:
+            gemv.gemv(x, weight, out, bias)
+        else:
+            self._ops.linear(x, weight, bias, out=out)
+
+
 def plan_launches(config: dict, *, buckets=(1, 2, 4, 8, 16, 32), prefill=(128,),
                   block_size: int = 16, max_model_len: int = 4096, num_sms: int = 132,
-                  dtype=torch.bfloat16) -> list:
-    """Every launch the cuda target's plan makes for decode buckets and prefill sizes."""
+                  dtype=torch.bfloat16, with_gemv: bool = False) -> list:
+    """Every launch the cuda target's plan makes for decode buckets and prefill sizes
+    (with_gemv: as with RUSTINFER_TRITON_GEMV=1)."""
     from rustinfer.compiler.build import CompileOptions, compile_model
     from rustinfer.compiler.spec import SPECS_DIR
     from rustinfer.kernels import triton_ops
@@ -112,11 +136,12 @@ def plan_launches(config: dict, *, buckets=(1, 2, 4, 8, 16, 32), prefill=(128,),
     max_blocks = -(-max_model_len // block_size)
     steps = [[(1, 512)] * b for b in buckets]
     steps += [[(n, n)] for n in prefill] + [[(n // 2, n), (1, 9)] for n in prefill]
+    ops = _GemvOps(triton_ops) if with_gemv else triton_ops
     launches = []
     for seqs in steps:
         with record_launches() as rec, torch.inference_mode():
             plan.run(_meta_step(seqs, block_size, max_blocks), weights, caches, arena, outputs,
-                     triton_ops, ws)
+                     ops, ws)
         launches += rec
     return launches
 
@@ -131,6 +156,24 @@ def specializations(launches) -> dict:
               f"({','.join(sig.values())}) w{num_warps} a{sorted(attrs)}"
         found.setdefault(key, (kernel, sig, consts, attrs, num_warps))
     return found
+
+
+def thin_gemv(found: dict) -> dict:
+    """Of the GEMV's specializations, the ones with the fewest and the most rows (BLOCK_M)
+    per block config and dtypes; every other kernel's are all kept. (The 1B plan's 25
+    GEMV launches differ mostly in M, which only sets how many rows the kernel unrolls.)"""
+    groups: dict = {}
+    for key, (kernel, sig, consts, _, num_warps) in found.items():
+        if kernel is not gemv._kernel:
+            continue
+        config = tuple(sorted((k, v) for k, v in consts.items() if k not in ("BLOCK_M", "M")))
+        dtypes = tuple(v for k, v in sig.items() if v.startswith("*"))
+        groups.setdefault((config, dtypes, num_warps), []).append((consts["BLOCK_M"], key))
+    drop = set()
+    for members in groups.values():
+        members.sort()
+        drop.update(key for _, key in members[1:-1])
+    return {key: spec for key, spec in found.items() if key not in drop}
 
 
 def compile_all(found: dict, arch: int = 90) -> list[tuple[str, float, int]]:
@@ -154,6 +197,8 @@ def main(argv=None) -> int:
     p.add_argument("configs", nargs="+", help="config.json files (Hugging Face Llama configs)")
     p.add_argument("--buckets", default="1,2,4,8,16,32")
     p.add_argument("--prefill", default="128")
+    p.add_argument("--gemv", action="store_true",
+                   help="decode-sized linears on the Triton GEMV (RUSTINFER_TRITON_GEMV=1)")
     args = p.parse_args(argv)
     from . import INTERPRET
 
@@ -165,8 +210,9 @@ def main(argv=None) -> int:
     for path in args.configs:
         config = json.loads(Path(path).read_text())
         launches = plan_launches(config, buckets=[int(b) for b in args.buckets.split(",")],
-                                 prefill=[int(n) for n in args.prefill.split(",")])
-        found = specializations(launches)
+                                 prefill=[int(n) for n in args.prefill.split(",")],
+                                 with_gemv=args.gemv)
+        found = thin_gemv(specializations(launches))
         for key, seconds, size in compile_all(found):
             print(f"ok {seconds:5.2f}s {size:7d}B  {key}")
         print(f"{path}: {len(launches)} launches, {len(found)} specializations compiled")

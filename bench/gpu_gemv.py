@@ -1,0 +1,232 @@
+"""Triton GEMV against cuBLAS at Llama-3.2-1B's decode shapes, and the 1B bs=1 TPOT with each.
+
+    python bench/gpu_gemv.py [--out DIR] [--rows 1] [--iters 200] [--steps 256] [--sweep]
+
+In one run, on one card:
+1. each linear of Llama-3.2-1B (qkv, o, gate+up, down, LM head) at --rows rows, bf16:
+   torch.mm (cuBLAS) and the Triton GEMV (gemv_config's choice), each the median of
+   --iters calls timed with CUDA events after warm-up, with L2 flushed before every
+   call (a decode step streams 2.5 GB of weights, so none of them is in L2 when its
+   GEMM runs); GB/s = bytes read + written / time; ratio = cuBLAS time / GEMV time
+   (> 1: the GEMV is faster). "per step" adds them up as one decode step does
+   (16 x (qkv + o + gate+up + down) + LM head), the number the profile's 0.81 ms of
+   GEMMs compares with. --sweep also times the neighbours of each default config
+   (one knob halved or doubled), so the next tuning starts from measurements;
+2. the 1B bs=1 decode TPOT at context 512 (engine-style step, and graph replay alone),
+   once on cuBLAS and once with the GEMV: triton_ops.TRITON_GEMV is flipped before the
+   executor captures its graphs, which is what RUSTINFER_TRITON_GEMV=1 does at import;
+   plus how far apart the two runs' logits are for one decode step after a prefill.
+Writes gemv.json and gemv.md into --out (after each part: a timeout keeps what ran).
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu import BLOCK, CTX, MODELS, REPO, RandomCheckpoint, hbm_bandwidth  # noqa: E402
+
+SHAPES = {"qkv": (3072, 2048), "o": (2048, 2048), "gate_up": (16384, 2048),
+          "down": (2048, 8192), "lm_head": (128256, 2048)}
+PER_STEP = {"qkv": 16, "o": 16, "gate_up": 16, "down": 16, "lm_head": 1}    # 1B: 16 layers
+
+
+def median_time(fn, iters: int, flush: torch.Tensor) -> float:
+    """Seconds: the median of `iters` event-timed calls, each after an L2 flush."""
+    for _ in range(5):
+        fn()
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
+    for s, e in zip(starts, ends):
+        flush.zero_()
+        s.record()
+        fn()
+        e.record()
+    torch.cuda.synchronize()
+    return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends)) / 1e3
+
+
+def neighbours(cfg, k: int):
+    """The default config with one knob halved or doubled (within sane bounds)."""
+    from rustinfer.kernels.triton import next_pow2
+
+    out = []
+    for bn in (cfg.block_n // 2, cfg.block_n * 2):
+        out.append(cfg._replace(block_n=bn))
+    for bk in (cfg.block_k // 2, cfg.block_k * 2):
+        out.append(cfg._replace(block_k=bk, num_stages=1 if bk >= k else max(2, cfg.num_stages)))
+    out.append(cfg._replace(num_warps=4 if cfg.num_warps == 8 else 8))
+    if k > cfg.block_k:
+        out.append(cfg._replace(num_stages=1 if cfg.num_stages > 1 else 2))
+        out.append(cfg._replace(num_stages=3))
+    return [c for c in dict.fromkeys(out) if 1 <= c.block_n <= 32 and 16 <= c.block_k
+            <= next_pow2(k) and c.block_n * c.block_k <= 32768]
+
+
+def bench_linears(rows: list[int], iters: int, sweep: bool) -> list[dict]:
+    from rustinfer.kernels.triton.gemv import gemv, gemv_config
+
+    flush = torch.empty(256 << 20, dtype=torch.int8, device="cuda")     # 5x the H200's L2
+    results = []
+    for m in rows:
+        for name, (n, k) in SHAPES.items():
+            w = (0.02 * torch.randn(n, k, device="cuda")).to(torch.bfloat16)
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
+            nbytes = 2 * (n * k + m * k + m * n)
+            want = torch.mm(x, w.t())
+            scale = want.float().abs().max().item()
+            t_cublas = median_time(lambda: torch.mm(x, w.t(), out=out), iters, flush)
+            cfg = gemv_config(n, k, m)
+            t_gemv = median_time(lambda: gemv(x, w, out), iters, flush)
+            err = (out.float() - want.float()).abs().max().item() / scale
+            r = dict(linear=name, n=n, k=k, rows=m, cublas_us=1e6 * t_cublas,
+                     cublas_gb_s=nbytes / t_cublas / 1e9, gemv_us=1e6 * t_gemv,
+                     gemv_gb_s=nbytes / t_gemv / 1e9, ratio=t_cublas / t_gemv,
+                     config=list(cfg), rel_err=err)
+            if sweep:
+                r["sweep"] = []
+                for alt in neighbours(cfg, k):
+                    t = median_time(lambda: gemv(x, w, out, config=alt), max(50, iters // 4),
+                                    flush)
+                    ok = (out.float() - want.float()).abs().max().item() <= 2e-2 * scale
+                    r["sweep"].append(dict(config=list(alt), us=1e6 * t,
+                                           gb_s=nbytes / t / 1e9, ok=ok))
+            print(json.dumps(r), flush=True)
+            results.append(r)
+    return results
+
+
+def bench_tpot(use_gemv: bool, steps: int) -> tuple[dict, torch.Tensor]:
+    """bs=1 decode on Llama-3.2-1B (random bf16 weights) with or without the GEMV: timings,
+    and the logits of one decode step after a 128-token prefill."""
+    from rustinfer.compiler.build import CompileOptions, compile_model
+    from rustinfer.compiler.spec import SPECS_DIR
+    from rustinfer.compiler.step_inputs import StepInputs
+    from rustinfer.kernels import triton_ops
+    from rustinfer.runtime.cuda_executor import CudaExecutor
+
+    config = json.loads((REPO / "bench" / "models" / MODELS["1b"] / "config.json").read_text())
+    ckpt = RandomCheckpoint(config)                      # same seed: same weights both runs
+    folder, _ = compile_model(SPECS_DIR / "llama3.yaml", config, ckpt,
+                              CompileOptions(target="cuda", max_tokens=1024))
+    max_len = CTX + steps + 16
+    saved, triton_ops.TRITON_GEMV = triton_ops.TRITON_GEMV, use_gemv
+    try:
+        ex = CudaExecutor(folder / "plan.py", ckpt, num_blocks=-(-max_len // BLOCK) + 8,
+                          block_size=BLOCK, max_model_len=max_len, max_batch=1)
+        table = list(range(-(-max_len // BLOCK)))
+        prompt = torch.randint(0, config["vocab_size"], (128,),
+                               generator=torch.Generator().manual_seed(0)).tolist()
+        ex.forward(StepInputs.for_sequences([(prompt, 0, table)], BLOCK))     # cuBLAS: > 16 rows
+        logits = ex.forward(StepInputs.for_sequences([([7], 128, table)], BLOCK))[0]
+        tok, times = 1, []
+        for i in range(steps):
+            t0 = time.perf_counter()            # the engine's layout + ours + reading tokens
+            step = StepInputs.for_sequences([([tok], CTX + i, table)], BLOCK)
+            tok = ex.forward_device(step).argmax(-1).tolist()[0]
+            times.append(time.perf_counter() - t0)
+        graph = ex.graphs[1]
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(64):
+            graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        r = dict(gemv=use_gemv, tpot_ms=1e3 * statistics.median(times[3:]),
+                 replay_ms=start.elapsed_time(end) / 64)
+    finally:
+        triton_ops.TRITON_GEMV = saved
+    del ex
+    gc.collect()
+    torch.cuda.empty_cache()
+    return r, logits
+
+
+def table(device: str, bandwidth: float, linears: list[dict], tpot: list[dict],
+          logits_diff: dict | None) -> str:
+    rows = [f"Device: {device}; copy bandwidth {bandwidth / 1e12:.2f} TB/s (read + write); "
+            f"{time.strftime('%Y-%m-%d')}", "",
+            "| linear | N x K | rows | cuBLAS us | cuBLAS GB/s | GEMV us | GEMV GB/s | "
+            "cuBLAS/GEMV | GEMV config (BN, BK, warps, stages) |", "|" + "---|" * 9]
+    for r in linears:
+        rows.append(f"| {r['linear']} | {r['n']} x {r['k']} | {r['rows']} | "
+                    f"{r['cublas_us']:.1f} | {r['cublas_gb_s']:.0f} | {r['gemv_us']:.1f} | "
+                    f"{r['gemv_gb_s']:.0f} | {r['ratio']:.2f} | {tuple(r['config'])} |")
+    for m in sorted({r["rows"] for r in linears}):
+        mine = [r for r in linears if r["rows"] == m]
+        if len(mine) == len(SHAPES):
+            c = sum(PER_STEP[r["linear"]] * r["cublas_us"] for r in mine) / 1e3
+            g = sum(PER_STEP[r["linear"]] * r["gemv_us"] for r in mine) / 1e3
+            rows.append(f"| per step (16 layers + LM head) | | {m} | {1e3 * c:.0f} | | "
+                        f"{1e3 * g:.0f} | | {c / g:.2f} | |")
+    sweeps = [r for r in linears if r.get("sweep")]
+    if sweeps:
+        rows += ["", "Sweep (one knob of the default changed; us, GB/s; * = faster than the "
+                 "default; ! = wrong result):"]
+        for r in sweeps:
+            cells = [f"{tuple(s['config'])} {s['us']:.1f}/{s['gb_s']:.0f}"
+                     f"{'*' if s['us'] < r['gemv_us'] else ''}{'' if s['ok'] else '!'}"
+                     for s in r["sweep"]]
+            rows.append(f"- {r['linear']} rows={r['rows']}: default {tuple(r['config'])} "
+                        f"{r['gemv_us']:.1f}/{r['gemv_gb_s']:.0f}; " + "; ".join(cells))
+    if tpot:
+        rows += ["", "| Llama-3.2-1B bs=1, context 512 | TPOT ms | graph replay ms |",
+                 "|---|---|---|"]
+        for t in tpot:
+            rows.append(f"| {'Triton GEMV' if t['gemv'] else 'cuBLAS'} | {t['tpot_ms']:.3f} | "
+                        f"{t['replay_ms']:.3f} |")
+        if len(tpot) == 2:
+            rows.append(f"| cuBLAS / GEMV | {tpot[0]['tpot_ms'] / tpot[1]['tpot_ms']:.3f} | "
+                        f"{tpot[0]['replay_ms'] / tpot[1]['replay_ms']:.3f} |")
+    if logits_diff:
+        rows += ["", f"Decode logits after a 128-token prefill, GEMV vs cuBLAS: max abs diff "
+                 f"{logits_diff['max_abs']:.4f} (logit scale {logits_diff['scale']:.2f}), "
+                 f"same argmax: {logits_diff['same_argmax']}"]
+    return "\n".join(rows)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default=".")
+    p.add_argument("--rows", default="1", help="comma-separated row counts (<= 16)")
+    p.add_argument("--iters", type=int, default=200)
+    p.add_argument("--steps", type=int, default=256)
+    p.add_argument("--sweep", action="store_true")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench/gpu_gemv.py: no CUDA device", file=sys.stderr)
+        return 2
+    device = torch.cuda.get_device_name()
+    bandwidth = hbm_bandwidth()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    linears, tpot, diff = [], [], None
+
+    def write():
+        (out / "gemv.json").write_text(json.dumps(
+            {"device": device, "bandwidth": bandwidth, "linears": linears, "tpot": tpot,
+             "logits_diff": diff}, indent=1))
+        (out / "gemv.md").write_text(table(device, bandwidth, linears, tpot, diff) + "\n")
+
+    linears += bench_linears([int(m) for m in args.rows.split(",")], args.iters, args.sweep)
+    write()
+    (off, ref), (on, got) = bench_tpot(False, args.steps), bench_tpot(True, args.steps)
+    tpot += [off, on]
+    diff = dict(max_abs=(got - ref).abs().max().item(), scale=ref.abs().max().item(),
+                same_argmax=bool(got.argmax() == ref.argmax()))
+    print(json.dumps(dict(tpot=tpot, logits_diff=diff)), flush=True)
+    write()
+    print(table(device, bandwidth, linears, tpot, diff))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
