@@ -11,10 +11,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    "(default: smollm2-135m-instruct, fetched once into $RUSTINFER_CACHE)")
     from .targets import TARGETS
 
-    p.add_argument("--target", default="cpu-torch", choices=list(TARGETS),
-                   help="where the model runs: cpu-torch, the compiled plan on torch kernels "
-                        "(default); cpu, ONNX Runtime (fp32, or int4/int8 with --quant); cuda, "
-                        "Triton kernels + CUDA graphs; reference, the IR interpreter (the oracle)")
+    p.add_argument("--target", default="auto", choices=["auto", *TARGETS],
+                   help="where the model runs: auto (default: cuda with a GPU, else cpu); cpu, "
+                        "ONNX Runtime (fp32, or int4/int8 with --quant); cpu-torch, the compiled "
+                        "plan on torch kernels; cuda, Triton kernels + CUDA graphs; reference, "
+                        "the IR interpreter (the oracle)")
     p.add_argument("--quant", choices=["none", "int4", "int8"],
                    help="cpu target: weight quantization (default none = float32)")
     p.add_argument("--threads", type=int, help="cpu target: ONNX Runtime threads "
@@ -45,10 +46,13 @@ def _params(args):
 def _load(args):
     from .llm import LLM
 
+    from .targets import resolve_target
+
+    target = resolve_target(args.target)
     options = {k: v for k, v in (("quant", args.quant), ("threads", args.threads)) if v}
-    if options and args.target != "cpu":
-        raise ValueError("--quant and --threads apply to --target cpu")
-    return LLM(model=args.model, target=args.target, spec=args.spec,
+    if options and target != "cpu":
+        raise ValueError(f"--quant and --threads apply to --target cpu (this run: {target})")
+    return LLM(model=args.model, target=target, spec=args.spec,
                max_model_len=args.max_model_len, **options)
 
 

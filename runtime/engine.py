@@ -42,7 +42,7 @@ class Engine:
         self.stats_ = EngineStats(kv_blocks_total=executor.num_blocks)
 
     @classmethod
-    def from_model(cls, model=None, target: str = "cpu-torch", *, max_num_seqs: int = 16,
+    def from_model(cls, model=None, target: str = "auto", *, max_num_seqs: int = 16,
                    max_num_batched_tokens: int = 512, **kw) -> "Engine":
         from .llm import LLM
 

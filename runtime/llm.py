@@ -1,7 +1,7 @@
 """The Python API: `LLM(model=...)`, `generate`, `chat`, `logits`.
 
     from rustinfer.runtime import LLM, SamplingParams
-    llm = LLM()                                   # the default model on the cpu-torch target
+    llm = LLM()                                   # the default model on the default target
     outs = llm.generate(["The capital of France is", "1, 2, 3,"],
                         SamplingParams(max_tokens=8, temperature=0))
     print(outs[0].text)
@@ -30,7 +30,7 @@ from .engine import Engine
 from .engine_api import RequestError, TokenLogprob
 from .model_resolver import resolve_model
 from .sampling import SamplingParams
-from .targets import LoadContext, build_executor
+from .targets import LoadContext, build_executor, resolve_target
 
 DEFAULT_MAX_MODEL_LEN = 8192   # the context unless max_model_len says otherwise
 DEFAULT_KV_CACHE_BYTES = 1 << 30
@@ -48,14 +48,16 @@ class RequestOutput:
 
 
 class LLM:
-    def __init__(self, model: str | Path | None = None, target: str = "cpu-torch",
+    def __init__(self, model: str | Path | None = None, target: str = "auto",
                  spec: str | Path | None = None, max_model_len: int | None = None,
                  block_size: int = 16, max_num_batched_tokens: int = 512,
                  max_num_seqs: int = 16, num_kv_blocks: int | None = None,
                  kv_cache_bytes: int = DEFAULT_KV_CACHE_BYTES,
                  enable_prefix_caching: bool = True, **target_options):
-        """target: "cpu-torch" (the compiled plan on torch kernels) or "reference"
-        (the IR interpreter, the oracle). max_num_batched_tokens bounds one step
+        """target: "auto" (cuda with a GPU, else cpu), "cpu" (ONNX Runtime; options
+        quant="int4"|"int8", threads=N), "cpu-torch" (the compiled plan on torch
+        kernels), "cuda" (Triton + CUDA graphs) or "reference" (the IR interpreter,
+        the oracle). max_num_batched_tokens bounds one step
         (longer prompts are prefilled in chunks); the KV cache has num_kv_blocks
         blocks of block_size tokens (default: as many as fit in kv_cache_bytes, and
         at least one full-length sequence)."""
@@ -77,7 +79,7 @@ class LLM:
             # sequences can use, and always room for one.
             num_kv_blocks = max(min(kv_cache_bytes // max(per_block, 1), max_num_seqs * per_seq),
                                 per_seq + 1)
-        self.target = target
+        self.target = target = resolve_target(target)
         ctx = LoadContext(graph=self.graph, spec_path=self.spec_path, config=self.config,
                           checkpoint=self.checkpoint, num_blocks=int(num_kv_blocks),
                           block_size=block_size, max_model_len=self.max_model_len,

@@ -15,8 +15,11 @@ speaks paged blocks (StepInputs.block_tables). The executor bridges the two:
   forks) gets a fresh row with that prefix copied in.
 - Writing a block invalidates every other row that mirrored it (the row is cut
   before that block), so a row never claims content a block no longer holds.
-- No row matches -> RuntimeError (e.g. more live sequences than `max_seqs`, or
-  blocks changed outside this executor: swapping, copy-on-write).
+- No row holds the prefix any more (its row was recycled for another sequence,
+  while the engine's prefix cache still holds the blocks): the executor
+  recomputes it into a free row from the token ids it recorded for each block
+  position it wrote. Only a block it never saw written (changed outside this
+  executor) is a RuntimeError.
 
 Runs. ORT's GQA takes either one sequence of S > 1 new tokens (prefill or a
 prefill chunk, batch 1) or B sequences of one new token each (decode, each row
@@ -28,6 +31,15 @@ Memory. Caches, inputs and the logits buffer are allocated once; each run binds
 raw pointers into them (IO binding), and a binding is redone only when its
 pointer or shape changes, so a steady decode run binds nothing. past and present
 of a layer are the same buffer: GQA writes the new k/v in place.
+
+Row capacity. GQA touches every position of the rows it is given (measured: a
+first prefill into a fresh 8192-position row faults in all 377 MB of SmolLM2's
+row, ~300 ms), so rows are not bound at max_model_len. Each cache is one flat
+buffer (virtual memory for max_seqs x max_model_len positions) viewed as
+[max_seqs, kv_heads, capacity, head_dim]; the capacity starts at `kv_capacity`
+positions (256) and doubles when a step needs more, moving each row's valid
+prefix to its new place (rare: once per doubling). Resident memory is then
+rows used x the longest context seen, not max_seqs x max_model_len.
 """
 from __future__ import annotations
 
@@ -44,7 +56,7 @@ import torch
 from rustinfer.compiler.onnx_lowering import past_name, present_name
 from rustinfer.compiler.step_inputs import StepInputs
 
-OPTIONS = ("quant", "threads", "max_seqs", "accuracy_level", "quantize_lm_head")
+OPTIONS = ("quant", "threads", "max_seqs", "accuracy_level", "quantize_lm_head", "kv_capacity")
 
 
 def physical_cores() -> int:
@@ -74,7 +86,8 @@ class RowMap:
         self.tick = 0
 
     def assign(self, seqs: list[tuple[int, int, list[int]]]):
-        """seqs: (new tokens, cached, block table). Returns (rows, copies[(src, dst, length)])."""
+        """seqs: (new tokens, cached, block table). Returns (rows, copies[(src, dst, length)]);
+        src None: no row holds the prefix, recompute positions [0, length) into dst."""
         taken: set[int] = set()
         rows, copies = [], []
         for n, cached, table in seqs:
@@ -90,13 +103,7 @@ class RowMap:
                     r = self._find(prefix, cached, taken, exact=True)
                 if r is None:
                     src = self._find(prefix, cached, set(), exact=False)
-                    if src is None:
-                        raise RuntimeError(
-                            f"cpu target: no KV row holds the {cached} cached tokens of the "
-                            f"sequence starting at block {table[0]}; it holds at most "
-                            f"{len(self.rows)} sequences (option max_seqs) and cannot follow "
-                            "blocks changed outside the executor")
-                    r = self._free(taken | {src})
+                    r = self._free(taken if src is None else taken | {src})
                     copies.append((src, r, cached))
                     self.rows[r] = _Row(list(prefix), cached)
             taken.add(r)
@@ -151,7 +158,8 @@ class OnnxExecutor:
     target = "cpu"
 
     def __init__(self, folder: Path, *, num_blocks: int, block_size: int, max_model_len: int,
-                 max_tokens: int, max_seqs: int, threads: int | None = None):
+                 max_tokens: int, max_seqs: int, threads: int | None = None,
+                 kv_capacity: int = 256):
         import onnxruntime as ort
 
         self.folder = Path(folder)
@@ -168,8 +176,13 @@ class OnnxExecutor:
         self.max_tokens, self.max_seqs = max_tokens, max_seqs
         self.max_seq = min(max_model_len, self.meta["max_pos"])
         self.rows = RowMap(max_seqs, block_size)
-        self.caches = {name: np.zeros((max_seqs, kvh, self.max_seq, d), np.float32)
-                       for name, (kvh, d) in self.meta["caches"].items()}
+        # np.zeros maps pages lazily: only positions GQA touches become resident.
+        self._dims = {name: (kvh, d) for name, (kvh, d) in self.meta["caches"].items()}
+        self._flat = {name: np.zeros(max_seqs * kvh * self.max_seq * d, np.float32)
+                      for name, (kvh, d) in self._dims.items()}
+        self.capacity = 0
+        self.caches: dict[str, np.ndarray] = {}
+        self._set_capacity(min(self.max_seq, max(1, kv_capacity)))
         n = max(max_tokens, max_seqs)
         self.ids = np.zeros(n, np.int64)
         self.pos = np.zeros(n, np.int64)
@@ -182,6 +195,38 @@ class OnnxExecutor:
         self.binding = self.session.io_binding()
         self._bound: dict[str, tuple] = {}
         self.runs = 0
+        # block -> the token id written at each of its positions (-1: never written here),
+        # to recompute a prefix whose row was recycled (see RowMap)
+        self.block_tokens: dict[int, np.ndarray] = {}
+        self.recomputed = 0                              # tokens recomputed that way
+
+    # -- row capacity ------------------------------------------------------------------
+    def _set_capacity(self, capacity: int) -> None:
+        """View the caches as [max_seqs, kv_heads, capacity, head_dim], moving each row's
+        valid positions from the old layout to the new one."""
+        old = self.capacity
+        lengths = [row.length for row in self.rows.rows]
+        for name, flat in self._flat.items():
+            kvh, d = self._dims[name]
+            if old:
+                # Every (row, head) run of positions moves to a higher offset: walk from the
+                # last one down so that nothing is overwritten before it has moved.
+                for r in reversed(range(self.max_seqs)):
+                    n = min(lengths[r], old) * d
+                    for h in reversed(range(kvh) if n else ()):
+                        src, dst = (r * kvh + h) * old * d, (r * kvh + h) * capacity * d
+                        flat[dst:dst + n] = flat[src:src + n]
+            self.caches[name] = flat[:self.max_seqs * kvh * capacity * d].reshape(
+                self.max_seqs, kvh, capacity, d)
+        self.capacity = capacity
+
+    def _reserve(self, context: int) -> None:
+        """Grow the rows (doubling) so that `context` positions fit."""
+        if context > self.capacity:
+            capacity = self.capacity
+            while capacity < context:
+                capacity *= 2
+            self._set_capacity(min(capacity, self.max_seq))
 
     # -- binding ---------------------------------------------------------------------
     def _bind(self, name: str, array: np.ndarray, shape, output: bool = False) -> None:
@@ -226,14 +271,20 @@ class OnnxExecutor:
                 raise ValueError(f"sequence {b}: first position {int(step.positions[qs[b]])} is "
                                  f"not its cached length {ctx - n}")
             seqs.append((n, ctx - n, step.block_tables[b]))
+        self._reserve(max(n + cached for n, cached, _ in seqs))
         rows, copies = self.rows.assign(seqs)
         for src, dst, length in copies:
+            if src is None:
+                self._recompute(dst, seqs[rows.index(dst)][2], length)
+                continue
             for cache in self.caches.values():
                 cache[dst, :, :length] = cache[src, :, :length]
+        tokens = step.token_ids.numpy()
+        for b, (n, cached, table) in enumerate(seqs):
+            self._record(table, cached, tokens[qs[b]:qs[b + 1]])
         decoders = [b for b, (n, _, _) in enumerate(seqs) if n == 1]
         self._make_consecutive(decoders, rows)
 
-        tokens = step.token_ids.numpy()
         positions = step.positions.numpy()
         wanted = list(range(T)) if step.logit_rows is None else step.logit_rows.tolist()
         seq_of = np.searchsorted(np.asarray(qs), np.asarray(wanted, dtype=np.int64), side="right") - 1
@@ -259,6 +310,35 @@ class OnnxExecutor:
                 self.logits[dest] = self.scratch[:len(dest)]
         self.rows.commit(seqs, rows)
         return self.logits_t[:len(wanted)]
+
+    def _record(self, table: list[int], start: int, tokens: np.ndarray) -> None:
+        """Remember the token ids written at positions [start, start + len(tokens))."""
+        bs = self.block_size
+        for i in range(start // bs, math.ceil((start + len(tokens)) / bs)):
+            lo, hi = max(start, i * bs), min(start + len(tokens), (i + 1) * bs)
+            slot = self.block_tokens.setdefault(table[i], np.full(bs, -1, np.int64))
+            slot[lo - i * bs:hi - i * bs] = tokens[lo - start:hi - start]
+
+    def _recompute(self, row: int, table: list[int], length: int) -> None:
+        """Prefill positions [0, length) of `row` from the recorded token ids, in chunks."""
+        bs = self.block_size
+        blocks = [self.block_tokens.get(b) for b in table[:math.ceil(length / bs)]]
+        known = None if any(x is None for x in blocks) else np.concatenate(blocks)[:length]
+        if known is None or (known < 0).any():
+            raise RuntimeError(
+                f"cpu target: no KV row holds the {length} cached tokens of the sequence "
+                f"starting at block {table[0]}, and some of its blocks were written outside "
+                "this executor (swapped or copied), so it cannot recompute them")
+        for start in range(0, length, self.max_tokens):
+            chunk = known[start:start + self.max_tokens]
+            s = len(chunk)
+            self.ids[:s] = chunk
+            self.pos[:s] = np.arange(start, start + s)
+            self.seqlens[0] = start + s - 1
+            self.total[...] = start + s
+            self.rows_in[0] = s - 1            # one logits row (into scratch), unused
+            self._run(row, 1, s, self.scratch, 1)
+        self.recomputed += length
 
     def _make_consecutive(self, decoders: list[int], rows: list[int]) -> None:
         """Swap rows so the decoding sequences sit in rows [0, k) when they are not consecutive."""
@@ -313,6 +393,7 @@ def load(ctx) -> object:
     rows = opts.get("max_seqs") or max(1, ctx.max_num_seqs)
     ex = OnnxExecutor(folder, num_blocks=ctx.num_blocks, block_size=ctx.block_size,
                       max_model_len=ctx.max_model_len, max_tokens=ctx.max_step_tokens,
-                      max_seqs=int(rows), threads=opts.get("threads"))
+                      max_seqs=int(rows), threads=opts.get("threads"),
+                      kv_capacity=int(opts.get("kv_capacity", 256)))
     ex.plan_dir, ex.plan_cached = folder, cached
     return ex

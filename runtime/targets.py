@@ -4,6 +4,8 @@ An executor runs one forward step: `forward(step: StepInputs) -> logits [R, voca
 (R = rows asked for by `step.logit_rows`), owns its KV cache of `num_blocks`
 blocks of `block_size` tokens, and accepts steps of at most `max_tokens` tokens.
 Each target is one factory here; `LLM(target=...)` and the CLIs pick by name.
+"auto" (the default everywhere) is "cuda" where torch sees a CUDA GPU and "cpu"
+(ONNX Runtime) otherwise.
 """
 from __future__ import annotations
 
@@ -105,7 +107,25 @@ TARGETS: dict[str, Callable[[LoadContext], Any]] = {
 }
 
 
+def default_target() -> str:
+    """What "auto" means on this machine: the GPU when torch sees one, else ONNX Runtime
+    (faster than cpu-torch at every batch size: bench/engine.py)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_target(target: str) -> str:
+    """A target name, "auto" replaced by this machine's default; unknown names raise."""
+    name = default_target() if target == "auto" else target
+    if name not in TARGETS:
+        raise ValueError(f"unknown target '{target}'; choose one of: auto, {', '.join(TARGETS)}")
+    return name
+
+
 def build_executor(target: str, ctx: LoadContext):
-    if target not in TARGETS:
-        raise ValueError(f"unknown target '{target}'; choose one of: {', '.join(TARGETS)}")
-    return TARGETS[target](ctx)
+    name = resolve_target(target)
+    if ctx.options and name in ("reference", "cpu-torch"):
+        raise ValueError(f"target '{name}' takes no options, got {sorted(ctx.options)} "
+                         "(quant and threads apply to the cpu target)")
+    return TARGETS[name](ctx)

@@ -31,7 +31,14 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("engine")
     g.add_argument("--model", help="Hugging Face folder, .gguf file or alias "
                    "(default: smollm2-135m-instruct, fetched once into $RUSTINFER_CACHE)")
-    g.add_argument("--target", default="cpu-torch", help="where the model runs (default cpu-torch)")
+    g.add_argument("--target", default="auto",
+                   help="where the model runs: auto (default: cuda with a GPU, else cpu = ONNX "
+                        "Runtime), cpu, cpu-torch, cuda or reference")
+    g.add_argument("--quant", choices=["none", "int4", "int8"],
+                   help="cpu target: weight quantization (default none = float32; int4 keeps a "
+                        "GGUF's Q4_0/Q4_1 blocks exactly)")
+    g.add_argument("--threads", type=int, help="cpu target: ONNX Runtime threads "
+                   "(default: physical cores)")
     g.add_argument("--max-model-len", type=int, help="context length to size the KV cache for")
     g.add_argument("--max-num-seqs", type=int, default=16, help="sequences batched per step")
     g.add_argument("--max-num-batched-tokens", type=int, default=512, help="tokens per step")
@@ -86,7 +93,8 @@ def engine_main(argv: list[str] | None = None) -> int:
         log.info("engine: loading %s", model_path)
         # The name as given (an alias, or None for the default) lets the engine name the
         # model as people know it; the resolved path is for the HTTP side's tokenizer.
-        engine = Engine.from_model(model=args.model, target=args.target,
+        options = {k: v for k, v in (("quant", args.quant), ("threads", args.threads)) if v}
+        engine = Engine.from_model(model=args.model, target=args.target, **options,
                                    max_model_len=args.max_model_len,
                                    max_num_seqs=args.max_num_seqs,
                                    max_num_batched_tokens=args.max_num_batched_tokens,
@@ -187,7 +195,8 @@ def serve_main(argv: list[str] | None = None) -> int:
            "--max-num-seqs", str(args.max_num_seqs), "--block-size", str(args.block_size),
            "--max-num-batched-tokens", str(args.max_num_batched_tokens)]
     for flag, value in (("--model", args.model), ("--max-model-len", args.max_model_len),
-                        ("--num-kv-blocks", args.num_kv_blocks)):
+                        ("--num-kv-blocks", args.num_kv_blocks), ("--quant", args.quant),
+                        ("--threads", args.threads)):
         if value is not None:
             cmd += [flag, str(value)]
     engine = subprocess.Popen(cmd, start_new_session=True, preexec_fn=_die_with_parent)

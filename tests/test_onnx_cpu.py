@@ -104,6 +104,26 @@ def test_batched_ragged_step(pair):
         assert close(got, want)
 
 
+def test_rows_grow_and_keep_their_contents(tmp_path, cache_dir):
+    """Rows start at 4 positions and double (4 -> 8 -> 16) while sequences of different
+    lengths are mid-flight; every step still matches the reference."""
+    make_llama(tmp_path / "m", **PARITY_CONFIGS["gqa-tied"])
+    ref, cpu = load(tmp_path / "m", "reference"), load(tmp_path / "m", "cpu", max_seqs=4,
+                                                          kv_capacity=4)
+    assert cpu.capacity == 4
+    vocab = ref.graph.symbols["vocab"]
+    steps = [[(ids(vocab, 3, 1), 0, [0]), (ids(vocab, 2, 2), 0, [1])],
+             [(ids(vocab, 1, 3), 3, [0]), (ids(vocab, 1, 4), 2, [1])],          # 4 and 3 fit
+             [(ids(vocab, 1, 5), 4, [0, 2]), (ids(vocab, 1, 6), 3, [1])],       # 5: grows to 8
+             [(ids(vocab, 7, 7), 5, [0, 2, 3]), (ids(vocab, 1, 8), 4, [1])]]    # 12: to 16
+    for seqs in steps:
+        want = ref.forward(StepInputs.for_sequences(seqs, BS, logits="all")).numpy()
+        got = cpu.forward(StepInputs.for_sequences(seqs, BS, logits="all")).numpy()
+        assert close(got, want)
+    assert cpu.capacity == 16
+    assert cpu.caches["layers.0/attn/k_cache"].shape[2] == 16
+
+
 def test_batch_equals_one_by_one(pair):
     ref, cpu, folder = pair
     vocab = ref.graph.symbols["vocab"]

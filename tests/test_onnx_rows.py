@@ -25,8 +25,9 @@ def test_rowmap_continues_forks_and_invalidates():
     (rc,), _ = rows.assign([c])
     rows.commit([c], [rc])
     assert rows.rows[ra].length == 4 and rows.rows[ra].blocks == [7]
-    with pytest.raises(RuntimeError, match="no KV row"):
-        rows.assign([(1, 6, [7, 8])])
+    # no row holds [7, 8] up to 6 any more: a free row, to be recomputed (src None)
+    (rd,), copies = rows.assign([(1, 6, [7, 8])])
+    assert copies == [(None, rd, 6)]
 
 
 def test_prefix_shared_blocks_match_reference(tmp_path, monkeypatch):
@@ -46,11 +47,32 @@ def test_prefix_shared_blocks_match_reference(tmp_path, monkeypatch):
         assert close(got, want)
 
 
-def test_more_live_sequences_than_rows_is_an_error(tmp_path, monkeypatch):
+def test_more_sequences_in_a_step_than_rows_is_an_error(tmp_path, monkeypatch):
     monkeypatch.setenv("RUSTINFER_CACHE", str(tmp_path / "cache"))
     make_llama(tmp_path / "m", **PARITY_CONFIGS["gqa-tied"])
     cpu = load(tmp_path / "m", "cpu", max_seqs=1)
-    cpu.forward(StepInputs.for_sequences([([1, 2, 3], 0, [0])], BS))
-    cpu.forward(StepInputs.for_sequences([([4, 5], 0, [1])], BS))       # evicts the first
     with pytest.raises(RuntimeError, match="max_seqs"):
-        cpu.forward(StepInputs.for_sequences([([6], 3, [0])], BS))
+        cpu.forward(StepInputs.for_sequences([([1, 2, 3], 0, [0]), ([4, 5], 0, [1])], BS))
+
+
+def test_recycled_row_is_recomputed(tmp_path, monkeypatch):
+    """With one row, a second sequence evicts the first; when the first continues (its
+    blocks still cached by the engine) its prefix is recomputed from the recorded tokens,
+    across prefill chunks, and the logits match the reference."""
+    monkeypatch.setenv("RUSTINFER_CACHE", str(tmp_path / "cache"))
+    make_llama(tmp_path / "m", **PARITY_CONFIGS["gqa-tied"])
+    ref, cpu = load(tmp_path / "m", "reference"), load(tmp_path / "m", "cpu", max_seqs=1)
+    vocab = ref.graph.symbols["vocab"]
+    first = ids(vocab, 2 * BS + 3, 1)                  # 35 tokens > max_tokens (16): 3 chunks
+    steps = [[(first[:BS], 0, [0, 1, 2])], [(first[BS:2 * BS], BS, [0, 1, 2])],
+             [(first[2 * BS:], 2 * BS, [0, 1, 2])],
+             [(ids(vocab, 4, 2), 0, [5])],                # evicts the first sequence's row
+             [(ids(vocab, 1, 3), len(first), [0, 1, 2])]]  # continues it: recomputed
+    for seqs in steps:
+        want = ref.forward(StepInputs.for_sequences(seqs, BS, logits="all")).numpy()
+        got = cpu.forward(StepInputs.for_sequences(seqs, BS, logits="all")).numpy()
+        assert close(got, want)
+    assert cpu.recomputed == len(first)
+    # a block this executor never saw written cannot be recomputed
+    with pytest.raises(RuntimeError, match="written outside"):
+        cpu.forward(StepInputs.for_sequences([([1], 3, [9])], BS))
