@@ -13,8 +13,10 @@ not installed are skipped with a note (bench/PEERS.md says how to install them):
 
 Prints prefill tok/s, decode tok/s (median of --runs runs of 128 new tokens),
 load time, peak RSS, the memory-bandwidth roofline (weight bytes read per token
-/ measured bandwidth), ratios against each peer, and an int4-vs-fp32 accuracy
-report (greedy agreement over 5 prompts x 32 tokens, perplexity of a paragraph).
+/ measured bandwidth), ratios against each peer, and an accuracy report of every
+engine against rustinfer fp32 (greedy agreement over 5 prompts x 32 tokens, free-
+running and teacher-forced, and the perplexity of a paragraph). `--skip
+rustinfer,transformers,genai,llamacpp` leaves only the accuracy report.
 """
 from __future__ import annotations
 
@@ -153,7 +155,15 @@ def worker_llamacpp(args, prompt):
 
 
 def worker_accuracy(args, prompt):
-    """int4 vs fp32: greedy agreement (5 prompts x 32 tokens) and perplexity of PARAGRAPH."""
+    """Each engine against rustinfer fp32 (the dequantized checkpoint, the reference):
+
+    free-running   greedy agreement over 5 prompts x 32 tokens, position by position (the
+                   issue's measure: one early flip of a near-tie changes the rest of the text,
+                   so it mostly measures how soon two engines diverge)
+    teacher-forced top-1 agreement on the fp32 continuation (each position sees the same
+                   prefix; llama.cpp's "same top p" in its KL-divergence mode)
+    perplexity     of PARAGRAPH (256 tokens)
+    """
     import numpy as np
     from test_onnx_cpu import greedy, load, score
 
@@ -163,43 +173,101 @@ def worker_accuracy(args, prompt):
     kw = dict(max_model_len=512, max_tokens=256, threads=args.threads)
     fp32 = load(args.model, "cpu", **kw)
     blocks = list(range(32))
-    ids = tok.encode(PARAGRAPH)[:256]
+    para = tok.encode(PARAGRAPH)[:256]
+    prompts = [tok.encode(text) for text in PROMPTS]
+    want = [greedy(fp32, p, 32, blocks) for p in prompts]
+    total = sum(map(len, want))
 
-    def ppl(ex):
-        logits = score(ex, ids, blocks)[:-1].astype(np.float64)
-        logz = np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) + logits.max(1)
-        return float(np.exp(np.mean(logz - logits[np.arange(len(ids) - 1), ids[1:]])))
+    def report(all_logits, generate) -> dict:
+        """all_logits(ids) -> [len(ids), vocab]; generate(prompt, n) -> n greedy ids."""
+        free = sum(x == y for p, w in zip(prompts, want) for x, y in zip(w, generate(p, 32)))
+        forced = 0
+        for p, w in zip(prompts, want):
+            logits = all_logits(p + w)
+            forced += sum(int(logits[len(p) - 1 + i].argmax()) == t for i, t in enumerate(w))
+        logits = np.asarray(all_logits(para)[:-1], np.float64)
+        top = logits.max(1, keepdims=True)
+        logz = np.log(np.exp(logits - top).sum(1)) + top[:, 0]
+        ppl = float(np.exp(np.mean(logz - logits[np.arange(len(para) - 1), para[1:]])))
+        return dict(free=free / total, forced=forced / total, ppl=ppl)
 
-    result = {"ppl_fp32": ppl(fp32)}
-    want = [greedy(fp32, tok.encode(text), 32, blocks) for text in PROMPTS]
+    def ours(ex) -> dict:
+        return report(lambda ids: score(ex, ids, blocks), lambda p, n: greedy(ex, p, n, blocks))
+
+    result = {"rustinfer fp32": ours(fp32)}
     for level in (4, 0):
         int4 = load(args.model, "cpu", quant="int4", accuracy_level=level, **kw)
-        got = [greedy(int4, tok.encode(text), 32, blocks) for text in PROMPTS]
-        same = sum(x == y for a, b in zip(want, got) for x, y in zip(a, b))
-        result[f"int4 accuracy_level {level}"] = dict(
-            agreement=same / sum(map(len, want)), ppl=ppl(int4))
+        result[f"rustinfer int4 (accuracy_level {level})"] = ours(int4)
         del int4
-    try:                                   # the peer's int4 (its builder, int8 activations)
-        import onnxruntime_genai as og
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        pass
+    else:                                   # the GGUF's own engine (int8 activations too)
+        llm = Llama(model_path=str(args.model), n_threads=args.threads, n_ctx=512, n_batch=512,
+                    logits_all=True, verbose=False)
+
+        def lc_logits(ids):
+            llm.reset()
+            llm.eval(ids)
+            return np.array(llm.scores[:len(ids)])
+
+        def lc_generate(p, n):
+            llm.reset()
+            llm.eval(p)
+            out = []
+            for _ in range(n):
+                out.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+                llm.eval(out[-1:])
+            return out
+
+        result["llama.cpp (the GGUF)"] = report(lc_logits, lc_generate)
+        del llm
+    try:
+        import onnxruntime_genai  # noqa: F401  (only to know the peer is installed)
     except ImportError:
         return result
-    for precision in ("fp32", "int4"):     # fp32: checks that this loop drives it right
-        model = og.Model(str(genai_model(args.model, precision, args.threads)))
-        same = 0
-        for text, ref in zip(PROMPTS, want):
-            ids = tok.encode(text)
-            params = og.GeneratorParams(model)
-            params.set_search_options(max_length=len(ids) + 32, do_sample=False)
-            gen = og.Generator(model, params)
-            gen.append_tokens(ids)
-            out = []
-            for _ in range(32):
-                gen.generate_next_token()        # samples from the logits it has, appends
-                out.append(int(gen.get_next_tokens()[0]))
-            same += sum(x == y for x, y in zip(ref, out))
-        result[f"ort-genai {precision}"] = dict(agreement=same / sum(map(len, want)),
-                                                ppl=float("nan"))
+    for precision in ("fp32", "int4"):      # fp32: checks that this harness drives it right
+        result[f"ort-genai {precision}"] = report(*_genai_runner(args, precision))
     return result
+
+
+def _genai_runner(args, precision):
+    """(all_logits, generate) for GenAI's model: its own generator for greedy text, and its
+    model.onnx in ONNX Runtime for every position's logits (the generator returns only the
+    last one)."""
+    import numpy as np
+    import onnxruntime as ort
+    import onnxruntime_genai as og
+
+    folder = genai_model(args.model, precision, args.threads)
+    model = og.Model(str(folder))
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = args.threads
+    session = ort.InferenceSession(str(folder / "model.onnx"), so,
+                                   providers=["CPUExecutionProvider"])
+    past = [i.name for i in session.get_inputs() if i.name.startswith("past_key_values")]
+    decoder = json.loads((folder / "genai_config.json").read_text())["model"]["decoder"]
+    empty = np.zeros((1, decoder["num_key_value_heads"], 0, decoder["head_size"]), np.float32)
+
+    def all_logits(ids):
+        feed = {"input_ids": np.array([ids], np.int64),
+                "attention_mask": np.ones((1, len(ids)), np.int64)}
+        feed.update({name: empty for name in past})      # no cache: the whole text at once
+        return session.run(["logits"], feed)[0][0]
+
+    def generate(p, n):
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=len(p) + n, do_sample=False)
+        gen = og.Generator(model, params)
+        gen.append_tokens(p)
+        out = []
+        for _ in range(n):
+            gen.generate_next_token()        # samples from the logits it has, appends
+            out.append(int(gen.get_next_tokens()[0]))
+        return out
+
+    return all_logits, generate
 
 
 def hf_folder(gguf: str) -> Path:
@@ -283,7 +351,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--accuracy-level", type=int, default=4, help=argparse.SUPPRESS)
-    ap.add_argument("--skip", default="", help="comma list: transformers,genai,llamacpp,accuracy")
+    ap.add_argument("--skip", default="", help="comma list: rustinfer,transformers,genai,llamacpp,accuracy")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--quant", default="none", help=argparse.SUPPRESS)
     ap.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
@@ -365,14 +433,15 @@ def main() -> None:
     if "accuracy" not in skip:
         acc = run_worker(args, "accuracy")
         if acc:
-            print(f"\naccuracy vs rustinfer fp32 (perplexity of a {len(PARAGRAPH.split())}-word "
-                  f"paragraph {acc['ppl_fp32']:.3f}; greedy agreement over 5 prompts x 32 tokens)")
+            base = acc["rustinfer fp32"]["ppl"]
+            print(f"\naccuracy against rustinfer fp32 (5 prompts x 32 greedy tokens; perplexity "
+                  f"of a {len(PARAGRAPH.split())}-word paragraph, fp32 {base:.3f})")
+            print(f"  {'engine':<36} {'free-running':>12} {'teacher-forced':>15} {'perplexity':>18}")
             for name, r in acc.items():
-                if name != "ppl_fp32" and name != "rss_mib":
-                    ppl = "" if r["ppl"] != r["ppl"] else (
-                        f", perplexity {r['ppl']:.3f} "
-                        f"({100 * (r['ppl'] / acc['ppl_fp32'] - 1):+.2f}%)")
-                    print(f"  {name}: agreement {100 * r['agreement']:.1f}%{ppl}")
+                if name == "rss_mib" or name == "rustinfer fp32":
+                    continue
+                print(f"  {name:<36} {100 * r['free']:>11.1f}% {100 * r['forced']:>14.1f}% "
+                      f"{r['ppl']:>9.3f} ({100 * (r['ppl'] / base - 1):+.2f}%)")
 
 
 def _importable(module: str) -> bool:
