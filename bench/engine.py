@@ -1,6 +1,6 @@
 """Aggregate decode throughput of the engine with 1, 4 and 16 concurrent requests.
 
-    .venv/bin/python bench/engine.py [--model M] [--target cpu-torch] [--tokens 64]
+    .venv/bin/python bench/engine.py [--model M] [--target auto|cpu|cpu-torch] [--tokens 64]
 
 Decode on a CPU is memory-bound: one pass over the weights serves the whole
 batch, so aggregate tokens/s should grow almost linearly with the batch until
@@ -57,7 +57,7 @@ def run(llm, concurrency: int, tokens: int, prompt_len: int) -> tuple[float, flo
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model")
-    p.add_argument("--target", default="cpu-torch")
+    p.add_argument("--target", default="auto", help="auto (the default: cuda with a GPU, else cpu), cpu, cpu-torch, ...")
     p.add_argument("--tokens", type=int, default=64)
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
