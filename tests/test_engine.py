@@ -45,11 +45,13 @@ def make_llm(model_dir, tmp_path_factory=None, **kw):
     return LLM(model=str(model_dir), target=kw.pop("target", "cpu-torch"), **kw)
 
 
-@pytest.fixture(scope="module")
-def llm(model_dir, tmp_path_factory):
+@pytest.fixture(scope="module", params=["cpu-torch", "cpu"])
+def llm(model_dir, tmp_path_factory, request):
+    """The engine on both CPU targets: the paged plan (cpu-torch) and ONNX Runtime (cpu,
+    the default here), whose contiguous KV rows must follow every block-table trick."""
     mp = pytest.MonkeyPatch()
     mp.setenv("RUSTINFER_CACHE", str(tmp_path_factory.mktemp("cache")))
-    yield make_llm(model_dir, max_num_batched_tokens=32)
+    yield make_llm(model_dir, target=request.param, max_num_batched_tokens=32)
     mp.undo()
 
 
@@ -95,7 +97,8 @@ def test_preemption_under_a_tiny_cache_keeps_outputs_and_leaks_nothing(model_dir
     ps = prompts(6, seed=2, lo=20, hi=40)
     want = alone(llm, ps, SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True))
     # 9 blocks of 16 tokens: two sequences of ~60 tokens cannot both stay resident.
-    small = make_llm(model_dir, num_kv_blocks=9, max_model_len=128, max_num_batched_tokens=32)
+    small = make_llm(model_dir, target=llm.target, num_kv_blocks=9, max_model_len=128,
+                     max_num_batched_tokens=32)
     got = small.generate(ps, SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True))
     assert [o.token_ids for o in got] == want
     assert small.engine.scheduler.num_preempted > 0
