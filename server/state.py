@@ -75,6 +75,8 @@ class ServerState:
                               headers={"Retry-After": "5"})
 
     def check_model(self, name: str | None) -> None:
+        if not self.ready:          # the name is not known until the engine is up: 503
+            self.require_ready()
         if name and name != self.model_name:
             raise OpenAIError(404, f"The model `{name}` does not exist.", "invalid_request_error",
                               "model", "model_not_found")

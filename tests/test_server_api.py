@@ -307,6 +307,19 @@ def test_queue_full_is_429(stack):
     assert chat(url, "[[short]]").status_code == 200
 
 
+def test_requests_before_the_engine_is_up_are_503_not_404(stack, tmp_path):
+    """While the engine loads the server does not know the model's name yet: a request
+    must hear "not available, retry" rather than "no such model"."""
+    from rustinfer.server.ipc import address_for, private_dir
+
+    url = stack.http(address=address_for(private_dir(tmp_path / "no-engine")), wait=False)
+    for r in (chat(url), httpx.get(f"{url}/v1/models/{MODEL}"),
+              httpx.post(url + "/v1/completions", json={"model": MODEL, "prompt": "hi"})):
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "engine_unavailable" and r.headers["Retry-After"]
+    assert httpx.get(url + "/health").status_code == 503
+
+
 def test_engine_gone(tmp_path, smollm2_gguf):
     s = FakeStack(tmp_path, smollm2_gguf)
     try:

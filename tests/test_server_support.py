@@ -55,8 +55,9 @@ class FakeStack:
         self.thread.start()
         self.servers = []
 
-    def http(self, **kw) -> str:
-        """Start an HTTP app on this engine; returns its base URL."""
+    def http(self, address: str | None = None, wait: bool = True, **kw) -> str:
+        """Start an HTTP app on this engine (or on `address`, where maybe none listens);
+        returns its base URL, once /health says 200 unless wait is False."""
         import uvicorn
 
         from rustinfer.server.app import create_app
@@ -64,7 +65,7 @@ class FakeStack:
         from rustinfer.server.state import ServerState
 
         app_kw = {k: kw.pop(k) for k in ("max_body_bytes",) if k in kw}
-        state = ServerState(EngineClient(self.address), **kw)
+        state = ServerState(EngineClient(address or self.address), **kw)
         port = free_port()
         server = uvicorn.Server(uvicorn.Config(create_app(state, **app_kw), host="127.0.0.1",
                                                port=port, log_level="warning", loop="asyncio",
@@ -73,7 +74,11 @@ class FakeStack:
         thread.start()
         self.servers.append((server, thread))
         url = f"http://127.0.0.1:{port}"
-        wait_healthy(url, 30)
+        if wait:
+            wait_healthy(url, 30)
+        else:
+            while not server.started:
+                time.sleep(0.05)
         return url
 
     def close(self) -> None:
