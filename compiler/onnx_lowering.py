@@ -14,22 +14,28 @@ executor groups a step's sequences into such runs). Graph interface:
 Op by op (fused IR -> ONNX):
 
     embedding                     Gather(table, input_ids)
-    rms_norm                      SimplifiedLayerNormalization
+    rms_norm                      SimplifiedLayerNormalization (per head: Reshape around it)
     add_rms_norm                  com.microsoft.SkipSimplifiedLayerNormalization -> (out, sum)
     linear                        MatMul(x, W^T) | MatMulNBits (int4/int8) [+ Add(bias)]
     split -> rope_kv_write        GroupQueryAttention(packed qkv, do_rotary=1) when
       -> cached_attention         head_dim % 16 == 0 (ORT's rule for fused rotary);
                                   else Split -> RotaryEmbedding(q), RotaryEmbedding(k)
                                   -> GroupQueryAttention(q, k, v)
+                                  window w -> local_window_size w (the last w keys,
+                                  measured against the reference); softcap -> GQA's
+                                  softcap (after the scale)
     swiglu                        Split -> Sigmoid -> Mul -> Mul
+    geglu / gelu                  Split -> Gelu(approximate) -> Mul / Gelu
     gather_rows                   Reshape [B*S, D] -> Gather(logit_rows)
     add / mul / silu              Add / Mul / Sigmoid -> Mul
+    scale / softcap               Mul(factor) / Div(cap) -> Tanh -> Mul(cap)
 
 Anything else (e.g. an unfused `attention`) raises UnsupportedOp naming the op.
 Node names follow the IR: `/model/layers.3/attn/q+k+v/MatMul`.
 """
 from __future__ import annotations
 
+import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
@@ -60,9 +66,14 @@ class _Lowering:
         self.emitted_splits: set[str] = set()
         self.rotated: dict[str, dict] = {}                 # rope_kv_write output -> pending GQA
         self.uses_positions = False
+        # "logits" names the graph output; an IR value of that name that is not the output
+        # (Gemma 2's logits before their soft-cap) is renamed inside the ONNX graph.
+        out = graph.outputs[0]
+        self.alias = {"logits": "logits/pre"} if out != "logits" and "logits" in graph.values else {}
 
     # -- helpers -------------------------------------------------------------------
     def emit(self, op, inputs, outputs, name, domain="", **attrs):
+        outputs = [self.alias.get(o, o) for o in outputs]
         self.nodes.append(helper.make_node(op, inputs, outputs, name=f"/model/{name}/{op}",
                                            domain=domain, **attrs))
         return outputs[0] if len(outputs) == 1 else outputs
@@ -81,6 +92,7 @@ class _Lowering:
             self.emit("Split", [self.value(node.inputs[0]), sizes], list(node.outputs),
                       node.name, axis=-1)
             self.emitted_splits.update(node.outputs)
+        name = self.alias.get(name, name)
         return {"tokens": "input_ids", "positions": "position_ids"}.get(name, name)
 
     # -- ops ------------------------------------------------------------------------
@@ -90,8 +102,16 @@ class _Lowering:
 
     def rms_norm(self, n: Node):
         w = self.store.norm(n.inputs[1], n.attrs.get("offset", 0.0))
-        self.emit("SimplifiedLayerNormalization", [self.value(n.inputs[0]), w], [n.outputs[0]],
-                  n.name, axis=-1, epsilon=float(n.attrs["eps"]), stash_type=1)
+        x, out, heads = self.value(n.inputs[0]), n.outputs[0], n.attrs.get("heads", 1)
+        if heads != 1:        # per head (Qwen3's q/k norms): [B, S, H*D] as [B, S, H, D]
+            split = self.store.int64(f"{n.name}/per_head", [0, 0, heads, -1])
+            x = self.emit("Reshape", [x, split], [self.tmp(n.name, "Reshape", 0)], n.name)
+            out = self.tmp(n.name, "SimplifiedLayerNormalization")
+        self.emit("SimplifiedLayerNormalization", [x, w], [out], n.name, axis=-1,
+                  epsilon=float(n.attrs["eps"]), stash_type=1)
+        if heads != 1:
+            merge = self.store.int64(f"{n.name}/merge_heads", [0, 0, -1])
+            self.emit("Reshape", [out, merge], [n.outputs[0]], n.name + "/merge")
 
     def add_rms_norm(self, n: Node):
         w = self.store.norm(n.inputs[2], n.attrs.get("offset", 0.0))
@@ -118,6 +138,9 @@ class _Lowering:
         q, k, v, _pos, k_cache, v_cache = n.inputs
         a = n.attrs
         h, kvh, d = a["heads"], a["kv_heads"], a["head_dim"]
+        if d % 8:
+            raise UnsupportedOp(f"{n.name}: head_dim {d}; ONNX Runtime's CPU "
+                                "GroupQueryAttention needs a multiple of 8")
         packed = self._packed_source(q, k, v, [h * d, kvh * d, kvh * d])
         cos, sin = self.store.rope_tables(d, a["theta"], a.get("scaling"))
         if packed is not None and d % 16 == 0:
@@ -145,6 +168,10 @@ class _Lowering:
                 pending["attrs"][x] for x in ("heads", "kv_heads", "head_dim")):
             raise UnsupportedOp(f"{n.name}: head counts differ from its rope_kv_write")
         extra = {} if a.get("scale") is None else {"scale": float(a["scale"])}
+        if a.get("window"):
+            extra["local_window_size"] = int(a["window"])
+        if a.get("softcap"):
+            extra["softcap"] = float(a["softcap"])
         inputs = pending["qkv"] + [past_name(k_cache), past_name(v_cache), "seqlens_k",
                                    "total_seq_len"] + pending["rotary"]
         self.emit("GroupQueryAttention", inputs,
@@ -161,6 +188,30 @@ class _Lowering:
         sig = self.emit("Sigmoid", [gate], [self.tmp(n.name, "Sigmoid")], n.name)
         act = self.emit("Mul", [gate, sig], [self.tmp(n.name, "Mul", 0)], n.name + "/silu")
         self.emit("Mul", [act, up], [n.outputs[0]], n.name)
+
+    def geglu(self, n: Node):
+        half = self.g.values[n.inputs[0]].shape[-1] // 2
+        sizes = self.store.int64(f"{n.name}/sizes", [half, half])
+        gate, up = self.emit("Split", [self.value(n.inputs[0]), sizes],
+                             [self.tmp(n.name, "Split", 0), self.tmp(n.name, "Split", 1)],
+                             n.name, axis=-1)
+        act = self.emit("Gelu", [gate], [self.tmp(n.name, "Gelu")], n.name,
+                        approximate=n.attrs.get("approximate", "none"))
+        self.emit("Mul", [act, up], [n.outputs[0]], n.name)
+
+    def gelu(self, n: Node):
+        self.emit("Gelu", [self.value(n.inputs[0])], [n.outputs[0]], n.name,
+                  approximate=n.attrs.get("approximate", "none"))
+
+    def scale(self, n: Node):
+        factor = self.store.add(f"{n.name}/factor", np.float32(n.attrs["factor"]))
+        self.emit("Mul", [self.value(n.inputs[0]), factor], [n.outputs[0]], n.name)
+
+    def softcap(self, n: Node):
+        cap = self.store.add(f"{n.name}/cap", np.float32(n.attrs["cap"]))
+        x = self.emit("Div", [self.value(n.inputs[0]), cap], [self.tmp(n.name, "Div")], n.name)
+        t = self.emit("Tanh", [x], [self.tmp(n.name, "Tanh")], n.name)
+        self.emit("Mul", [t, cap], [n.outputs[0]], n.name)
 
     def gather_rows(self, n: Node):
         width = self.g.values[n.inputs[0]].shape[-1]
@@ -192,13 +243,16 @@ class _Lowering:
 
 
 _SUPPORTED = ("embedding", "rms_norm", "add_rms_norm", "linear", "split", "rope_kv_write",
-              "cached_attention", "swiglu", "gather_rows", "add", "mul", "silu")
+              "cached_attention", "swiglu", "geglu", "gelu", "gather_rows", "add", "mul", "silu",
+              "scale", "softcap")
 # Attributes each op's lowering honours. Ops may gain optional attributes (present
 # only when not at their default: rotary_dim, window, softcap, ...); one this file
 # does not know must not be dropped silently, so it is UnsupportedOp (-> fallback).
-_ATTRS = {"rms_norm": {"eps", "offset"}, "add_rms_norm": {"eps", "offset"}, "split": {"sizes"},
-          "rope_kv_write": {"heads", "kv_heads", "head_dim", "theta", "scaling"},
-          "cached_attention": {"heads", "kv_heads", "head_dim", "scale"}}
+_ATTRS = {"rms_norm": {"eps", "offset", "heads"}, "add_rms_norm": {"eps", "offset"},
+          "split": {"sizes"}, "rope_kv_write": {"heads", "kv_heads", "head_dim", "theta", "scaling"},
+          "cached_attention": {"heads", "kv_heads", "head_dim", "scale", "window", "softcap"},
+          "geglu": {"approximate"}, "gelu": {"approximate"}, "scale": {"factor"},
+          "softcap": {"cap"}}
 
 
 def lower(graph: Graph, store: WeightStore) -> onnx.ModelProto:
@@ -237,7 +291,7 @@ def lower(graph: Graph, store: WeightStore) -> onnx.ModelProto:
         inputs.append(helper.make_tensor_value_info(past_name(cache.name), f32, shape))
         outputs.append(helper.make_tensor_value_info(present_name(cache.name), f32, shape))
     if out != "logits":
-        low.emit("Identity", [out], ["logits"], "logits")
+        low.nodes.append(helper.make_node("Identity", [out], ["logits"], name="/model/logits/Identity"))
     onnx_graph = helper.make_graph(low.nodes, f"rustinfer-{graph.family}", inputs, outputs,
                                    initializer=store.initializers)
     model = helper.make_model(onnx_graph, opset_imports=OPSET, producer_name="rustinfer")

@@ -80,14 +80,14 @@ class WeightStore:
         """float32 value of IR weight `name` (sources concatenated as its `derive` says)."""
         if self._last and self._last[0] == name:
             return self._last[1]
+        from rustinfer.runtime.weights import derive_weight
+
         value = self.g.values[name]
         if value.derive is None:
             array = self.ckpt.load(value.source).float().numpy()
-        else:
-            kind, sources, axis = value.derive
-            if kind != "concat":
-                raise ValueError(f"weight '{name}': unknown derivation '{kind}'")
-            array = np.concatenate([self.ckpt.load(s).float().numpy() for s in sources], axis)
+        else:                       # a fused concat, or a row slice of a packed matrix
+            array = derive_weight(name, value.derive,
+                                  lambda source: self.ckpt.load(source).float()).numpy()
         if tuple(array.shape) != tuple(value.shape):
             raise ValueError(f"weight '{name}': built {list(array.shape)}, IR says {list(value.shape)}")
         self._last = (name, array)
@@ -162,9 +162,9 @@ class WeightStore:
             return None
         value = self.g.values[name]
         sources = [value.source] if value.derive is None else list(value.derive[1])
-        axis = 0 if value.derive is None else value.derive[2]
+        whole_rows = value.derive is None or value.derive[:1] + value.derive[2:] == ("concat", 0)
         types = {self.ckpt.dtype(s) for s in sources}
-        if self.ckpt.format == "gguf" and len(types) == 1 and axis == 0:
+        if self.ckpt.format == "gguf" and len(types) == 1 and whole_rows:
             qtype = types.pop()
             if qtype in TRANSCODABLE and (self.quant == "int4" or TRANSCODABLE[qtype] == 8):
                 raw = np.concatenate([self.ckpt.raw(s)[1] for s in sources], axis=0)

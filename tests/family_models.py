@@ -64,6 +64,10 @@ FAMILY_CONFIGS: dict[str, dict[str, dict]] = {
         "mha-window": dict(hidden_size=36, intermediate_size=44, num_hidden_layers=1,
                            num_attention_heads=3, num_key_value_heads=3, vocab_size=199,
                            sliding_window=5),
+        # head_dim 16: a shape ONNX Runtime's GroupQueryAttention takes (the cpu target)
+        "gqa-hd16-window": dict(hidden_size=64, intermediate_size=80, num_hidden_layers=2,
+                                num_attention_heads=4, num_key_value_heads=2, vocab_size=211,
+                                sliding_window=9),
     },
     "gemma2": {
         # Softcaps small enough to bite on random weights; layers 0 slides.

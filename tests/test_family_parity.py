@@ -1,7 +1,8 @@
-"""Every family in specs/ against transformers, on both targets, on random tiny configs.
+"""Every family in specs/ against transformers, on every CPU target, on random tiny configs.
 
 For each (family, config) of family_models.FAMILY_CONFIGS and each target
-(`reference`: the IR interpreter; `cpu-torch`: the fused, memory-planned plan):
+(`reference`: the IR interpreter; `cpu-torch`: the fused, memory-planned plan; `cpu`:
+ONNX Runtime, or cpu-torch after a loud fallback where ORT's kernels cannot run it):
   - logits of a 23-token prompt within 1e-4 (relative to the largest) of
     transformers in float32 with eager attention; the prompt is longer than
     every sliding window, so windows and soft-caps are exercised;
@@ -21,7 +22,7 @@ from family_models import (all_cases, greedy, hf_greedy, load_llm, make_model,  
                            one_torch_thread, prompt)
 from rustinfer.compiler.step_inputs import StepInputs
 
-TARGETS = ("reference", "cpu-torch")
+TARGETS = ("reference", "cpu-torch", "cpu")
 N_GREEDY = 32
 
 
