@@ -21,6 +21,7 @@ Op by op (fused IR -> ONNX):
       -> cached_attention         head_dim % 16 == 0 (ORT's rule for fused rotary);
                                   else Split -> RotaryEmbedding(q), RotaryEmbedding(k)
                                   -> GroupQueryAttention(q, k, v)
+                                  (partial rotary: RotaryEmbedding rotary_embedding_dim)
                                   window w -> local_window_size w (the last w keys,
                                   measured against the reference); softcap -> GQA's
                                   softcap (after the scale)
@@ -142,18 +143,22 @@ class _Lowering:
             raise UnsupportedOp(f"{n.name}: head_dim {d}; ONNX Runtime's CPU "
                                 "GroupQueryAttention needs a multiple of 8")
         packed = self._packed_source(q, k, v, [h * d, kvh * d, kvh * d])
-        cos, sin = self.store.rope_tables(d, a["theta"], a.get("scaling"))
-        if packed is not None and d % 16 == 0:
+        # partial rotary (Phi-4-mini): tables for the first rotary_dim features of a head;
+        # ORT rotates as many features as the tables are wide and passes the rest through
+        rot = int(a.get("rotary_dim") or d)
+        cos, sin = self.store.rope_tables(rot, a["theta"], a.get("scaling"))
+        if packed is not None and d % 16 == 0 and rot == d:   # GQA's fused rotary: full only
             self.rotated[n.outputs[0]] = dict(qkv=[packed, "", ""], rotary=[cos, sin],
                                               caches=(k_cache, v_cache), do_rotary=1, attrs=a)
             return
         self.uses_positions = True
+        partial = {} if rot == d else {"rotary_embedding_dim": rot}
         q_rot = self.emit("RotaryEmbedding", [self.value(q), "position_ids", cos, sin],
                           [self.tmp(n.name, "RotaryEmbedding", 0)], n.name + "/q", domain=MS,
-                          interleaved=0, num_heads=h)
+                          interleaved=0, num_heads=h, **partial)
         k_rot = self.emit("RotaryEmbedding", [self.value(k), "position_ids", cos, sin],
                           [self.tmp(n.name, "RotaryEmbedding", 1)], n.name + "/k", domain=MS,
-                          interleaved=0, num_heads=kvh)
+                          interleaved=0, num_heads=kvh, **partial)
         self.rotated[n.outputs[0]] = dict(qkv=[q_rot, k_rot, self.value(v)], rotary=[],
                                           caches=(k_cache, v_cache), do_rotary=0, attrs=a)
 
@@ -249,7 +254,8 @@ _SUPPORTED = ("embedding", "rms_norm", "add_rms_norm", "linear", "split", "rope_
 # only when not at their default: rotary_dim, window, softcap, ...); one this file
 # does not know must not be dropped silently, so it is UnsupportedOp (-> fallback).
 _ATTRS = {"rms_norm": {"eps", "offset", "heads"}, "add_rms_norm": {"eps", "offset"},
-          "split": {"sizes"}, "rope_kv_write": {"heads", "kv_heads", "head_dim", "theta", "scaling"},
+          "split": {"sizes"},
+          "rope_kv_write": {"heads", "kv_heads", "head_dim", "theta", "scaling", "rotary_dim"},
           "cached_attention": {"heads", "kv_heads", "head_dim", "scale", "window", "softcap"},
           "geglu": {"approximate"}, "gelu": {"approximate"}, "scale": {"factor"},
           "softcap": {"cap"}}

@@ -64,7 +64,11 @@ FAMILY_CONFIGS: dict[str, dict[str, dict]] = {
         "mha-window": dict(hidden_size=36, intermediate_size=44, num_hidden_layers=1,
                            num_attention_heads=3, num_key_value_heads=3, vocab_size=199,
                            sliding_window=5),
-        # head_dim 16: a shape ONNX Runtime's GroupQueryAttention takes (the cpu target)
+        # head_dims 16: shapes ONNX Runtime's GroupQueryAttention takes (the cpu target)
+        "partial-rotary-hd16": dict(hidden_size=64, intermediate_size=72, num_hidden_layers=2,
+                                    num_attention_heads=4, num_key_value_heads=1,
+                                    vocab_size=223, partial_rotary_factor=0.75,
+                                    tie_word_embeddings=True),
         "gqa-hd16-window": dict(hidden_size=64, intermediate_size=80, num_hidden_layers=2,
                                 num_attention_heads=4, num_key_value_heads=2, vocab_size=211,
                                 sliding_window=9),

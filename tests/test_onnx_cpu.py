@@ -195,7 +195,8 @@ def test_smollm2_gguf_logits_match_reference(smollm2_gguf, cache_dir):
 
 
 def test_unknown_attribute_is_unsupported(tmp_path):
-    """An attribute the lowering does not honour (e.g. partial rotary) is never dropped."""
+    """An attribute the lowering does not know (one a future op version adds) is never
+    dropped: the lowering refuses, and the target falls back."""
     from rustinfer.compiler.onnx_lowering import UnsupportedOp, lower
     from rustinfer.compiler.onnx_weights import WeightStore
     from rustinfer.compiler.pipeline import run_pipeline
@@ -203,8 +204,8 @@ def test_unknown_attribute_is_unsupported(tmp_path):
     make_llama(tmp_path / "m", **PARITY_CONFIGS["gqa-tied"])
     ckpt = open_checkpoint(tmp_path / "m")
     fused, _ = run_pipeline(bind(load_spec(select_spec(ckpt.config)), ckpt.config, ckpt))
-    next(n for n in fused.nodes if n.op == "rope_kv_write").attrs["rotary_dim"] = 8
+    next(n for n in fused.nodes if n.op == "rope_kv_write").attrs["mrope_sections"] = [2, 2]
     store = WeightStore(fused, ckpt, tmp_path)
-    with pytest.raises(UnsupportedOp, match="rotary_dim"):
+    with pytest.raises(UnsupportedOp, match="mrope_sections"):
         lower(fused, store)
     store.close()
