@@ -109,6 +109,29 @@ def cmd_chat(args) -> int:
         messages.append({"role": "assistant", "content": reply})
 
 
+def cmd_bench(args) -> int:
+    from .bench_cmd import bench
+    from .targets import resolve_target
+
+    target = resolve_target(args.target)
+    options = {k: v for k, v in (("quant", args.quant), ("threads", args.threads)) if v}
+    if options and target != "cpu":
+        raise ValueError(f"--quant and --threads apply to --target cpu (this run: {target})")
+    batches = tuple(int(b) for b in args.batch.split(",") if b.strip()) if args.batch else ()
+    from .llm import LLM
+
+    llm = LLM(model=args.model, target=target, spec=args.spec,
+              max_model_len=args.max_model_len or args.prompt_tokens + args.new_tokens + 16,
+              max_num_seqs=max((1, *batches)), **options)
+    threads = getattr(llm.executor, "threads", None)
+    threads = f", {threads} threads" if threads else ""
+    print(f"{llm.model_path.name} on {target}{' ' + args.quant if args.quant else ''}{threads}"
+          f" (loaded in {llm.load_seconds:.1f} s)")
+    for line in bench(llm, args.prompt_tokens, args.new_tokens, batches):
+        print(line, flush=True)
+    return 0
+
+
 def cmd_inspect(args) -> int:
     folder = Path(args.dir)
     report = folder / "report.txt"
@@ -143,6 +166,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(chat)
     _add_sampling_args(chat, max_tokens=512)
     chat.set_defaults(func=cmd_chat)
+
+    bench = sub.add_parser("bench", help="prefill and decode speed on this machine",
+                           description="Prefill and decode tokens/s through the engine (random "
+                           "token ids, greedy), one request and batches of requests.")
+    _add_model_args(bench)
+    bench.add_argument("--prompt-tokens", type=int, default=128)
+    bench.add_argument("--new-tokens", type=int, default=64)
+    bench.add_argument("--batch", default="4,16",
+                       help="comma-separated batch sizes to measure too (default 4,16; '' none)")
+    bench.set_defaults(func=cmd_bench)
 
     inspect = sub.add_parser("inspect", help="print the report of a rustinfer-compile output")
     inspect.add_argument("dir")

@@ -83,3 +83,22 @@ def test_chat_keeps_the_conversation(smollm2_gguf, monkeypatch, capsys):
     assert rustinfer_cli.main(["chat", "--max-tokens", "24"]) == 0
     answers = capsys.readouterr().out.strip().splitlines()
     assert "Paris" in answers[0] and "Rome" in answers[1]
+
+
+def test_bench_reports_prefill_decode_and_batches(tiny_model, capsys):
+    import re
+
+    assert rustinfer_cli.main(["bench", "--model", str(tiny_model), "--prompt-tokens", "20",
+                               "--new-tokens", "6", "--batch", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "on cpu" in out and "threads" in out               # the default target here
+    rates = {name: float(value) for name, value in
+             re.findall(r"^(prefill|decode|batch)\s.*?([\d.]+) tok/s", out, re.M)}
+    assert set(rates) == {"prefill", "decode", "batch"} and min(rates.values()) > 0
+    assert "over 5 steps" in out                              # 6 tokens: 1 from the prefill
+
+
+def test_bench_refuses_cpu_options_elsewhere(tiny_model, capsys):
+    assert rustinfer_cli.main(["bench", "--model", str(tiny_model), "--target", "cpu-torch",
+                               "--quant", "int4"]) == 2
+    assert "--quant and --threads apply to --target cpu" in capsys.readouterr().err
