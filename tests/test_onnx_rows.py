@@ -1,6 +1,8 @@
 """The cpu target's KV rows: paged block tables mapped onto ORT's contiguous per-sequence rows."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from hf_models import PARITY_CONFIGS, make_llama
@@ -76,3 +78,15 @@ def test_recycled_row_is_recomputed(tmp_path, monkeypatch):
     # a block this executor never saw written cannot be recomputed
     with pytest.raises(RuntimeError, match="written outside"):
         cpu.forward(StepInputs.for_sequences([([1], 3, [9])], BS))
+
+
+def test_physical_cores_from_cpuinfo(tmp_path):
+    from rustinfer.runtime.onnx_executor import cpuinfo_cores, physical_cores
+
+    # 2 sockets x 2 cores x 2 hyperthreads = 8 logical CPUs, 4 cores
+    blocks = [f"processor\t: {i}\nphysical id\t: {i // 4}\ncore id\t\t: {(i // 2) % 2}\n"
+              for i in range(8)]
+    (tmp_path / "cpuinfo").write_text("\n".join(blocks))
+    assert cpuinfo_cores(tmp_path / "cpuinfo") == 4
+    assert cpuinfo_cores(tmp_path / "missing") is None
+    assert 1 <= physical_cores() <= (os.cpu_count() or 1)
