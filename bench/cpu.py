@@ -293,7 +293,7 @@ def hf_folder(gguf: str) -> Path:
 
 def genai_model(gguf: str, precision: str, threads: int) -> Path:
     """ORT GenAI's builder output for the checkpoint (via the fp32 HF folder), cached."""
-    hf, out = hf_folder(gguf), bench_home() / f"genai-{precision}"
+    hf, out = hf_folder(gguf), bench_home() / f"genai-{Path(gguf).stem}-{precision}"
     if not (out / "genai_config.json").exists():
         proc = subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder",
                                "-i", str(hf), "-o", str(out), "-p", precision, "-e", "cpu",
