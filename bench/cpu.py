@@ -357,7 +357,7 @@ def main() -> None:
     ap.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     args = ap.parse_args()
     from rustinfer.runtime.model_resolver import resolve_model
-    from rustinfer.runtime.onnx_executor import physical_cores
+    from rustinfer.runtime.cpu_cores import physical_cores
     from rustinfer.runtime.tokenizer import Tokenizer
 
     args.model = str(resolve_model(args.model))

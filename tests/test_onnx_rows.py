@@ -7,7 +7,7 @@ import pytest
 
 from hf_models import PARITY_CONFIGS, make_llama
 from rustinfer.compiler.step_inputs import StepInputs
-from rustinfer.runtime.onnx_executor import RowMap
+from rustinfer.runtime.onnx_rows import RowMap
 from test_onnx_cpu import BS, close, ids, load
 
 
@@ -81,7 +81,7 @@ def test_recycled_row_is_recomputed(tmp_path, monkeypatch):
 
 
 def test_physical_cores_from_cpuinfo(tmp_path):
-    from rustinfer.runtime.onnx_executor import cpuinfo_cores, physical_cores
+    from rustinfer.runtime.cpu_cores import cpuinfo_cores, physical_cores
 
     # 2 sockets x 2 cores x 2 hyperthreads = 8 logical CPUs, 4 cores
     blocks = [f"processor\t: {i}\nphysical id\t: {i // 4}\ncore id\t\t: {(i // 2) % 2}\n"
