@@ -123,10 +123,10 @@ def cmd_bench(args) -> int:
     llm = LLM(model=args.model, target=target, spec=args.spec,
               max_model_len=args.max_model_len or args.prompt_tokens + args.new_tokens + 16,
               max_num_seqs=max((1, *batches)), **options)
-    threads = getattr(llm.executor, "threads", None)
-    threads = f", {threads} threads" if threads else ""
-    print(f"{llm.model_path.name} on {target}{' ' + args.quant if args.quant else ''}{threads}"
-          f" (loaded in {llm.load_seconds:.1f} s)")
+    from .targets import describe
+
+    print(f"{llm.model_path.name} on {describe(llm.executor)} (loaded in "
+          f"{llm.load_seconds:.1f} s)")
     for line in bench(llm, args.prompt_tokens, args.new_tokens, batches):
         print(line, flush=True)
     return 0

@@ -123,6 +123,21 @@ def resolve_target(target: str) -> str:
     return name
 
 
+def describe(executor) -> str:
+    """One line for logs: which target runs the model, and how."""
+    target = getattr(executor, "target", type(executor).__name__)
+    parts = [target]
+    meta = getattr(executor, "meta", None)
+    if target == "cpu" and meta:
+        parts.append(f"ONNX Runtime, {meta.get('quant', 'none').replace('none', 'float32')}, "
+                     f"{executor.threads} threads")
+    plan = getattr(executor, "plan_dir", None)
+    if plan is not None:
+        cached = getattr(executor, "plan_cached", None)
+        parts.append(f"compiled {'earlier' if cached else 'now'} into {plan}")
+    return "; ".join(parts)
+
+
 def build_executor(target: str, ctx: LoadContext):
     name = resolve_target(target)
     if ctx.options and name in ("reference", "cpu-torch"):

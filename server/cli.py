@@ -102,6 +102,9 @@ def engine_main(argv: list[str] | None = None) -> int:
     except (CheckpointError, OSError, ValueError) as e:  # a bad --model, spec, ...: the user's to fix
         log.error("engine: cannot load the model: %s", e)
         return 1
+    from rustinfer.runtime.targets import describe
+
+    log.info("engine: target %s", describe(engine.executor))
     server = EngineServer(engine, address_for(directory), model_path=str(model_path),
                           exit_when_orphaned=args.exit_when_orphaned)
     install_signal_handlers(server)

@@ -4,7 +4,7 @@ import torch
 
 from hf_models import PARITY_CONFIGS, make_llama
 from rustinfer.runtime.llm import LLM
-from rustinfer.runtime.targets import resolve_target
+from rustinfer.runtime.targets import describe, resolve_target
 
 
 def test_auto_is_cpu_without_a_gpu_and_cuda_with_one(monkeypatch):
@@ -26,6 +26,10 @@ def test_default_llm_runs_on_onnx_runtime_here(tmp_path, monkeypatch):
     make_llama(tmp_path / "m", **PARITY_CONFIGS["gqa-tied"])
     llm = LLM(model=str(tmp_path / "m"), max_model_len=64)
     assert llm.target == "cpu" and type(llm.executor).__name__ == "OnnxExecutor"
+    line = describe(llm.executor)           # what the engine logs at start
+    assert line.startswith("cpu; ONNX Runtime, float32, ") and "threads; compiled now" in line
+    again = LLM(model=str(tmp_path / "m"), max_model_len=64)
+    assert "compiled earlier" in describe(again.executor)
 
 
 def test_cpu_options_on_another_target_are_an_error(tmp_path, monkeypatch):
