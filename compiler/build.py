@@ -3,7 +3,7 @@
 The folder is cached under $RUSTINFER_CACHE/plans, keyed by everything that
 changes its content: the spec text, the checkpoint's config and weight shapes,
 the options, and the compiler's own source. A second start finds it and skips
-compilation.
+compilation; plan_cache.py keeps the cache under a size limit.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from .bind import bind
 from .codegen import generate_plan
 from .memory_plan import plan_memory
 from .pipeline import run_pipeline
+from .plan_cache import mark_used
 from .spec import load_spec
 
 _SOURCE_DIRS = [Path(__file__).resolve().parent,
@@ -66,6 +67,7 @@ def compile_model(spec_path: str | Path, config: dict, checkpoint=None,
     hit = use_cache and (cached / "plan.py").exists()
     if not hit:
         _build(spec, config, checkpoint, options, cached)
+    mark_used(cached)
     if out_dir is not None and Path(out_dir).resolve() != cached.resolve():
         out = Path(out_dir)
         if out.exists():

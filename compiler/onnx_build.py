@@ -30,6 +30,7 @@ from .ir import Graph
 from .onnx_lowering import describe, lower
 from .onnx_weights import WeightStore
 from .pipeline import run_pipeline
+from .plan_cache import mark_used
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ def compile_onnx(graph: Graph, spec_path: str, config: dict, checkpoint,
     hit = use_cache and (folder / "meta.json").exists()
     if not hit:
         _build(graph, checkpoint, options, folder)
+    mark_used(folder)
     return folder, hit
 
 
