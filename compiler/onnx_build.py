@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -63,6 +64,11 @@ def compile_onnx(graph: Graph, spec_path: str, config: dict, checkpoint,
     folder = cache_root() / f"{graph.family}-cpu-{options.quant}-{key}"
     hit = use_cache and (folder / "meta.json").exists()
     if not hit:
+        # Say so: lowering writes the weights once more (float32: 4 bytes per parameter),
+        # which takes a while for a large model on its first start.
+        print(f"rustinfer: compiling {graph.family} for the cpu target (quant "
+              f"{options.quant}); cached for the next start in {folder.parent}",
+              file=sys.stderr, flush=True)
         _build(graph, checkpoint, options, folder)
     mark_used(folder)
     return folder, hit
