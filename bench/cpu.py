@@ -331,7 +331,8 @@ def measure_bandwidth(threads: int) -> float:
 def run_worker(args, name, **extra) -> dict | None:
     cmd = [sys.executable, __file__, "--worker", name, "--model", str(args.model),
            "--threads", str(args.threads), "--runs", str(args.runs),
-           "--new-tokens", str(args.new_tokens), "--accuracy-level", str(args.accuracy_level)]
+           "--new-tokens", str(args.new_tokens), "--accuracy-level", str(args.accuracy_level),
+           "--prompt-ids", json.dumps(args.prompt)]
     for k, v in extra.items():
         cmd += [f"--{k.replace('_', '-')}", str(v)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -355,7 +356,14 @@ def main() -> None:
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--quant", default="none", help=argparse.SUPPRESS)
     ap.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
+    ap.add_argument("--prompt-ids", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.worker:
+        # The driver resolved the model and tokenized the prompt, so a peer's worker loads
+        # nothing of rustinfer (nor torch): the peak RSS it reports is the peer's own.
+        result = WORKERS[args.worker](args, json.loads(args.prompt_ids))
+        print(json.dumps({**result, "rss_mib": rss_mib()}))
+        return
     from rustinfer.runtime.model_resolver import resolve_model
     from rustinfer.runtime.cpu_cores import physical_cores
     from rustinfer.runtime.tokenizer import Tokenizer
@@ -363,11 +371,7 @@ def main() -> None:
     args.model = str(resolve_model(args.model))
     args.threads = args.threads or physical_cores()
     text = " ".join([PARAGRAPH] * 4)
-    prompt = Tokenizer.from_gguf(args.model).encode(text)[:args.prompt_tokens]
-    if args.worker:
-        result = WORKERS[args.worker](args, prompt)
-        print(json.dumps({**result, "rss_mib": rss_mib()}))
-        return
+    prompt = args.prompt = Tokenizer.from_gguf(args.model).encode(text)[:args.prompt_tokens]
 
     skip = set(filter(None, args.skip.split(",")))
     bw = measure_bandwidth(args.threads)
