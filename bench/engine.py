@@ -30,28 +30,11 @@ def measure_bandwidth(nbytes: int = 1 << 29) -> float:
 
 
 def run(llm, concurrency: int, tokens: int, prompt_len: int) -> tuple[float, float]:
-    from rustinfer.runtime import SamplingParams
+    """Aggregate decode tok/s and the median decode step (prefill steps not timed)."""
+    from rustinfer.runtime.bench_cmd import run_requests
 
-    g = torch.Generator().manual_seed(concurrency)
-    vocab = int(llm.graph.symbols["vocab"])
-    prompts = [torch.randint(0, vocab, (prompt_len,), generator=g).tolist()
-               for _ in range(concurrency)]
-    params = SamplingParams(max_tokens=tokens, temperature=0.0, ignore_eos=True)
-    eng = llm.engine
-    for i, p in enumerate(prompts):
-        eng.add_request(f"b{concurrency}-{i}", p, params)
-    # Prefill first (not timed), then time pure decode steps.
-    decode_steps = []
-    generated = 0
-    while eng.has_unfinished():
-        prefilling = any(s.in_prefill for s in eng.scheduler.running) or eng.scheduler.waiting
-        t0 = time.perf_counter()
-        events = eng.step()
-        dt = time.perf_counter() - t0
-        if not prefilling:
-            decode_steps.append(dt)
-            generated += sum(len(e.new_token_ids) for e in events)
-    return generated / sum(decode_steps), statistics.median(decode_steps)
+    r = run_requests(llm, concurrency, prompt_len, tokens, seed=concurrency)
+    return r["generated"] / sum(r["steps"]), statistics.median(r["steps"])
 
 
 def main() -> int:

@@ -30,7 +30,7 @@ def _requests(llm, n: int, prompt_tokens: int, new_tokens: int, seed: int):
             0, vocab, (prompt_tokens,), generator=g).tolist(), params)
 
 
-def _run(llm, n: int, prompt_tokens: int, new_tokens: int, seed: int) -> dict:
+def run_requests(llm, n: int, prompt_tokens: int, new_tokens: int, seed: int) -> dict:
     """Prefill time (until every request has its first token), then decode step times."""
     eng = llm.engine
     _requests(llm, n, prompt_tokens, new_tokens, seed)
@@ -53,8 +53,8 @@ def bench(llm, prompt_tokens: int = 128, new_tokens: int = 64,
           batches: tuple[int, ...] = (4, 16)) -> list[str]:
     """The report's lines (also printed by the CLI as they come)."""
     lines = []
-    _run(llm, 1, min(prompt_tokens, 16), 4, seed=0)                  # warm-up
-    one = _run(llm, 1, prompt_tokens, new_tokens, seed=1)
+    run_requests(llm, 1, min(prompt_tokens, 16), 4, seed=0)                  # warm-up
+    one = run_requests(llm, 1, prompt_tokens, new_tokens, seed=1)
     step = statistics.median(one["steps"]) if one["steps"] else float("nan")
     lines.append(f"prefill  {prompt_tokens:>5} tokens  {prompt_tokens / one['prefill_s']:9.1f} "
                  f"tok/s  ({one['prefill_s'] * 1e3:.1f} ms to the first token)")
@@ -65,7 +65,7 @@ def bench(llm, prompt_tokens: int = 128, new_tokens: int = 64,
             lines.append(f"batch {n:>3}: skipped (more than --max-num-seqs "
                          f"{llm.engine.scheduler.max_num_seqs})")
             continue
-        r = _run(llm, n, prompt_tokens, new_tokens, seed=n)
+        r = run_requests(llm, n, prompt_tokens, new_tokens, seed=n)
         tps = r["generated"] / sum(r["steps"]) if r["steps"] else float("nan")
         lines.append(f"batch {n:>3}  {n:>3} requests  {tps:9.1f} tok/s aggregate "
                      f"({tps * step:.1f}x one request)")

@@ -43,17 +43,17 @@ def _params(args):
                           seed=args.seed, stop=args.stop)
 
 
-def _load(args):
+def _load(args, **llm_kwargs):
+    """The LLM the model arguments describe; cpu-only options are refused elsewhere."""
     from .llm import LLM
-
     from .targets import resolve_target
 
     target = resolve_target(args.target)
     options = {k: v for k, v in (("quant", args.quant), ("threads", args.threads)) if v}
     if options and target != "cpu":
         raise ValueError(f"--quant and --threads apply to --target cpu (this run: {target})")
-    return LLM(model=args.model, target=target, spec=args.spec,
-               max_model_len=args.max_model_len, **options)
+    llm_kwargs.setdefault("max_model_len", args.max_model_len)
+    return LLM(model=args.model, target=target, spec=args.spec, **llm_kwargs, **options)
 
 
 def cmd_generate(args) -> int:
@@ -111,20 +111,11 @@ def cmd_chat(args) -> int:
 
 def cmd_bench(args) -> int:
     from .bench_cmd import bench
-    from .targets import resolve_target
-
-    target = resolve_target(args.target)
-    options = {k: v for k, v in (("quant", args.quant), ("threads", args.threads)) if v}
-    if options and target != "cpu":
-        raise ValueError(f"--quant and --threads apply to --target cpu (this run: {target})")
-    batches = tuple(int(b) for b in args.batch.split(",") if b.strip()) if args.batch else ()
-    from .llm import LLM
-
-    llm = LLM(model=args.model, target=target, spec=args.spec,
-              max_model_len=args.max_model_len or args.prompt_tokens + args.new_tokens + 16,
-              max_num_seqs=max((1, *batches)), **options)
     from .targets import describe
 
+    batches = tuple(int(b) for b in args.batch.split(",") if b.strip()) if args.batch else ()
+    llm = _load(args, max_model_len=args.max_model_len or args.prompt_tokens + args.new_tokens + 16,
+                max_num_seqs=max((1, *batches)))
     print(f"{llm.model_path.name} on {describe(llm.executor)} (loaded in "
           f"{llm.load_seconds:.1f} s)")
     for line in bench(llm, args.prompt_tokens, args.new_tokens, batches):
