@@ -11,7 +11,13 @@ In one run, on one card:
    (> 1: the GEMV is faster). "per step" adds them up as one decode step does
    (16 x (qkv + o + gate+up + down) + LM head), the number the profile's 0.81 ms of
    GEMMs compares with. --sweep also times the neighbours of each default config
-   (one knob halved or doubled), so the next tuning starts from measurements;
+   (one knob halved or doubled), so the next tuning starts from measurements.
+   At rows=1 also the GEMV's fused variants (qkv+norm, gate_up+norm+swiglu, o+residual,
+   down+residual, lm_head+norm), each against the unfused torch sequence it replaces
+   (torch rms_norm, torch.mm, silu(gate) * up / torch.add: the "cuBLAS" columns of those
+   rows), and against the cuda target's own unfused kernels (Triton rms_norm / swiglu,
+   cuBLAS, torch.add; a plan folds the residual add into its add_rms_norm, so that
+   column slightly over-counts the residual rows); "per step, fused" adds them up;
 2. the 1B bs=1 decode TPOT at context 512 (engine-style step, and graph replay alone),
    once on cuBLAS and once with the GEMV: triton_ops.TRITON_GEMV is flipped before the
    executor captures its graphs, which is what RUSTINFER_TRITON_GEMV=1 does at import;
@@ -36,15 +42,32 @@ from gpu import BLOCK, CTX, MODELS, REPO, RandomCheckpoint, hbm_bandwidth  # noq
 SHAPES = {"qkv": (3072, 2048), "o": (2048, 2048), "gate_up": (16384, 2048),
           "down": (2048, 8192), "lm_head": (128256, 2048)}
 PER_STEP = {"qkv": 16, "o": 16, "gate_up": 16, "down": 16, "lm_head": 1}    # 1B: 16 layers
+# Fused GEMVs at rows=1: name -> (linear of SHAPES, norm folded in, swiglu, residual added)
+FUSED = {"qkv+norm": ("qkv", True, False, False),
+         "gate_up+norm+swiglu": ("gate_up", True, True, False),
+         "o+residual": ("o", False, False, True), "down+residual": ("down", False, False, True),
+         "lm_head+norm": ("lm_head", True, False, False)}
+EPS = 1e-5
+
+
+# Calls are queued in chunks of CHUNK behind a GPU-side sleep of SLEEP_CYCLES (~5 ms at the
+# H100/H200's <= 2 GHz: 20 calls' host time at <= 250 us each), so the GPU never waits on the
+# host inside an event pair. Without it a ~10 us kernel whose launch costs the host more than
+# the GPU's flush + kernel time is timed with the launcher's Python overhead (seen on an H200,
+# 2026-11-26: the 1B qkv / o GEMVs read 19-29 us without the sleep, 9.2 / 8.0 us with it).
+CHUNK, SLEEP_CYCLES = 20, 10_000_000
 
 
 def median_time(fn, iters: int, flush: torch.Tensor) -> float:
-    """Seconds: the median of `iters` event-timed calls, each after an L2 flush."""
+    """Seconds: the median of `iters` event-timed calls, each after an L2 flush (GPU time:
+    the host queues the calls ahead, see CHUNK)."""
     for _ in range(5):
         fn()
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
-    for s, e in zip(starts, ends):
+    for i, (s, e) in enumerate(zip(starts, ends)):
+        if i % CHUNK == 0:
+            torch.cuda._sleep(SLEEP_CYCLES)
         flush.zero_()
         s.record()
         fn()
@@ -61,7 +84,7 @@ def neighbours(cfg, k: int):
     for bn in (cfg.block_n // 2, cfg.block_n * 2):
         out.append(cfg._replace(block_n=bn))
     for bk in (cfg.block_k // 2, cfg.block_k * 2):
-        out.append(cfg._replace(block_k=bk, num_stages=1 if bk >= k else max(2, cfg.num_stages)))
+        out.append(cfg._replace(block_k=bk, num_stages=1 if bk >= k else cfg.num_stages))
     out.append(cfg._replace(num_warps=4 if cfg.num_warps == 8 else 8))
     if k > cfg.block_k:
         out.append(cfg._replace(num_stages=1 if cfg.num_stages > 1 else 2))
@@ -91,7 +114,7 @@ def bench_linears(rows: list[int], iters: int, sweep: bool) -> list[dict]:
                      cublas_gb_s=nbytes / t_cublas / 1e9, gemv_us=1e6 * t_gemv,
                      gemv_gb_s=nbytes / t_gemv / 1e9, ratio=t_cublas / t_gemv,
                      config=list(cfg), rel_err=err)
-            if sweep:
+            if sweep and m == 1:            # the sweep is for the bs=1 step (compiles cost time)
                 r["sweep"] = []
                 for alt in neighbours(cfg, k):
                     t = median_time(lambda: gemv(x, w, out, config=alt), max(50, iters // 4),
@@ -101,12 +124,94 @@ def bench_linears(rows: list[int], iters: int, sweep: bool) -> list[dict]:
                                            gb_s=nbytes / t / 1e9, ok=ok))
             print(json.dumps(r), flush=True)
             results.append(r)
+    if 1 in rows:
+        results += bench_fused(iters, flush)
     return results
 
 
-def bench_tpot(use_gemv: bool, steps: int) -> tuple[dict, torch.Tensor]:
-    """bs=1 decode on Llama-3.2-1B (random bf16 weights) with or without the GEMV: timings,
-    and the logits of one decode step after a 128-token prefill."""
+def torch_rms_norm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """RMSNorm with torch ops (fp32 math, rounded to x's dtype), as an unfused step does it."""
+    if hasattr(torch.nn.functional, "rms_norm"):
+        return torch.nn.functional.rms_norm(x, (x.shape[-1],), w, EPS)
+    h = x.float()
+    return (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + EPS) * w.float()).to(x.dtype)
+
+
+def bench_fused(iters: int, flush: torch.Tensor) -> list[dict]:
+    """The fused GEMVs at rows=1 vs the unfused torch sequence each replaces (and vs the
+    cuda target's unfused kernels): same timing as the plain rows."""
+    from rustinfer.kernels.triton import rms_norm as triton_rms
+    from rustinfer.kernels.triton import swiglu as triton_swiglu
+    from rustinfer.kernels.triton.gemv import gemv, gemv_config
+
+    results = []
+    for name, (linear, norm, swiglu, residual) in FUSED.items():
+        n, k = SHAPES[linear]
+        f = n // 2 if swiglu else n                     # out's width
+        w = (0.02 * torch.randn(n, k, device="cuda")).to(torch.bfloat16)
+        x = (3 * torch.randn(1, k, device="cuda")).to(torch.bfloat16)
+        nw = (1 + 0.1 * torch.randn(k, device="cuda")).to(torch.bfloat16) if norm else None
+        res = torch.randn(1, f, device="cuda", dtype=torch.bfloat16)
+        out = res.clone() if residual else torch.empty(1, f, device="cuda", dtype=torch.bfloat16)
+        xn, y = torch.empty_like(x), torch.empty(1, n, device="cuda", dtype=torch.bfloat16)
+
+        def unfused_torch():
+            h = torch_rms_norm(x, nw) if norm else x
+            if swiglu:
+                torch.mm(h, w.t(), out=y)
+                torch.mul(torch.nn.functional.silu(y[:, :f]), y[:, f:], out=out)
+            elif residual:
+                torch.mm(h, w.t(), out=y)
+                torch.add(out, y, out=out)              # the residual stream, in place
+            else:
+                torch.mm(h, w.t(), out=out)
+
+        def unfused_plan():                             # the cuda target's kernels
+            h = x
+            if norm:
+                triton_rms.rms_norm(x, nw, xn, eps=EPS)
+                h = xn
+            if swiglu:
+                torch.mm(h, w.t(), out=y)
+                triton_swiglu.swiglu(y, out)
+            elif residual:
+                torch.mm(h, w.t(), out=y)
+                torch.add(out, y, out=out)
+            else:
+                torch.mm(h, w.t(), out=out)
+
+        def fused():
+            gemv(x, w, out, norm_weight=nw, eps=EPS, swiglu=swiglu,
+                 residual=out if residual else None)
+
+        # correctness once, from the same residual: fused vs unfused torch (bf16 roundings)
+        out.copy_(res)
+        unfused_torch()
+        want = out.float().clone()
+        out.copy_(res)
+        fused()
+        got = out.float().clone()
+        scale = want.abs().max().item()
+        t_torch = median_time(unfused_torch, iters, flush)
+        t_plan = median_time(unfused_plan, iters, flush)
+        t_fused = median_time(fused, iters, flush)
+        nbytes = 2 * (n * k + k + f * (2 if residual else 1) + (k if norm else 0))
+        r = dict(linear=name, n=n, k=k, rows=1, cublas_us=1e6 * t_torch,
+                 cublas_gb_s=nbytes / t_torch / 1e9, gemv_us=1e6 * t_fused,
+                 gemv_gb_s=nbytes / t_fused / 1e9, ratio=t_torch / t_fused,
+                 plan_unfused_us=1e6 * t_plan, plan_ratio=t_plan / t_fused,
+                 config=list(gemv_config(f, k, 1, swiglu=swiglu)),
+                 rel_err=(got - want).abs().max().item() / scale)
+        print(json.dumps(r), flush=True)
+        results.append(r)
+    return results
+
+
+def bench_tpot(use_gemv: bool, steps: int, pdl: bool = False) -> tuple[dict, torch.Tensor]:
+    """bs=1 decode on Llama-3.2-1B (random bf16 weights) with or without the GEMV (and its
+    programmatic dependent launch): timings, and the logits of one decode step after a
+    128-token prefill."""
+    from rustinfer.kernels.triton import gemv as gemv_mod
     from rustinfer.compiler.build import CompileOptions, compile_model
     from rustinfer.compiler.spec import SPECS_DIR
     from rustinfer.compiler.step_inputs import StepInputs
@@ -119,6 +224,7 @@ def bench_tpot(use_gemv: bool, steps: int) -> tuple[dict, torch.Tensor]:
                               CompileOptions(target="cuda", max_tokens=1024))
     max_len = CTX + steps + 16
     saved, triton_ops.TRITON_GEMV = triton_ops.TRITON_GEMV, use_gemv
+    saved_pdl, gemv_mod.PDL = gemv_mod.PDL, pdl
     try:
         ex = CudaExecutor(folder / "plan.py", ckpt, num_blocks=-(-max_len // BLOCK) + 8,
                           block_size=BLOCK, max_model_len=max_len, max_batch=1)
@@ -140,10 +246,11 @@ def bench_tpot(use_gemv: bool, steps: int) -> tuple[dict, torch.Tensor]:
             graph.replay()
         end.record()
         torch.cuda.synchronize()
-        r = dict(gemv=use_gemv, tpot_ms=1e3 * statistics.median(times[3:]),
+        r = dict(gemv=use_gemv, pdl=pdl, tpot_ms=1e3 * statistics.median(times[3:]),
                  replay_ms=start.elapsed_time(end) / 64)
     finally:
         triton_ops.TRITON_GEMV = saved
+        gemv_mod.PDL = saved_pdl
     del ex
     gc.collect()
     torch.cuda.empty_cache()
@@ -161,12 +268,28 @@ def table(device: str, bandwidth: float, linears: list[dict], tpot: list[dict],
                     f"{r['cublas_us']:.1f} | {r['cublas_gb_s']:.0f} | {r['gemv_us']:.1f} | "
                     f"{r['gemv_gb_s']:.0f} | {r['ratio']:.2f} | {tuple(r['config'])} |")
     for m in sorted({r["rows"] for r in linears}):
-        mine = [r for r in linears if r["rows"] == m]
+        mine = [r for r in linears if r["rows"] == m and r["linear"] in SHAPES]
         if len(mine) == len(SHAPES):
             c = sum(PER_STEP[r["linear"]] * r["cublas_us"] for r in mine) / 1e3
             g = sum(PER_STEP[r["linear"]] * r["gemv_us"] for r in mine) / 1e3
             rows.append(f"| per step (16 layers + LM head) | | {m} | {1e3 * c:.0f} | | "
                         f"{1e3 * g:.0f} | | {c / g:.2f} | |")
+    fused = [r for r in linears if r["linear"] in FUSED]
+    if len(fused) == len(FUSED):
+        per = lambda key: sum(PER_STEP[FUSED[r["linear"]][0]] * r[key] for r in fused)  # noqa
+        c, g, p = per("cublas_us"), per("gemv_us"), per("plan_unfused_us")
+        rows.append(f"| per step, fused (16 layers + LM head) | | 1 | {c:.0f} | | {g:.0f} | | "
+                    f"{c / g:.2f} | |")
+        rows += ["", "Fused rows (a name with +): the cuBLAS columns time the unfused torch "
+                 "sequence the fused GEMV replaces (torch rms_norm, torch.mm, silu(gate) * up "
+                 "or torch.add). Against the cuda target's unfused kernels (Triton rms_norm / "
+                 "swiglu, cuBLAS, torch.add):", "",
+                 "| fused | plan unfused us | fused GEMV us | plan / fused | rel err vs torch |",
+                 "|---|---|---|---|---|"]
+        for r in fused:
+            rows.append(f"| {r['linear']} | {r['plan_unfused_us']:.1f} | {r['gemv_us']:.1f} | "
+                        f"{r['plan_ratio']:.2f} | {r['rel_err']:.1e} |")
+        rows.append(f"| per step (16 layers + LM head) | {p:.0f} | {g:.0f} | {p / g:.2f} | |")
     sweeps = [r for r in linears if r.get("sweep")]
     if sweeps:
         rows += ["", "Sweep (one knob of the default changed; us, GB/s; * = faster than the "
@@ -181,11 +304,19 @@ def table(device: str, bandwidth: float, linears: list[dict], tpot: list[dict],
         rows += ["", "| Llama-3.2-1B bs=1, context 512 | TPOT ms | graph replay ms |",
                  "|---|---|---|"]
         for t in tpot:
-            rows.append(f"| {'Triton GEMV' if t['gemv'] else 'cuBLAS'} | {t['tpot_ms']:.3f} | "
-                        f"{t['replay_ms']:.3f} |")
-        if len(tpot) == 2:
-            rows.append(f"| cuBLAS / GEMV | {tpot[0]['tpot_ms'] / tpot[1]['tpot_ms']:.3f} | "
-                        f"{tpot[0]['replay_ms'] / tpot[1]['replay_ms']:.3f} |")
+            name = ("Triton GEMV" if t["gemv"] else "cuBLAS (the fused ops in parts)") \
+                + (" + PDL" if t.get("pdl") else "")
+            if "error" in t:
+                rows.append(f"| {name} | failed: {t['error']} | |")
+                continue
+            note = (f" (logits vs no PDL: max abs diff {t['max_abs_vs_gemv']:.4f})"
+                    if "max_abs_vs_gemv" in t else "")
+            rows.append(f"| {name} | {t['tpot_ms']:.3f} | {t['replay_ms']:.3f}{note} |")
+        for t in tpot[1:]:
+            if "error" not in t:
+                rows.append(f"| cuBLAS / {'GEMV + PDL' if t.get('pdl') else 'GEMV'} | "
+                            f"{tpot[0]['tpot_ms'] / t['tpot_ms']:.3f} | "
+                            f"{tpot[0]['replay_ms'] / t['replay_ms']:.3f} |")
     if logits_diff:
         rows += ["", f"Decode logits after a 128-token prefill, GEMV vs cuBLAS: max abs diff "
                  f"{logits_diff['max_abs']:.4f} (logit scale {logits_diff['scale']:.2f}), "
@@ -199,7 +330,9 @@ def main(argv=None) -> int:
     p.add_argument("--rows", default="1", help="comma-separated row counts (<= 16)")
     p.add_argument("--iters", type=int, default=200)
     p.add_argument("--steps", type=int, default=256)
-    p.add_argument("--sweep", action="store_true")
+    p.add_argument("--sweep", action="store_true", help="also time each default's neighbours "
+                   "(rows=1 only)")
+    p.add_argument("--no-tpot", action="store_true", help="skip the 1B TPOT part")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench/gpu_gemv.py: no CUDA device", file=sys.stderr)
@@ -218,8 +351,17 @@ def main(argv=None) -> int:
 
     linears += bench_linears([int(m) for m in args.rows.split(",")], args.iters, args.sweep)
     write()
+    if args.no_tpot:
+        print(table(device, bandwidth, linears, tpot, diff))
+        return 0
     (off, ref), (on, got) = bench_tpot(False, args.steps), bench_tpot(True, args.steps)
     tpot += [off, on]
+    try:                       # opt-in until measured: a failure here must not lose the rest
+        pdl, got_pdl = bench_tpot(True, args.steps, pdl=True)
+        pdl["max_abs_vs_gemv"] = (got_pdl - got).abs().max().item()
+        tpot.append(pdl)
+    except Exception as err:   # noqa: BLE001 (reported in the table)
+        tpot.append(dict(gemv=True, pdl=True, error=f"{type(err).__name__}: {err}"[:300]))
     diff = dict(max_abs=(got - ref).abs().max().item(), scale=ref.abs().max().item(),
                 same_argmax=bool(got.argmax() == ref.argmax()))
     print(json.dumps(dict(tpot=tpot, logits_diff=diff)), flush=True)

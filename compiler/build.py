@@ -82,7 +82,8 @@ def _build(spec, config, checkpoint, options: CompileOptions, folder: Path) -> N
     tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
     graph = bind(spec, config, checkpoint)
     bound = time.perf_counter()
-    fused, passes = run_pipeline(graph, verify=options.verify, dump_dir=tmp / "passes")
+    fused, passes = run_pipeline(graph, verify=options.verify, dump_dir=tmp / "passes",
+                                  target=options.target)
     memory = plan_memory(fused, max_tokens=options.max_tokens, max_seqs=options.max_seqs,
                          enabled=options.plan_memory)
     header = _header(spec, config, options, passes, memory)

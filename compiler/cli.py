@@ -93,9 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="Hugging Face folder, .gguf file or alias "
                    "(default: smollm2-135m-instruct)")
     p.add_argument("--out", default="out", help="output folder (default: ./out)")
-    p.add_argument("--target", default="cpu-torch", choices=["cpu-torch", "cpu"],
+    p.add_argument("--target", default="cpu-torch", choices=["cpu-torch", "cpu", "cuda"],
                    help="cpu-torch: plan.py on torch kernels (default); cpu: an ONNX model "
-                        "for ONNX Runtime's CPU contrib ops")
+                        "for ONNX Runtime's CPU contrib ops; cuda: plan.py on Triton kernels "
+                        "(norms, residual adds and SwiGLU fused into the GEMMs; compiles "
+                        "without a GPU)")
     p.add_argument("--quant", default="none", choices=["none", "int4", "int8"],
                    help="cpu target: weight quantization (default none = float32)")
     p.add_argument("--max-tokens", type=int, default=2048,

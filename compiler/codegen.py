@@ -146,6 +146,11 @@ def generate_plan(graph: Graph, plan: MemoryPlan, *, target: str, max_tokens: in
     heads = [n.attrs["heads"] for n in graph.nodes if "heads" in n.attrs] or [1]
     head_dims = [n.attrs["head_dim"] for n in graph.nodes if "head_dim" in n.attrs] or [2]
     kv_width = [v.shape[2] * v.shape[3] for v in graph.caches()] or [1]
+    # Columns of kernel scratch per token: rms_norm_linear off its GEMV path (more rows
+    # than a decode GEMV serves) stores the normed x, and before SwiGLU the product.
+    scratch = [graph.values[n.inputs[0]].shape[-1]
+               + (graph.values[n.inputs[2]].shape[0] if n.attrs.get("act") else 0)
+               for n in graph.nodes if n.op == "rms_norm_linear"] or [0]
     constants = [f"{name} = {text}" for text, name in em.constants.items()]
     table = "\n".join("    " + line for line in plan.table().splitlines())
 
@@ -164,7 +169,7 @@ def generate_plan(graph: Graph, plan: MemoryPlan, *, target: str, max_tokens: in
         f"ARENA_BYTES = {plan.arena_bytes}",
         f"ACT_BYTES = {act_bytes}",
         "LIMITS = {" + f'"max_heads": {max(heads)}, "max_head_dim": {max(head_dims)}, '
-        f'"max_kv_width": {max(kv_width)}' + "}",
+        f'"max_kv_width": {max(kv_width)}, "scratch_width": {max(scratch)}' + "}",
         "",
         "# weight name -> (how, checkpoint tensors, axis, shape); 'concat' builds it once at load.",
         "WEIGHTS = {", *weights, "}",

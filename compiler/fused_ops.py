@@ -19,10 +19,16 @@ nodes; kernels may skip storing it).
     cached_attention  q_rot, k_cache, v_cache               [T, H*D]              (2)
     add_rms_norm      a, b, weight                          (normed, a + b)       eps, offset
     gather_rows       x [T, D], rows [R] int64              [R, D]
+    linear_add        x [T, K], weight [N, K], residual     residual + x @ weight^T  (3)
+    rms_norm_linear   x [T, K], norm_weight [K], weight,    act(rms_norm(x) @ weight^T + bias)
+                      [bias]                                eps, offset, [act]       (4)
 
     split's outputs are column blocks of x: row stride sum(sizes), not their width.
     (1) heads, kv_heads, head_dim, theta, scaling, [rotary_dim]; side effects (writes the cache)
     (2) heads, kv_heads, head_dim, scale (None: head_dim ** -0.5), [window], [softcap]
+    (3) the residual stream's update: a decode-sized GEMV adds it in its epilogue
+    (4) the norm folds into the GEMV; act None, or 'swiglu' (weight [2F, K], gate rows
+        then up rows; output [T, F]). Both come from the cuda target's fuse_norm_linear.
     [attr]: present only when not at its default (OpDef.omit_default), as on the
     primitive op it comes from.
 """
@@ -32,11 +38,14 @@ import torch
 import torch.nn.functional as F
 
 from .interpreter import paged_attention, reference, rms_norm, rope, write_kv
+from .interpreter import linear as _linear_ref
 from .ops import (REQUIRED, OpDef, ShapeError, check_attention_extras, check_rotary_dim,
                   expect_dim, expect_rank, fmt, register)
+from .ops import _linear as _linear_shape
 
 FUSED_OPS = ("split", "swiglu", "geglu", "rope_kv_write", "cached_attention", "add_rms_norm",
-             "gather_rows")
+             "gather_rows", "linear_add", "rms_norm_linear")
+NORM_LINEAR_ACTS = (None, "swiglu")
 
 
 # --- shape rules --------------------------------------------------------------
@@ -118,6 +127,26 @@ def _gather_rows(shapes, attrs):
     return [(rows[0], x[1])]
 
 
+def _linear_add(shapes, attrs):
+    x, w, residual = shapes
+    (y,) = _linear_shape([x, w], attrs)
+    if tuple(residual) != tuple(y):
+        raise ShapeError(f"linear_add residual {fmt(residual)} differs from the product {fmt(y)}")
+    return [y]
+
+
+def _rms_norm_linear(shapes, attrs):
+    x, norm_w, w, *bias = shapes
+    expect_rank("rms_norm_linear norm weight", norm_w, 1)
+    expect_dim(f"rms_norm_linear norm weight {fmt(norm_w)} vs input {fmt(x)}, last dim",
+               norm_w[0], x[-1])
+    (y,) = _linear_shape([x, w, *bias], attrs)
+    act = attrs.get("act")
+    if act not in NORM_LINEAR_ACTS:
+        raise ShapeError(f"rms_norm_linear act must be one of {NORM_LINEAR_ACTS}, got {act!r}")
+    return _swiglu([y], attrs) if act == "swiglu" else [y]
+
+
 # outputs=-1: variadic, one output per entry of `sizes`.
 register(OpDef("split", ("x",), attrs={"sizes": REQUIRED}, infer=_split, outputs=-1,
                primitive=False, view=True,
@@ -146,6 +175,13 @@ register(OpDef("add_rms_norm", ("a", "b", "weight"), attrs={"eps": REQUIRED, "of
                doc="h = a + b; returns (rms_norm(h) * (weight + offset), h)"))
 register(OpDef("gather_rows", ("x", "rows"), infer=_gather_rows, primitive=False,
                doc="x[rows]: [T, D] -> [R, D] (e.g. the rows whose logits are wanted)"))
+register(OpDef("linear_add", ("x", "weight", "residual"), infer=_linear_add, primitive=False,
+               doc="residual + x @ weight.T: a residual-stream update in the GEMM's epilogue"))
+register(OpDef("rms_norm_linear", ("x", "norm_weight", "weight"), optional_inputs=("bias",),
+               attrs={"eps": REQUIRED, "offset": 0.0, "act": None},
+               omit_default=frozenset({"act"}), infer=_rms_norm_linear, primitive=False,
+               doc="act(rms_norm(x) * (norm_weight + offset) @ weight.T + bias); act None or "
+                   "'swiglu' (weight is gate rows then up rows)"))
 
 
 # --- float32 references -----------------------------------------------------------
@@ -195,3 +231,15 @@ def add_rms_norm(a, b, weight, *, eps, offset=0.0, step):
 @reference("gather_rows")
 def gather_rows(x, rows, *, step):
     return x.index_select(0, rows)
+
+
+@reference("linear_add")
+def linear_add(x, weight, residual, *, step):
+    return residual + _linear_ref(x, weight, step=step)
+
+
+@reference("rms_norm_linear")
+def rms_norm_linear(x, norm_weight, weight, bias=None, *, eps, offset=0.0, act=None, step):
+    y = _linear_ref(rms_norm(x, norm_weight, eps=eps, offset=offset, step=step), weight, bias,
+                    step=step)
+    return swiglu(y, step=step) if act == "swiglu" else y

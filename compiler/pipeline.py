@@ -1,7 +1,7 @@
 """The build: one ordered list of named passes, verified after each.
 
     PASSES = fuse_qkv -> fuse_gate_up_swiglu -> fuse_rope_kv -> fuse_add_rms_norm
-             -> lm_head_last_token -> dead_value_removal
+             -> lm_head_last_token -> dead_value_removal -> fuse_norm_linear (cuda only)
 
 Each pass is a pure function `run(graph) -> (graph, rewrites)` in
 `passes/<name>.py`; a pass that depends on another says so in its docstring.
@@ -9,7 +9,8 @@ Each pass is a pure function `run(graph) -> (graph, rewrites)` in
 the parsed graph and after every pass, and can dump the graph as text between
 passes (`00-parsed.txt`, `01-fuse_qkv.txt`, ...). A disabled pass keeps its
 number (no file is written for it), so `03-fuse_rope_kv.txt` always means the
-same stage.
+same stage. TARGET_PASSES names the passes that run only for some targets
+(a pass for another target counts as disabled).
 """
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ from typing import Callable
 
 from .errors import nearest
 from .ir import Graph
-from .passes import (dead_value_removal, fuse_add_rms_norm, fuse_gate_up_swiglu, fuse_qkv,
-                     fuse_rope_kv, lm_head_last_token)
+from .passes import (dead_value_removal, fuse_add_rms_norm, fuse_gate_up_swiglu,
+                     fuse_norm_linear, fuse_qkv, fuse_rope_kv, lm_head_last_token)
 from .verify import verify as verify_graph
 
 PassFn = Callable[[Graph], "tuple[Graph, int]"]
@@ -32,8 +33,15 @@ PASSES: list[tuple[str, PassFn]] = [
     ("fuse_rope_kv", fuse_rope_kv.run),
     ("fuse_add_rms_norm", fuse_add_rms_norm.run),
     ("lm_head_last_token", lm_head_last_token.run),
-    ("dead_value_removal", dead_value_removal.run),   # last: removes what fusions left behind
+    ("dead_value_removal", dead_value_removal.run),   # removes what fusions left behind
+    # After it, so the other targets' dumps keep their numbers; its rewrites leave
+    # nothing dead (each drops the values it replaces).
+    ("fuse_norm_linear", fuse_norm_linear.run),
 ]
+
+# Passes that only some targets run: fuse_norm_linear's fused GEMVs exist only as
+# Triton kernels (the ONNX lowering and the CPU ops keep the separate ops).
+TARGET_PASSES: dict[str, tuple[str, ...]] = {"fuse_norm_linear": ("cuda",)}
 
 
 @dataclass
@@ -74,8 +82,10 @@ class PipelineReport:
 
 
 def run_pipeline(graph: Graph, *, verify: bool = True, dump_dir: str | Path | None = None,
-                 disable: tuple[str, ...] | list[str] = ()) -> tuple[Graph, PipelineReport]:
-    """Run PASSES (minus `disable`) on a copy of `graph`; returns (graph, report).
+                 disable: tuple[str, ...] | list[str] = (),
+                 target: str = "cpu-torch") -> tuple[Graph, PipelineReport]:
+    """Run PASSES (minus `disable`, and minus the TARGET_PASSES of other targets) on a
+    copy of `graph`; returns (graph, report).
 
     verify: run `verify.verify` on the input and after every pass (raises
     VerifyError naming the pass). dump_dir: write `NN-<pass>.txt` per stage.
@@ -86,6 +96,8 @@ def run_pipeline(graph: Graph, *, verify: bool = True, dump_dir: str | Path | No
             hint = nearest(name, known)
             raise ValueError(f"unknown pass '{name}' in disable (passes: {', '.join(known)})"
                              + (f"; did you mean '{hint[0]}'?" if hint else ""))
+    disable = set(disable) | {name for name, targets in TARGET_PASSES.items()
+                              if target not in targets}
     out = Path(dump_dir) if dump_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)

@@ -87,6 +87,25 @@ def add_rms_norm(a, b, weight, *, out, eps, offset=0.0, ws):
         rms_norm(out, weight, out=out, eps=eps, offset=offset, ws=ws)
 
 
+def linear_add(x, weight, residual, *, out):
+    """out = residual + x @ weight^T."""
+    torch.addmm(residual, x, weight.t(), out=out)
+
+
+def rms_norm_linear(x, norm_weight, weight, bias=None, *, out, eps, offset=0.0, act=None, ws):
+    """out = act(rms_norm(x) @ weight^T + bias). Only the cuda target's plans use it (its
+    fuse_norm_linear pass); this twin, for interface parity and tests, allocates its
+    intermediates instead of planning them."""
+    normed = torch.empty_like(x)
+    rms_norm(x, norm_weight, out=normed, eps=eps, offset=offset, ws=ws)
+    if act is None:
+        linear(normed, weight, bias, out=out)
+        return
+    gate_up = torch.empty(x.shape[0], weight.shape[0], dtype=out.dtype, device=out.device)
+    linear(normed, weight, bias, out=gate_up)
+    swiglu(gate_up, out=out)
+
+
 def add(a, b, *, out):
     torch.add(a, b, out=out)
 

@@ -4,10 +4,15 @@ Same names and signatures as rustinfer.kernels.torch_ops (a test checks), so a
 plan runs unchanged with `K = triton_ops`. GEMMs go through torch (cuBLAS on a
 GPU); everything else is a kernel in rustinfer.kernels.triton.
 
-RUSTINFER_TRITON_GEMV=1 (read once, at import) routes decode-sized GEMMs (x with
-<= 16 rows, cuda tensors) to the Triton GEMV (triton/gemv.py) instead of cuBLAS.
-Opt-in until measured: off by default, and `linear` is then exactly torch.mm /
-addmm. bench/gpu_gemv.py compares the two (and flips `TRITON_GEMV` in-process).
+Single-row GEMMs (a bs=1 decode step, cuda tensors) go to the Triton GEMV
+(triton/gemv.py), and so do the cuda target's fused forms (linear_add,
+rms_norm_linear: the residual add, the norm and SwiGLU done inside the GEMV).
+Measured on an H200 (bench/gpu_gemv.py, bench/RESULTS.md): at 1 row the GEMV
+beat cuBLAS on every Llama-3.2-1B linear and took the bs=1 step from 1.081 to
+0.987 ms; at 8 and 16 rows it was 2-5x slower, so more rows take cuBLAS (the
+fused ops then run their parts separately, through `ws.scratch`).
+RUSTINFER_TRITON_GEMV=0 (read once, at import) turns the GEMV off: every GEMM is
+then torch.mm / addmm, as before it was measured.
 
 Capture-safe: no op here reads a device value on the host, allocates, or
 branches on data. What the kernels need of the step's layout (row offsets,
@@ -72,7 +77,8 @@ class Workspace:
 
     def __init__(self, *, max_tokens: int, max_context: int, max_heads: int, max_kv_width: int,
                  max_head_dim: int, block_size: int, dtype=torch.float32, device="cpu",
-                 max_seqs: int = 256, num_sms: int | None = None):
+                 max_seqs: int = 256, num_sms: int | None = None, scratch_width: int = 0,
+                 act_dtype=torch.bfloat16):
         self.device = torch.device(device)
         if num_sms is None:
             num_sms = (torch.cuda.get_device_properties(self.device).multi_processor_count
@@ -83,7 +89,21 @@ class Workspace:
         rows = (2 * num_sms + max_seqs) * max_heads
         self.partial_out = torch.empty(rows * max_head_dim, dtype=torch.float32, device=device)
         self.partial_lse = torch.empty(rows, dtype=torch.float32, device=device)
+        # rms_norm_linear's parts when it cannot be one GEMV (plan LIMITS["scratch_width"]):
+        # allocated here, never during a step (CUDA graphs replay fixed addresses).
+        self.scratch = torch.empty(max_tokens * scratch_width, dtype=act_dtype, device=device)
         self._rope_tables: dict = {}
+
+    def scratch_views(self, rows: int, *widths: int) -> list[torch.Tensor]:
+        """Disjoint [rows, width] views of `scratch`, one per width."""
+        views, start = [], 0
+        for w in widths:
+            views.append(self.scratch[start:start + rows * w].view(rows, w))
+            start += rows * w
+        if start > self.scratch.numel():
+            raise ValueError(f"kernel scratch holds {self.scratch.numel()} elements, a step "
+                             f"needs {start}: the plan's LIMITS['scratch_width'] is too small")
+        return views
 
     def splits(self, batch: int, kv_heads: int) -> int:
         return _decode.num_splits(batch, kv_heads, self.max_context, self.num_sms)
@@ -103,17 +123,53 @@ def embedding(ids, table, *, out):
     _gather.gather_rows(table, ids, out)
 
 
-# Opt-in until bench/gpu_gemv.py has measured the GEMV against cuBLAS on a GPU.
-TRITON_GEMV = os.environ.get("RUSTINFER_TRITON_GEMV", "0") == "1"
+# On by default since measured (module docstring); RUSTINFER_TRITON_GEMV=0 turns it off.
+TRITON_GEMV = os.environ.get("RUSTINFER_TRITON_GEMV", "1") != "0"
+# Rows up to which a GEMM takes the GEMV: 1 measured faster than cuBLAS, 8 and 16 slower.
+GEMV_MAX_ROWS = 1
+# Devices whose tensors take the GEMV ("meta" is added by the AOT check, which runs plans
+# on meta tensors to list the kernel specializations).
+GEMV_DEVICES = ("cuda",)
+
+
+def use_gemv(x) -> bool:
+    return TRITON_GEMV and 1 <= x.shape[0] <= GEMV_MAX_ROWS and x.device.type in GEMV_DEVICES
 
 
 def linear(x, weight, bias=None, *, out):
-    if TRITON_GEMV and x.shape[0] <= _gemv.MAX_ROWS and x.is_cuda:
+    if use_gemv(x):
         _gemv.gemv(x, weight, out, bias)
     elif bias is None:
         torch.mm(x, weight.t(), out=out)
     else:
         torch.addmm(bias, x, weight.t(), out=out)
+
+
+def linear_add(x, weight, residual, *, out):
+    """out = residual + x @ weight^T (the residual stream's update)."""
+    if use_gemv(x):
+        _gemv.gemv(x, weight, out, residual=residual)
+    else:                                  # cuBLAS's epilogue: beta * residual, beta = 1
+        torch.addmm(residual, x, weight.t(), out=out)
+
+
+def rms_norm_linear(x, norm_weight, weight, bias=None, *, out, eps, offset=0.0, act=None, ws):
+    """out = act(rms_norm(x) @ weight^T + bias): one GEMV for a decode row, else the norm
+    kernel, cuBLAS and (act='swiglu') the SwiGLU kernel through the workspace's scratch."""
+    if use_gemv(x):
+        _gemv.gemv(x, weight, out, bias, norm_weight=norm_weight, eps=eps, offset=offset,
+                   swiglu=act == "swiglu")
+        return
+    rows = x.shape[0]
+    if act is None:
+        (normed,) = ws.scratch_views(rows, x.shape[1])
+        _rms.rms_norm(x, norm_weight, normed, eps=eps, offset=offset)
+        linear(normed, weight, bias, out=out)
+        return
+    normed, gate_up = ws.scratch_views(rows, x.shape[1], weight.shape[0])
+    _rms.rms_norm(x, norm_weight, normed, eps=eps, offset=offset)
+    linear(normed, weight, bias, out=gate_up)
+    _swiglu.swiglu(gate_up, out)
 
 
 def rms_norm(x, weight, *, out, eps, offset=0.0, heads=1, ws):

@@ -88,7 +88,8 @@ class CudaExecutor:
             max_tokens=self.max_tokens, max_context=max_model_len,
             max_heads=limits["max_heads"], max_kv_width=limits["max_kv_width"],
             max_head_dim=limits["max_head_dim"], block_size=block_size, device=self.device,
-            max_seqs=self.buckets[-1])
+            max_seqs=self.buckets[-1], scratch_width=limits.get("scratch_width", 0),
+            act_dtype=dtype)
         self._make_static()
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         if cuda_graphs and self.device.type == "cuda":

@@ -167,14 +167,100 @@ def test_gemv_matches_cublas(name, rows):
 
 
 def test_linear_routes_decode_rows_to_the_gemv(monkeypatch):
-    """RUSTINFER_TRITON_GEMV=1's routing: <= 16 rows take the GEMV, more take cuBLAS."""
+    """The GEMV takes 1-row GEMMs (measured faster than cuBLAS; 8 and 16 rows were slower)."""
     from rustinfer.kernels.triton import gemv as gemv_mod
 
     calls = []
     monkeypatch.setattr(triton_ops, "TRITON_GEMV", True)
     monkeypatch.setattr(gemv_mod, "gemv", lambda *a, **kw: calls.append(a[0].shape[0]))
     w = torch.randn(64, 32, device="cuda", dtype=BF16)
-    for rows in (1, 16, 17):
+    for rows in (1, 2, 16, 17):
         triton_ops.linear(torch.randn(rows, 32, device="cuda", dtype=BF16), w,
                           out=torch.empty(rows, 64, device="cuda", dtype=BF16))
-    assert calls == [1, 16]
+    assert calls == [1]
+
+
+# The GEMV's fused variants at Llama-3.2-1B's bs=1 shapes: (weight N, K, norm, swiglu,
+# residual), as a decode step would chain them (residual adds write the residual stream in
+# place; the next linear's norm reads it).
+GEMV_FUSED_1B = {"qkv+norm": (3072, 2048, True, False, False),
+                 "gate_up+norm+swiglu": (16384, 2048, True, True, False),
+                 "o+residual": (2048, 2048, False, False, True),
+                 "down+residual": (2048, 8192, False, False, True),
+                 "lm_head+norm": (128256, 2048, True, False, False)}
+
+
+@pytest.mark.parametrize("name", sorted(GEMV_FUSED_1B))
+def test_gemv_fused_matches_unfused_torch(name):
+    from rustinfer.kernels.triton.gemv import gemv
+
+    n, k, norm, swiglu, residual = GEMV_FUSED_1B[name]
+    eps = 1e-5
+    x = (3 * torch.randn(1, k, device="cuda")).to(BF16)           # a residual stream's scale
+    w = (0.02 * torch.randn(n, k, device="cuda")).to(BF16)
+    nw = (1 + 0.1 * torch.randn(k, device="cuda")).to(BF16) if norm else None
+    f = n // 2 if swiglu else n
+    r = torch.randn(1, f, device="cuda", dtype=BF16) if residual else None
+    out = r.clone() if residual else torch.full((1, f), float("nan"), device="cuda", dtype=BF16)
+    gemv(x, w, out, norm_weight=nw, eps=eps, swiglu=swiglu, residual=out if residual else None)
+    # the unfused computation in fp32 (the fused kernel keeps the normalized x in fp32)
+    h = x.float()
+    if norm:
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps) * nw.float()
+    want = h @ w.float().t()
+    if swiglu:
+        want = torch.nn.functional.silu(want[:, :f]) * want[:, f:]
+    if residual:
+        want = want + r.float()
+    scale = want.abs().max().item()
+    assert _err(out, want) <= 1e-2 * scale, name                 # ~1 bf16 ulp of the output
+    # and the unfused bf16 torch ops (normalized x rounded to bf16, cuBLAS, bf16 swiglu / add)
+    hb = x
+    if norm:
+        hb = (x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps)
+              * nw.float()).to(BF16)
+    yb = torch.mm(hb, w.t())
+    if swiglu:
+        yb = torch.nn.functional.silu(yb[:, :f]) * yb[:, f:]
+    if residual:
+        yb = r + yb
+    assert _err(out, yb) <= 3e-2 * scale, name
+
+
+@pytest.mark.cuda
+def test_gemv_pdl_chain_matches_plain_launches_eager_and_replayed():
+    """Programmatic dependent launch lets each GEMV start before the previous one ends;
+    its gdc_wait must still order every read of the previous output. A chain of dependent
+    1B-shaped GEMVs (norm+qkv-like, swiglu, residual), launched with PDL eagerly and under
+    CUDA graph replay, gives exactly what plain launches give."""
+    from rustinfer.kernels.triton.gemv import gemv
+
+    g = torch.Generator("cuda").manual_seed(0)
+    h = 3 * torch.randn(1, 2048, device="cuda", generator=g).to(BF16)
+    ln = (1 + 0.1 * torch.randn(2048, device="cuda", generator=g)).to(BF16)
+    w_o = (0.02 * torch.randn(2048, 2048, device="cuda", generator=g)).to(BF16)
+    w_gu = (0.02 * torch.randn(16384, 2048, device="cuda", generator=g)).to(BF16)
+    w_d = (0.02 * torch.randn(2048, 8192, device="cuda", generator=g)).to(BF16)
+    x0, x1 = (torch.empty(1, 2048, device="cuda", dtype=BF16) for _ in range(2))
+    act = torch.empty(1, 8192, device="cuda", dtype=BF16)
+
+    def chain(pdl):
+        x0.copy_(h)
+        for _ in range(4):      # each GEMV reads what the one before it wrote
+            gemv(x0, w_o, x1, residual=x0, pdl=pdl)
+            gemv(x1, w_gu, act, norm_weight=ln, eps=1e-5, swiglu=True, pdl=pdl)
+            gemv(act, w_d, x0, residual=x1, pdl=pdl)
+        return x0.clone()
+
+    want = chain(False)
+    assert torch.equal(chain(True), want)
+    chain(True)                                   # warm-up before capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        chain(True)
+    for _ in range(3):
+        x0.zero_()
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(x0, want)

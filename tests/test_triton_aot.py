@@ -3,8 +3,8 @@
 The plan for SmolLM2-135M and Llama-3.2-1B shapes runs on meta tensors with
 launches recorded (decode buckets 1..32 and two prefill layouts), and each
 distinct specialization goes through triton.compile for GPUTarget("cuda", 90).
-`--gemv` routes the decode buckets' linears (<= 16 rows) to the Triton GEMV, as
-RUSTINFER_TRITON_GEMV=1 does; aot keeps two of its row counts per block config.
+The plans route as on a GPU: 1-row GEMMs, and the fused norm/residual/SwiGLU
+GEMMs of a bs=1 step, go to the Triton GEMV.
 It runs in a subprocess: the compiler cannot lower Triton's library functions
 once TRITON_INTERPRET=1 has turned them into interpreted ones.
 """
@@ -30,20 +30,23 @@ def test_every_emitted_kernel_compiles_for_sm90(tmp_path, llama32_1b_dir):
     env["TRITON_CACHE_DIR"] = str(tmp_path / "triton")
     out = subprocess.run([sys.executable, "-m", "rustinfer.kernels.triton.aot", str(smol),
                           str(llama32_1b_dir / "config.json"), "--buckets", "1,2,4,8,16,32",
-                          "--prefill", "128", "--gemv"], capture_output=True, text=True, env=env,
+                          "--prefill", "128"], capture_output=True, text=True, env=env,
                          timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     lines = out.stdout.splitlines()
     kernels = {line.split("]")[0].split()[-1].split("[")[0] for line in lines
                if line.startswith("ok ")}
-    assert kernels == {"gather._kernel", "rms_norm._kernel", "rope_kv._kernel", "swiglu._kernel",
-                       "decode_attention._kernel", "decode_attention._merge_kernel",
-                       "prefill_attention._kernel", "gemv._kernel"}, lines
+    assert kernels == {"gather._gather_kernel", "rms_norm._rms_norm_kernel",
+                       "rope_kv._rope_kv_kernel", "swiglu._swiglu_kernel",
+                       "decode_attention._decode_attention_kernel",
+                       "decode_attention._merge_kernel", "prefill_attention._prefill_attention_kernel",
+                       "gemv._gemv_kernel"}, lines
     assert lines[-1].startswith("aot: ") and int(lines[-1].split()[1]) >= 14
-    # Llama-3.2-1B's qkv, o, gate+up, down and LM head GEMVs at rows 1..16: 25 launches,
-    # compiled as a few block configs at their fewest and most rows (never all 25).
+    # Llama-3.2-1B's bs=1 step: qkv with its norm, o and down with the residual, gate+up
+    # with its norm and SwiGLU, the LM head with the final norm: all one-row GEMVs.
     after_smol = lines[next(i for i, line in enumerate(lines) if "smollm2.json:" in line):]
-    gemvs = [line for line in after_smol if line.startswith("ok ") and "gemv._kernel" in line]
-    assert 4 <= len(gemvs) < 25, gemvs
-    assert any("BLOCK_M=1," in line for line in gemvs) and any("BLOCK_M=16," in line
-                                                                for line in gemvs)
+    gemvs = [line for line in after_smol if line.startswith("ok ") and "gemv._gemv_kernel" in line]
+    assert 4 <= len(gemvs) <= 6, gemvs
+    assert all("BLOCK_M=1," in line for line in gemvs), gemvs
+    assert any("HAS_NORM=True" in line and "SWIGLU=True" in line for line in gemvs), gemvs
+    assert any("HAS_RESIDUAL=True" in line for line in gemvs), gemvs

@@ -90,12 +90,23 @@ def test_gemv_config_is_small_deterministic_and_bounded():
             assert cfg.block_n <= next_pow2(n) and cfg.block_k <= next_pow2(k), (n, k, m, cfg)
             for block in (cfg.block_n, cfg.block_k):
                 assert block & (block - 1) == 0              # powers of 2 (GPU aranges)
-            assert cfg.num_warps in (4, 8) and cfg.num_stages in (1, 2)
-            assert cfg.num_stages == 1 or k > cfg.block_k    # pipelining needs 2+ K tiles
+            assert cfg.num_warps in (4, 8) and cfg.num_stages == 1  # measured: no pipelining
     # Llama-3.2-1B at bs=1: >= 512 programs for the 2048-row outputs, 16-row ones above
     assert [gemv_config(n, k, 1).block_n for n, k in LLAMA_1B] == [4, 4, 16, 4, 16]
     with pytest.raises(ValueError):
         gemv_config(2048, 2048, 0)
+
+
+def test_gemv_config_swiglu_splits_the_unfused_tile():
+    """swiglu: n is F and a program reads BLOCK_N gate + BLOCK_N up rows, so the config is the
+    unfused [2F, K] GEMV's with BLOCK_N halved (same rows per tile, same program count)."""
+    for f, k in [(8192, 2048), (4096, 4096), (7168, 2048), (1, 1), (19, 37), (1536, 576)]:
+        for m in (1, 5, 16):
+            fused, plain = gemv_config(f, k, m, swiglu=True), gemv_config(2 * f, k, m)
+            assert fused == plain._replace(block_n=max(1, plain.block_n // 2)), (f, k, m)
+            assert fused.block_n <= next_pow2(f) and fused == gemv_config(f, k, m, swiglu=True)
+    # Llama-3.2-1B gate_up at bs=1: the measured [16384, 2048] tile, split in gate and up
+    assert gemv_config(8192, 2048, 1, swiglu=True) == GemvConfig(8, 512, 8, 1)
 
 
 def test_linear_keeps_torch_unless_enabled_on_cuda(monkeypatch):
@@ -109,3 +120,146 @@ def test_linear_keeps_torch_unless_enabled_on_cuda(monkeypatch):
         triton_ops.linear(x, w, b, out=out_b)
         assert torch.equal(out, torch.mm(x, w.t()))
         assert torch.equal(out_b, torch.addmm(b, x, w.t()))
+
+
+# ---- fused prologue / epilogues: norm_weight, swiglu, residual ----
+
+EPS = 0.5       # large enough that dropping eps from rsqrt(mean(x^2) + eps) shows
+# name: (norm offset or None, swiglu, bias, residual: None / "view" of another buffer /
+# "out": out is the residual itself, updated in place)
+FUSED = {"norm": (0.0, False, False, None), "norm_offset1": (1.0, False, False, None),
+         "swiglu": (None, True, False, None), "swiglu_bias": (None, True, True, None),
+         "residual": (None, False, True, "view"), "residual_in_place": (None, False, False, "out"),
+         "norm_swiglu": (0.0, True, True, None), "norm_bias": (1.0, False, True, None),
+         "norm_residual": (0.0, False, False, "out")}
+
+
+def _fused_reference(x, w, b, nw, offset, swiglu, r):
+    """The unfused ops in float64: rms_norm, linear, swiglu, residual add."""
+    x = x.double()
+    if nw is not None:
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + EPS) * (nw.double() + offset)
+    y = F.linear(x, w.double(), None if b is None else b.double())
+    if swiglu:
+        gate, up = y.chunk(2, dim=1)
+        y = F.silu(gate) * up
+    return y if r is None else y + r.double()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("m", [1, 3, 16])
+@pytest.mark.parametrize("variant", sorted(FUSED))
+def test_gemv_fused_matches_reference(dtype, m, variant):
+    offset, swiglu, bias, residual = FUSED[variant]
+    n, k = 37, 100                                 # odd: ragged N block (8) and K tile (64)
+    rows_w = 2 * n if swiglu else n
+    # Rows of different RMS (2, 3, ...), none near 1: a missing or shared rsqrt is off by 2x+
+    scale = (2.0 + torch.arange(m, dtype=torch.float32))[:, None]
+    x = (_rand(m, k + 5, dtype=torch.float32, seed=0) * scale).to(dtype)[:, :k]
+    w = _rand(rows_w, k, dtype=dtype, seed=1)
+    b = _rand(rows_w, dtype=dtype, seed=2) if bias else None
+    nw = None
+    if offset is not None:       # (1 + w) style weights near 0 with offset 1, else around 1
+        nw = (_rand(k, dtype=torch.float32, seed=3) * (0.3 if offset else 1.0)
+              + (0.0 if offset else 1.0)).to(dtype)
+    out = torch.full((m, n + 3), float("nan"), dtype=dtype)
+    r = None
+    if residual is not None:      # the size of x @ W^T (~ 10 at K = 100): missing it shows
+        r = (10 * _rand(m, n, dtype=torch.float32, seed=4)).to(dtype)
+        if residual == "out":
+            out[:, :n] = r
+            res_arg = out[:, :n]
+        else:
+            res_arg = torch.zeros(m, n + 7, dtype=dtype)[:, 2:n + 2]
+            res_arg.copy_(r)
+    gemv(x, w, out[:, :n], b, norm_weight=nw, eps=EPS if nw is not None else 0.0,
+         offset=offset or 0.0, swiglu=swiglu, residual=None if r is None else res_arg,
+         config=SMALL)
+    want = _fused_reference(x, w, b, nw, offset, swiglu, r)
+    err = (out[:, :n].double() - want).abs().max().item()
+    assert err <= TOL[dtype] * want.abs().max().item(), f"max abs error {err}"
+    assert out[:, n:].isnan().all()                 # nothing written past the view
+    if residual == "view":
+        assert torch.equal(res_arg, r)              # the residual is only read
+
+
+def test_gemv_fused_default_config():
+    """gemv_config's own (swiglu) choice at odd shapes; bf16 weights into an fp32 out."""
+    x = (3 * _rand(2, 37, dtype=torch.float32, seed=5)).bfloat16()
+    w, b = _rand(38, 37, dtype=torch.bfloat16, seed=6), _rand(38, dtype=torch.bfloat16, seed=7)
+    nw = _rand(37, dtype=torch.bfloat16, seed=8)
+    out = torch.empty(2, 19)
+    gemv(x, w, out, b, norm_weight=nw, eps=EPS, swiglu=True)
+    want = _fused_reference(x, w, b, nw, 0.0, True, None)
+    assert (out.double() - want).abs().max().item() <= 1e-5 * want.abs().max().item()
+    r = _rand(2, 38, dtype=torch.float32, seed=9)
+    out = r.clone()
+    gemv(x, w, out, norm_weight=nw, eps=EPS, offset=1.0, residual=out)
+    want = _fused_reference(x, w, None, nw, 1.0, False, r)
+    assert (out.double() - want).abs().max().item() <= 1e-5 * want.abs().max().item()
+
+
+def test_gemv_fused_rejects_bad_arguments():
+    x, w, out = torch.randn(2, 8), torch.randn(10, 8), torch.empty(2, 5)
+    with pytest.raises(ValueError, match=r"gemv weight: swiglu expects gate_up \[2F, 8\].*"
+                                         r"got \[9, 8\] \(an odd row count\)"):
+        gemv(x, torch.randn(9, 8), out, swiglu=True)
+    with pytest.raises(ValueError, match="swiglu and residual do not combine"):
+        gemv(x, w, out, swiglu=True, residual=torch.empty(2, 5))
+    with pytest.raises(ValueError, match=r"gemv out: expected \[2, 5\], got \[2, 10\]"):
+        gemv(x, w, torch.empty(2, 10), swiglu=True)               # out is [M, F]
+    with pytest.raises(ValueError, match=r"gemv bias: expected contiguous float \[10\]"):
+        gemv(x, w, out, torch.randn(5), swiglu=True)              # bias is [2F]
+    with pytest.raises(ValueError, match=r"gemv norm_weight: expected contiguous float \[8\], "
+                                         r"got \[10\]"):
+        gemv(x, w, torch.empty(2, 10), norm_weight=torch.randn(10))
+    with pytest.raises(ValueError, match=r"gemv norm_weight: expected contiguous float \[8\]"):
+        gemv(x, w, torch.empty(2, 10), norm_weight=torch.randn(16)[::2])
+    with pytest.raises(ValueError, match=r"gemv norm_weight: .* torch.int64"):
+        gemv(x, w, torch.empty(2, 10), norm_weight=torch.ones(8, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"gemv residual: expected \[2, 10\], got \[2, 5\]"):
+        gemv(x, w, torch.empty(2, 10), residual=torch.empty(2, 5))
+    with pytest.raises(ValueError, match="gemv residual: columns must be contiguous"):
+        gemv(x, w, torch.empty(2, 10), residual=torch.empty(10, 2).t())
+    with pytest.raises(ValueError, match="gemv residual: dtype torch.bfloat16 differs"):
+        gemv(x, w, torch.empty(2, 10), residual=torch.empty(2, 10, dtype=torch.bfloat16))
+
+
+AOT_FUSED = """
+import torch
+from rustinfer.kernels.triton import record_launches
+from rustinfer.kernels.triton.aot import compile_all, specializations
+from rustinfer.kernels.triton.gemv import gemv
+e = lambda *s: torch.empty(*s, dtype=torch.bfloat16, device="meta")
+with record_launches() as rec:       # 1B: norm+qkv, norm+gate_up+swiglu, o / down+residual
+    gemv(e(1, 2048), e(3072, 2048), e(1, 3072), norm_weight=e(2048), eps=1e-5)
+    gemv(e(16, 2048), e(16384, 2048), e(16, 8192), e(16384), norm_weight=e(2048), eps=1e-5,
+         swiglu=True)
+    gemv(e(1, 8192), e(2048, 8192), e(1, 2048), residual=e(1, 2048))
+    gemv(e(16, 2048), e(2048, 2048), e(16, 2048), e(2048), norm_weight=e(2048),
+         residual=e(16, 2048))
+    # programmatic dependent launch: griddepcontrol and L2 prefetches (inline PTX)
+    gemv(e(1, 2048), e(16384, 2048), e(1, 8192), norm_weight=e(2048), eps=1e-5, swiglu=True,
+         pdl=True)
+for key, seconds, size in compile_all(specializations(rec)):
+    print("ok", key)
+"""
+
+
+def test_gemv_fused_variants_compile_for_sm90(tmp_path):
+    """Each fused flag, at M = 1 and 16, through the GPU compiler (what the interpreter cannot
+    check); kernels/triton/aot.py's path, in a subprocess without TRITON_INTERPRET."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "triton")      # compile for real, every run
+    done = subprocess.run([sys.executable, "-c", AOT_FUSED], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("ok gemv._gemv_kernel")]
+    assert len(lines) == 5, done.stdout
+    for flag in ("HAS_NORM=True", "SWIGLU=True", "HAS_RESIDUAL=True", "HAS_BIAS=True",
+                 "PDL=True"):
+        assert any(flag in line for line in lines), flag

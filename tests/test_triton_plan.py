@@ -123,3 +123,27 @@ def test_bucket_path_equals_eager_path_and_spares_real_blocks(executors):
     changed = {n: (ex.caches[n][:-1] != before[n]).any(dim=(2, 3)).nonzero().tolist()
                for n in before}
     assert all(v == [[4, 0], [8, 3], [11, 2]] for v in changed.values()), changed
+
+
+def test_single_row_steps_on_the_fused_gemv(executors, monkeypatch):
+    """A bs=1 decode step routes every GEMM of the cuda plan to the Triton GEMV (the norm,
+    residual add and SwiGLU inside it) as on a GPU: routing CPU tensors there too runs that
+    path in the interpreter, and it must match the plan on torch kernels."""
+    from rustinfer.kernels.triton import gemv
+
+    launched = []
+    real = gemv.gemv
+    monkeypatch.setattr(triton_ops, "TRITON_GEMV", True)
+    monkeypatch.setattr(triton_ops, "GEMV_DEVICES", ("cuda", "cpu"))
+    monkeypatch.setattr(gemv, "gemv", lambda *a, **kw: launched.append(sorted(
+        k for k, v in kw.items() if v is not None and v is not False)) or real(*a, **kw))
+    table = [1, 2]
+    _both(executors, [(_ids(6, 21), 0, table)])      # prefill: 6 rows on cuBLAS, but the
+    assert launched == [["eps", "norm_weight", "offset"]]      # LM head's one row on the GEMV
+    launched.clear()
+    _both(executors, [(_ids(1, 22), 6, table)])          # decode: one row, all on the GEMV
+    layers = 2
+    assert launched.count(["eps", "norm_weight", "offset"]) == layers + 1     # qkv, LM head
+    assert launched.count(["eps", "norm_weight", "offset", "swiglu"]) == layers
+    assert launched.count(["residual"]) == 2 * layers                        # o, down
+    assert len(launched) == 4 * layers + 1

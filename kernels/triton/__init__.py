@@ -9,7 +9,8 @@ the files here hold the kernels and their launchers:
     gather.py             embedding lookup and logits-row gather (one row copy kernel)
     decode_attention.py   paged GQA decode attention, split-K with an LSE merge
     prefill_attention.py  varlen causal flash attention over the paged cache
-    gemv.py               decode-sized GEMM (<= 16 rows), opt-in via RUSTINFER_TRITON_GEMV=1
+    gemv.py               decode-sized GEMM (1-row GEMMs by default) with fused norm,
+                          SwiGLU and residual variants
 
 Every launch goes through `launch()` below, so a dry run can record each
 kernel specialization a plan emits (aot.py compiles them all to sm_90 cubins
@@ -50,8 +51,9 @@ def num_warps_for(block: int) -> int:
 
 
 def launch(kernel, grid: tuple, *args, num_warps: int = 4, num_stages: int | None = None,
-           **constexprs) -> None:
-    """kernel[grid](*args, **constexprs), or record it during `record_launches()`."""
+           launch_pdl: bool = False, **constexprs) -> None:
+    """kernel[grid](*args, **constexprs), or record it during `record_launches()`.
+    launch_pdl: launch with programmatic dependent launch (the kernel must gdc_wait)."""
     if _recording is not None:
         _recording.append((kernel, grid, args, constexprs, num_warps))
         return
@@ -60,6 +62,8 @@ def launch(kernel, grid: tuple, *args, num_warps: int = 4, num_stages: int | Non
     opts = {"num_warps": num_warps}
     if num_stages is not None:
         opts["num_stages"] = num_stages
+    if launch_pdl:
+        opts["launch_pdl"] = True
     kernel[grid](*args, **constexprs, **opts)
 
 

@@ -11,11 +11,10 @@ NOTE: measured on the 2-core CPU machine: SmolLM2-135M + Llama-3.2-1B, decode bu
 1..32 and two prefill layouts: 2164 launches, 29 distinct specializations, 0.1-0.9 s
 each, ~19 s in all including the 3 s import.
 
-`--gemv` runs the plans as RUSTINFER_TRITON_GEMV=1 would (decode-sized linears on the
-Triton GEMV) and keeps, of the GEMV's specializations, the fewest- and most-rows one
-per block config: the others differ only in how many rows the kernel unrolls.
-(Measured as the test runs it, both models with --gemv: 3098 launches, 49 specializations,
-20 of them GEMVs, ~19 s.)
+The plans run as on a GPU: single-row GEMMs and the fused rms_norm_linear /
+linear_add take the Triton GEMV (`--no-gemv`: all on cuBLAS, RUSTINFER_TRITON_GEMV=0).
+Of the GEMV's specializations it keeps the fewest- and most-rows one per block
+config: the others differ only in how many rows the kernel unrolls.
 
 Must run in a process without TRITON_INTERPRET=1: under the interpreter Triton's
 own library functions (tl.sum, tl.max, ...) are interpreted objects the compiler
@@ -26,6 +25,7 @@ cannot lower. Tests call it in a subprocess:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -92,28 +92,25 @@ def _meta_step(seqs, block_size, max_blocks):
     return step
 
 
-class _GemvOps:
-    """triton_ops with RUSTINFER_TRITON_GEMV=1's routing on meta tensors (triton_ops.linear
-    itself routes only cuda tensors): linears of <= 16 rows launch the GEMV."""
+@contextlib.contextmanager
+def _routing(with_gemv: bool):
+    """triton_ops routes the GEMV for meta tensors as it does for cuda ones (with_gemv),
+    or not at all (every GEMM on cuBLAS, as RUSTINFER_TRITON_GEMV=0 runs)."""
+    from rustinfer.kernels import triton_ops
 
-    def __init__(self, ops):
-        self._ops = ops
-
-    def __getattr__(self, name):
-        return getattr(self._ops, name)
-
-    def linear(self, x, weight, bias=None, *, out):
-        if x.shape[0] <= gemv.MAX_ROWS:
-            gemv.gemv(x, weight, out, bias)
-        else:
-            self._ops.linear(x, weight, bias, out=out)
+    saved = triton_ops.TRITON_GEMV, triton_ops.GEMV_DEVICES
+    triton_ops.TRITON_GEMV, triton_ops.GEMV_DEVICES = with_gemv, ("cuda", "meta")
+    try:
+        yield
+    finally:
+        triton_ops.TRITON_GEMV, triton_ops.GEMV_DEVICES = saved
 
 
 def plan_launches(config: dict, *, buckets=(1, 2, 4, 8, 16, 32), prefill=(128,),
                   block_size: int = 16, max_model_len: int = 4096, num_sms: int = 132,
-                  dtype=torch.bfloat16, with_gemv: bool = False) -> list:
+                  dtype=torch.bfloat16, with_gemv: bool = True) -> list:
     """Every launch the cuda target's plan makes for decode buckets and prefill sizes
-    (with_gemv: as with RUSTINFER_TRITON_GEMV=1)."""
+    (with_gemv=False: as with RUSTINFER_TRITON_GEMV=0)."""
     from rustinfer.compiler.build import CompileOptions, compile_model
     from rustinfer.compiler.spec import SPECS_DIR
     from rustinfer.kernels import triton_ops
@@ -132,16 +129,16 @@ def plan_launches(config: dict, *, buckets=(1, 2, 4, 8, 16, 32), prefill=(128,),
     ws = triton_ops.Workspace(max_tokens=max_tokens, max_context=max_model_len,
                               max_heads=limits["max_heads"], max_kv_width=limits["max_kv_width"],
                               max_head_dim=limits["max_head_dim"], block_size=block_size,
-                              device="meta", max_seqs=max(buckets), num_sms=num_sms)
+                              device="meta", max_seqs=max(buckets), num_sms=num_sms,
+                              scratch_width=limits.get("scratch_width", 0), act_dtype=dtype)
     max_blocks = -(-max_model_len // block_size)
     steps = [[(1, 512)] * b for b in buckets]
     steps += [[(n, n)] for n in prefill] + [[(n // 2, n), (1, 9)] for n in prefill]
-    ops = _GemvOps(triton_ops) if with_gemv else triton_ops
     launches = []
     for seqs in steps:
-        with record_launches() as rec, torch.inference_mode():
+        with record_launches() as rec, torch.inference_mode(), _routing(with_gemv):
             plan.run(_meta_step(seqs, block_size, max_blocks), weights, caches, arena, outputs,
-                     ops, ws)
+                     triton_ops, ws)
         launches += rec
     return launches
 
@@ -164,7 +161,7 @@ def thin_gemv(found: dict) -> dict:
     GEMV launches differ mostly in M, which only sets how many rows the kernel unrolls.)"""
     groups: dict = {}
     for key, (kernel, sig, consts, _, num_warps) in found.items():
-        if kernel is not gemv._kernel:
+        if kernel is not gemv._gemv_kernel:
             continue
         config = tuple(sorted((k, v) for k, v in consts.items() if k not in ("BLOCK_M", "M")))
         dtypes = tuple(v for k, v in sig.items() if v.startswith("*"))
@@ -197,8 +194,8 @@ def main(argv=None) -> int:
     p.add_argument("configs", nargs="+", help="config.json files (Hugging Face Llama configs)")
     p.add_argument("--buckets", default="1,2,4,8,16,32")
     p.add_argument("--prefill", default="128")
-    p.add_argument("--gemv", action="store_true",
-                   help="decode-sized linears on the Triton GEMV (RUSTINFER_TRITON_GEMV=1)")
+    p.add_argument("--no-gemv", action="store_true",
+                   help="every GEMM on cuBLAS, as with RUSTINFER_TRITON_GEMV=0")
     args = p.parse_args(argv)
     from . import INTERPRET
 
@@ -211,7 +208,7 @@ def main(argv=None) -> int:
         config = json.loads(Path(path).read_text())
         launches = plan_launches(config, buckets=[int(b) for b in args.buckets.split(",")],
                                  prefill=[int(n) for n in args.prefill.split(",")],
-                                 with_gemv=args.gemv)
+                                 with_gemv=not args.no_gemv)
         found = thin_gemv(specializations(launches))
         for key, seconds, size in compile_all(found):
             print(f"ok {seconds:5.2f}s {size:7d}B  {key}")

@@ -4,12 +4,12 @@ Sequence b's query row is row b of q; its keys are the first context_lens[b]
 tokens of the paged cache, found through block_table[b] (both read on device,
 so a CUDA graph replays with new lengths). Two kernels, because they are one op:
 
-    _kernel        grid (B, KV_HEADS, splits): the GROUP query heads that share one KV
-                   head attend to one contiguous chunk of the context, with an online
-                   softmax; writes the chunk's output and log-sum-exp (base 2)
+    _decode_attention_kernel  grid (B, KV_HEADS, splits): the GROUP query heads that share
+                   one KV head attend to one contiguous chunk of the context, with an
+                   online softmax; writes the chunk's output and log-sum-exp (base 2)
     _merge_kernel  grid (B, HEADS): out = sum_s exp2(lse_s - m) o_s / sum_s exp2(lse_s - m)
 
-With one split, _kernel writes `out` itself (DIRECT) and the merge is skipped.
+With one split, _decode_attention_kernel writes `out` itself (DIRECT) and the merge is skipped.
 A row with context_len 0 (a padded row) outputs zeros.
 
 The number of splits is chosen on the host from (batch, kv heads, SM count), never
@@ -30,11 +30,11 @@ BLOCK_N = 64
 
 
 @triton.jit
-def _kernel(q_ptr, kc_ptr, vc_ptr, bt_ptr, ctx_ptr, out_ptr, po_ptr, plse_ptr,
-            stride_q, stride_out, stride_bt, qk_scale, num_splits,
-            KV_HEADS: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
-            BLOCK_SIZE: tl.constexpr, G_PAD: tl.constexpr, D_PAD: tl.constexpr,
-            BLOCK_N: tl.constexpr, DIRECT: tl.constexpr, DOT_FP32: tl.constexpr):
+def _decode_attention_kernel(q_ptr, kc_ptr, vc_ptr, bt_ptr, ctx_ptr, out_ptr, po_ptr, plse_ptr,
+                             stride_q, stride_out, stride_bt, qk_scale, num_splits,
+                             KV_HEADS: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
+                             BLOCK_SIZE: tl.constexpr, G_PAD: tl.constexpr, D_PAD: tl.constexpr,
+                             BLOCK_N: tl.constexpr, DIRECT: tl.constexpr, DOT_FP32: tl.constexpr):
     # q:      [B, HEADS * HEAD_DIM], row stride stride_q; HEADS = KV_HEADS * GROUP
     # kc, vc: [blocks, BLOCK_SIZE, KV_HEADS, HEAD_DIM] contiguous
     # bt:     [B, max_blocks] block table, row stride stride_bt; ctx: [B] context lengths
@@ -153,7 +153,8 @@ def decode_attention(q, k_cache, v_cache, block_table, context_lens, out, partia
                        or partial_lse.numel() < b * heads * splits):
         raise ValueError("decode attention scratch too small for "
                          f"{b} rows x {heads} heads x {splits} splits")
-    launch(_kernel, (b, kv_heads, splits), q, k_cache, v_cache, block_table, context_lens, out,
+    launch(_decode_attention_kernel, (b, kv_heads, splits), q, k_cache, v_cache, block_table,
+           context_lens, out,
            partial_out, partial_lse, q.stride(0), out.stride(0), block_table.stride(0),
            float(scale) * LOG2E, splits,
            KV_HEADS=kv_heads, GROUP=group, HEAD_DIM=head_dim, BLOCK_SIZE=k_cache.shape[1],

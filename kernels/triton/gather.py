@@ -14,7 +14,8 @@ _MAX_BLOCK = 1024
 
 
 @triton.jit
-def _kernel(ids_ptr, table_ptr, out_ptr, n_cols, stride_table, stride_out, BLOCK: tl.constexpr):
+def _gather_kernel(ids_ptr, table_ptr, out_ptr, n_cols, stride_table, stride_out,
+                   BLOCK: tl.constexpr):
     # ids:   [R] int64 row indices into table (read on device: capture-safe)
     # table: [N, n_cols], row stride stride_table; out: [R, n_cols], row stride stride_out
     # grid:  (R, cdiv(n_cols, BLOCK))
@@ -34,5 +35,5 @@ def gather_rows(table, ids, out) -> None:
     check_rows("gather table", table, n)
     check_rows("gather out", out, n, r)
     block = min(_MAX_BLOCK, next_pow2(n))
-    launch(_kernel, (r, triton.cdiv(n, block)), ids, table, out, n, table.stride(0),
+    launch(_gather_kernel, (r, triton.cdiv(n, block)), ids, table, out, n, table.stride(0),
            out.stride(0), BLOCK=block)

@@ -1,4 +1,5 @@
-"""Decode-sized GEMM (a GEMV with a few rows): out = x @ weight^T (+ bias), fp32 accumulation.
+"""Decode-sized GEMM (a GEMV with a few rows): out = x @ weight^T (+ bias), fp32 accumulation,
+with the ops around a decode step's linears optionally fused in.
 
     x:      [M, K] with M <= 16 (a decode batch, or the LM head's last-token rows)
     weight: [N, K] row-major, as torch.nn.Linear stores it
@@ -11,117 +12,243 @@ vector loads along K); all M rows of x are applied to each tile while it sits in
 registers, so W crosses HBM exactly once whatever M is. No split-K: each output
 is one program's sum, so results are deterministic and there is no reduce launch.
 
+Fused variants (each removes a launch and an [M, *] round trip from a bs=1 step):
+
+    norm_weight=w   RMSNorm of x folded in: x_m * rsqrt(mean(x_m^2) + eps) * (w + offset).
+                    rsqrt(...) is one scalar per row, so it factors out of the dot
+                    product: the K loop sums W * (x * (w + offset)) and x^2 side by side
+                    and the row's sums are scaled once at the end. No prologue pass, no
+                    normalized copy of x (which also skips the unfused path's rounding of
+                    the normalized x to x's dtype: the fused result is the more exact).
+    swiglu=True     weight is gate_up [2F, K] (gate rows, then up rows); out [M, F] =
+                    silu(x @ W[:F]^T) * (x @ W[F:]^T). A program owns gate rows n and up
+                    rows F + n, so the [M, 2F] intermediate is never written.
+    residual=r      out = r + x @ W^T, added in fp32 before the one rounding. `out` may
+                    be `r` itself (the residual stream updated in place): each program
+                    reads its own columns of r before it writes the same columns of out.
+
 The block sizes come from `gemv_config(N, K, M)`, a fixed function of the shape
 (never autotuned: the cuda target captures CUDA graphs, and capture must not
-compile or benchmark). Opt-in from triton_ops.linear (RUSTINFER_TRITON_GEMV=1)
-until a GPU run has measured it against cuBLAS (bench/gpu_gemv.py).
+compile or benchmark). triton_ops routes decode rows here (RUSTINFER_TRITON_GEMV);
+bench/gpu_gemv.py measures it against cuBLAS. Measured there on an H200, 2026-11-26, at
+1B's bs=1 shapes: a fused variant costs 0.4-4 us over the plain GEMV (norm on the LM head
+the most: every one of its 8016 programs redoes the sum of squares) and beats the unfused
+kernels it replaces (Triton rms_norm / swiglu + cuBLAS, torch.add) 1.05-1.48x.
 
 Reference twins: rustinfer.kernels.torch_ops.linear (torch.mm / addmm) and the
-interpreter's float32 `linear`. Like torch.mm, `out` must not overlap `x`: every
-program reads all of x while the others write their columns.
+interpreter's float32 `linear` (then rms_norm / swiglu / add for the fused variants).
+Like torch.mm, `out` must not overlap `x`: every program reads all of x while the
+others write their columns.
 """
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
-from . import check_rows, launch, next_pow2
+from . import INTERPRET, check_rows, launch, next_pow2
 
 MAX_ROWS = 16
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-# NOTE: not measured yet. 512 programs is ~4 per SM on a 132-SM H100/H200: enough
-# resident warps to keep loads in flight. A tile of 8192 weights (16 KB of bf16) per
-# iteration keeps each program's loads wide without spilling registers.
+# NOTE: measured on an H200, 2026-11-26 (bench/gpu_gemv.py --sweep, Llama-3.2-1B, rows=1):
+# these defaults beat cuBLAS 1.02-1.23x per linear; num_stages=1 was as fast or faster than
+# 2 for every shape (gate_up 25.8 vs 26.8 us, down 16.0 vs 17.5, lm_head 129.3 vs 134.0).
+# 512 programs is ~4 per SM on a 132-SM H100/H200: enough resident warps to keep loads in
+# flight. A tile of 8192 weights (16 KB of bf16) per iteration keeps each program's loads
+# wide without spilling registers.
 _MIN_PROGRAMS = 512
 _TILE = 8192
+# Programmatic dependent launch (Hopper+), opt-in until measured (bench/gpu_gemv.py times
+# the bs=1 step with and without it): a GEMV may start while the kernel before it drains,
+# prefetch its weight rows into L2 (weights are never written by a step), and only then
+# wait for that kernel's results. RUSTINFER_GEMV_PDL=1 turns it on; never under the
+# interpreter (it has no griddepcontrol / prefetch).
+PDL = os.environ.get("RUSTINFER_GEMV_PDL", "0") == "1" and not INTERPRET
+_LINE_BYTES = 128                      # one L2 prefetch per cache line
 
 
 class GemvConfig(NamedTuple):
-    block_n: int      # output columns (= W rows) per program
+    block_n: int      # output columns per program (swiglu: gate rows, and as many up rows)
     block_k: int      # K elements per W tile
     num_warps: int
     num_stages: int   # software-pipelined K tiles in flight (1: no pipelining)
 
 
-def gemv_config(n: int, k: int, m: int) -> GemvConfig:
+def gemv_config(n: int, k: int, m: int, *, swiglu: bool = False) -> GemvConfig:
     """Block sizes for out[m, n] = x[m, k] @ W[n, k]^T: a deterministic function of the shape.
 
     BLOCK_N shrinks (16 -> 1) until there are >= 512 programs (Llama-3.2-1B's N = 2048
     gets 4 rows per program, its 16384 and 128256 get 16); BLOCK_K then fills a tile of
-    8192 weights (halved from 8 rows of x up: each row adds a product per weight); more
-    K tiles than one are pipelined two deep. No block exceeds the next power of 2 of
-    its dimension."""
+    8192 weights (halved from 8 rows of x up: each row adds a product per weight). No
+    block exceeds the next power of 2 of its dimension. No software pipelining
+    (num_stages=1): measured as fast or faster than 2 on an H200 (see the NOTE above).
+
+    swiglu: `n` is F, the output width, and each program reads BLOCK_N gate rows and
+    BLOCK_N up rows. The blocks are chosen as for the unfused [2F, K] weight and then
+    BLOCK_N is halved, so a program streams the same 2 * BLOCK_N rows per tile and the
+    grid has as many programs as the unfused GEMV's (1B's gate_up, F = 8192: 1024
+    programs of 8 + 8 rows x 512 K, as the measured [16384, 2048] config)."""
     if not 1 <= m <= MAX_ROWS:
         raise ValueError(f"gemv: {m} rows; the GEMV serves 1..{MAX_ROWS} (use torch.mm)")
+    rows = 2 * n if swiglu else n          # W rows the grid covers
     block_n = 16
-    while block_n > 1 and triton.cdiv(n, block_n) < _MIN_PROGRAMS:
+    while block_n > 1 and triton.cdiv(rows, block_n) < _MIN_PROGRAMS:
         block_n //= 2
-    block_n = min(block_n, next_pow2(n))
+    block_n = min(block_n, next_pow2(rows))
     tile = _TILE if m <= 4 else _TILE // 2
     block_k = min(max(16, tile // block_n), next_pow2(k))
     num_warps = 8 if block_n * block_k >= _TILE else 4
-    num_stages = 2 if k > block_k else 1
-    return GemvConfig(block_n, block_k, num_warps, num_stages)
+    if swiglu:
+        block_n = max(1, block_n // 2)     # per half: <= next_pow2(n) as next_pow2(2n) / 2
+    return GemvConfig(block_n, block_k, num_warps, 1)
 
 
 @triton.jit
-def _kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, stride_x, stride_w, stride_out,
-            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-            STAGES: tl.constexpr, HAS_BIAS: tl.constexpr):
+def _gemv_kernel(x_ptr, w_ptr, b_ptr, nw_ptr, res_ptr, out_ptr, M, N, K, stride_x, stride_w,
+                 stride_res, stride_out, eps, offset,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                 STAGES: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_NORM: tl.constexpr,
+                 SWIGLU: tl.constexpr, HAS_RESIDUAL: tl.constexpr, PDL: tl.constexpr = False,
+                 LINES: tl.constexpr = 1, LINE_ELEMS: tl.constexpr = 64):
     # x:    [M, K], row stride stride_x, columns contiguous; M <= BLOCK_M <= 16
-    # w:    [N, K], row stride stride_w, columns contiguous (nn.Linear's layout)
-    # b:    [N] (HAS_BIAS only); out: [M, N], row stride stride_out
+    # w:    [N, K] (SWIGLU: [2N, K], gate rows then up rows), row stride stride_w,
+    #       columns contiguous (nn.Linear's layout)
+    # b:    [N] (SWIGLU: [2N]; HAS_BIAS only); nw: [K] norm weight (HAS_NORM only)
+    # res:  [M, N], row stride stride_res (HAS_RESIDUAL only); out: [M, N], row stride stride_out
     # grid: (cdiv(N, BLOCK_N),): program p computes out[:, p*BLOCK_N : (p+1)*BLOCK_N]
-    #       = sum over K tiles of x[:, tile] @ w[p*BLOCK_N : ..., tile]^T
+    #       = sum over K tiles of x[:, tile] @ w[p*BLOCK_N : ..., tile]^T, then the epilogue
     n = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     nmask = n < N
     rows = tl.arange(0, BLOCK_M)
-    # The accumulator is out's tile transposed, [BLOCK_N, BLOCK_M]: a row's partial sums
+    if PDL:
+        # Launched with programmatic dependent launch: let the next kernel's programs be
+        # scheduled as soon as ours all run, then pull this program's weight rows into L2
+        # (LINES cache lines of LINE_ELEMS per row; a masked-off line prefetches row 0's
+        # first) while the previous kernel may still be running. Weights are never written
+        # by a step; everything else is read or written only after gdc_wait, which returns
+        # once the previous kernel has finished and its writes are visible.
+        tl.extra.cuda.gdc_launch_dependents()
+        line = tl.arange(0, LINES) * LINE_ELEMS
+        pmask = nmask[:, None] & (line < K)[None, :]
+        ptrs = tl.where(pmask, w_ptr + n[:, None] * stride_w + line[None, :], w_ptr)
+        tl.inline_asm_elementwise("prefetch.global.L2 [$1]; // dummy $0", "=r,l", [ptrs],
+                                  dtype=tl.int32, is_pure=False, pack=1)
+        if SWIGLU:
+            ptrs = tl.where(pmask, w_ptr + (n + N)[:, None] * stride_w + line[None, :], w_ptr)
+            tl.inline_asm_elementwise("prefetch.global.L2 [$1]; // dummy $0", "=r,l", [ptrs],
+                                      dtype=tl.int32, is_pure=False, pack=1)
+        tl.extra.cuda.gdc_wait()
+    # The accumulators are out's tile transposed, [BLOCK_N, BLOCK_M]: a row's partial sums
     # come out of the K reduction along W's rows, so they add in without a layout change.
-    acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)       # SWIGLU: the gate half
+    acc_up = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)    # SWIGLU only (else dead code)
+    sumsq = tl.zeros([BLOCK_M], tl.float32)              # HAS_NORM only: sum of x_m^2
     for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
         k = k0 + tl.arange(0, BLOCK_K)
         kmask = k < K
-        w = tl.load(w_ptr + n[:, None] * stride_w + k[None, :],
-                    mask=nmask[:, None] & kmask[None, :], other=0.0).to(tl.float32)
+        wmask = nmask[:, None] & kmask[None, :]
+        w = tl.load(w_ptr + n[:, None] * stride_w + k[None, :], mask=wmask,
+                    other=0.0).to(tl.float32)
+        if SWIGLU:
+            w_up = tl.load(w_ptr + (n + N)[:, None] * stride_w + k[None, :], mask=wmask,
+                           other=0.0).to(tl.float32)
+        if HAS_NORM:
+            # the norm's per-column scale (w + offset) goes into x; its per-row scale
+            # rsqrt(mean(x^2) + eps) needs all of K, so it is applied after the loop
+            gamma = tl.load(nw_ptr + k, mask=kmask, other=0.0).to(tl.float32) + offset
         # x is tiny (<= 16 rows, L1/L2 resident): one row at a time against the tile in registers
         for m in tl.static_range(BLOCK_M):
             xm = tl.load(x_ptr + m * stride_x + k, mask=kmask & (m < M), other=0.0)
-            part = tl.sum(w * xm.to(tl.float32)[None, :], axis=1)            # [BLOCK_N]
+            xm = xm.to(tl.float32)
+            if HAS_NORM:
+                sumsq = tl.where(rows == m, sumsq + tl.sum(xm * xm, axis=0), sumsq)
+                xm = xm * gamma
+            part = tl.sum(w * xm[None, :], axis=1)                          # [BLOCK_N]
             acc = tl.where(rows[None, :] == m, acc + part[:, None], acc)
+            if SWIGLU:
+                part_up = tl.sum(w_up * xm[None, :], axis=1)
+                acc_up = tl.where(rows[None, :] == m, acc_up + part_up[:, None], acc_up)
+    # Epilogue, in fp32, in the unfused order: norm scale, bias, activation, residual add.
+    if HAS_NORM:
+        # rows >= M summed nothing: their rstd is junk (1/sqrt(eps)), but they are never stored
+        rstd = 1.0 / tl.sqrt(sumsq / K + eps)
+        acc *= rstd[None, :]
+        if SWIGLU:
+            acc_up *= rstd[None, :]
     if HAS_BIAS:
         acc += tl.load(b_ptr + n, mask=nmask, other=0.0).to(tl.float32)[:, None]
+        if SWIGLU:
+            acc_up += tl.load(b_ptr + N + n, mask=nmask, other=0.0).to(tl.float32)[:, None]
+    if SWIGLU:
+        acc = acc * tl.sigmoid(acc) * acc_up                                # silu(gate) * up
+    omask = nmask[:, None] & (rows[None, :] < M)
+    if HAS_RESIDUAL:
+        # read before the store below: out may be res itself (this program's columns only)
+        acc += tl.load(res_ptr + rows[None, :] * stride_res + n[:, None], mask=omask,
+                       other=0.0).to(tl.float32)
     tl.store(out_ptr + rows[None, :] * stride_out + n[:, None], acc.to(out_ptr.dtype.element_ty),
-             mask=nmask[:, None] & (rows[None, :] < M))
+             mask=omask)
 
 
-def gemv(x, weight, out, bias=None, *, config: GemvConfig | None = None) -> None:
-    """out = x @ weight^T (+ bias) for x with <= 16 rows. `config` overrides gemv_config
-    (benchmarks and tests; plans always take the default)."""
+def gemv(x, weight, out, bias=None, *, norm_weight=None, eps: float = 0.0,
+         offset: float = 0.0, swiglu: bool = False, residual=None,
+         config: GemvConfig | None = None, pdl: bool | None = None) -> None:
+    """out = x @ weight^T (+ bias) for x with <= 16 rows, with optional fusions:
+
+    norm_weight [K]: x is RMS-normalized first, x * rsqrt(mean(x^2) + eps) *
+        (norm_weight + offset) per row (fp32 math; x itself is not modified);
+    swiglu: weight (and bias) hold gate then up, [2F, K] ([2F]); out [M, F] =
+        silu(gate) * up;
+    residual [M, N]: out = residual + ...; out may be residual itself (in place).
+    swiglu and residual do not combine. `config` overrides gemv_config and `pdl` the
+    module's PDL switch (benchmarks and tests; plans always take the defaults)."""
     if x.dim() != 2 or weight.dim() != 2:
         raise ValueError(f"gemv: expected x [M, K] and weight [N, K], got {list(x.shape)} "
                          f"and {list(weight.shape)}")
     m, k = x.shape
-    n = weight.shape[0]
+    rows_w = weight.shape[0]
+    if swiglu:
+        if residual is not None:
+            raise ValueError("gemv: swiglu and residual do not combine (no caller needs it)")
+        if rows_w % 2:
+            raise ValueError(f"gemv weight: swiglu expects gate_up [2F, {k}] (gate rows, then "
+                             f"up rows), got {list(weight.shape)} (an odd row count)")
+    n = rows_w // 2 if swiglu else rows_w             # out's width (the grid's dimension)
     check_rows("gemv x", x, k)
-    check_rows("gemv weight", weight, k, n)
+    check_rows("gemv weight", weight, k, rows_w)
     check_rows("gemv out", out, n, m)
     if x.dtype not in _DTYPES or weight.dtype != x.dtype:
         raise ValueError(f"gemv: x and weight must share one of {_DTYPES}, got {x.dtype} "
                          f"and {weight.dtype}")
     if out.dtype not in _DTYPES:
         raise ValueError(f"gemv out: dtype {out.dtype} is not one of {_DTYPES}")
-    if bias is not None and (bias.shape != (n,) or bias.stride(0) != 1
+    if bias is not None and (bias.shape != (rows_w,) or bias.stride(0) != 1
                              or bias.dtype not in _DTYPES):
-        raise ValueError(f"gemv bias: expected contiguous float [{n}], got {list(bias.shape)} "
-                         f"{bias.dtype}")
+        raise ValueError(f"gemv bias: expected contiguous float [{rows_w}], got "
+                         f"{list(bias.shape)} {bias.dtype}")
+    if norm_weight is not None and (norm_weight.shape != (k,) or norm_weight.stride(0) != 1
+                                    or norm_weight.dtype not in _DTYPES):
+        raise ValueError(f"gemv norm_weight: expected contiguous float [{k}], got "
+                         f"{list(norm_weight.shape)} {norm_weight.dtype}")
+    if residual is not None:
+        check_rows("gemv residual", residual, n, m)
+        if residual.dtype != out.dtype:
+            raise ValueError(f"gemv residual: dtype {residual.dtype} differs from out's "
+                             f"{out.dtype}")
     if m == 0:
         return
-    cfg = config or gemv_config(n, k, m)
-    launch(_kernel, (triton.cdiv(n, cfg.block_n),), x, weight,
-           weight if bias is None else bias, out, m, n, k, x.stride(0), weight.stride(0),
-           out.stride(0), BLOCK_M=next_pow2(m), BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-           STAGES=cfg.num_stages, HAS_BIAS=bias is not None, num_warps=cfg.num_warps)
+    cfg = config or gemv_config(n, k, m, swiglu=swiglu)
+    pdl = PDL if pdl is None else pdl
+    line_elems = _LINE_BYTES // weight.element_size()
+    launch(_gemv_kernel, (triton.cdiv(n, cfg.block_n),), x, weight,
+           weight if bias is None else bias, weight if norm_weight is None else norm_weight,
+           out if residual is None else residual, out, m, n, k, x.stride(0), weight.stride(0),
+           (out if residual is None else residual).stride(0), out.stride(0), float(eps),
+           float(offset), BLOCK_M=next_pow2(m), BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+           STAGES=cfg.num_stages, HAS_BIAS=bias is not None, HAS_NORM=norm_weight is not None,
+           SWIGLU=bool(swiglu), HAS_RESIDUAL=residual is not None, num_warps=cfg.num_warps,
+           launch_pdl=pdl, PDL=pdl, LINES=next_pow2(triton.cdiv(k, line_elems)) if pdl else 1,
+           LINE_ELEMS=line_elems)

@@ -26,11 +26,11 @@ BLOCK_N = 64
 
 
 @triton.jit
-def _kernel(q_ptr, kc_ptr, vc_ptr, bt_ptr, qs_ptr, ctx_ptr, out_ptr,
-            stride_q, stride_out, stride_bt, qk_scale,
-            KV_HEADS: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
-            BLOCK_SIZE: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
-            BLOCK_N: tl.constexpr, DOT_FP32: tl.constexpr):
+def _prefill_attention_kernel(q_ptr, kc_ptr, vc_ptr, bt_ptr, qs_ptr, ctx_ptr, out_ptr,
+                              stride_q, stride_out, stride_bt, qk_scale,
+                              KV_HEADS: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
+                              BLOCK_SIZE: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
+                              BLOCK_N: tl.constexpr, DOT_FP32: tl.constexpr):
     # q:      [T, HEADS * HEAD_DIM], row stride stride_q; HEADS = KV_HEADS * GROUP
     # kc, vc: [blocks, BLOCK_SIZE, KV_HEADS, HEAD_DIM] contiguous
     # bt:     [B, max_blocks], row stride stride_bt; qs: [B + 1] row offsets; ctx: [B]
@@ -110,7 +110,8 @@ def prefill_attention(q, k_cache, v_cache, block_table, query_start, context_len
     if query_start.shape[0] < num_seqs + 1 or heads % kv_heads:
         raise ValueError(f"query_start [{query_start.shape[0]}] for {num_seqs} sequences, "
                          f"heads {heads} / kv_heads {kv_heads}")
-    launch(_kernel, (triton.cdiv(max_rows, BLOCK_M), num_seqs, heads), q, k_cache, v_cache,
+    launch(_prefill_attention_kernel, (triton.cdiv(max_rows, BLOCK_M), num_seqs, heads), q,
+           k_cache, v_cache,
            block_table, query_start, context_lens, out, q.stride(0), out.stride(0),
            block_table.stride(0), float(scale) * LOG2E,
            KV_HEADS=kv_heads, GROUP=heads // kv_heads, HEAD_DIM=head_dim,

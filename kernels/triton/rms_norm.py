@@ -18,9 +18,9 @@ from . import check_rows, launch, next_pow2, num_warps_for
 
 
 @triton.jit
-def _kernel(a_ptr, b_ptr, w_ptr, out_ptr, res_ptr, n_cols, stride_a, stride_b, stride_out,
-            stride_res, eps, offset,
-            BLOCK: tl.constexpr, HAS_B: tl.constexpr, STORE_RES: tl.constexpr):
+def _rms_norm_kernel(a_ptr, b_ptr, w_ptr, out_ptr, res_ptr, n_cols, stride_a, stride_b, stride_out,
+                     stride_res, eps, offset,
+                     BLOCK: tl.constexpr, HAS_B: tl.constexpr, STORE_RES: tl.constexpr):
     # a, b:  [T, heads * n_cols], row strides stride_a / stride_b, columns contiguous
     # w:     [n_cols]; normalized: each n_cols slice (heads = 1: the whole row)
     # out:   [T, heads * n_cols] normed; res: the sum a + b (STORE_RES only; heads = 1)
@@ -64,7 +64,8 @@ def _launch(a, b, weight, out, res, eps, offset, heads=1) -> None:
     if weight.shape != (n,) or weight.stride(0) != 1:
         raise ValueError(f"rms_norm weight: expected contiguous [{n}], got {list(weight.shape)}")
     block = next_pow2(n)
-    launch(_kernel, (t, heads), a, a if b is None else b, weight, out, out if res is None else res,
+    launch(_rms_norm_kernel, (t, heads), a, a if b is None else b, weight, out,
+           out if res is None else res,
            n, a.stride(0), (a if b is None else b).stride(0), out.stride(0),
            (out if res is None else res).stride(0), float(eps), float(offset),
            BLOCK=block, HAS_B=b is not None, STORE_RES=res is not None,

@@ -20,11 +20,11 @@ from . import check_contiguous, check_rows, launch, next_pow2
 
 
 @triton.jit
-def _kernel(q_ptr, k_ptr, v_ptr, pos_ptr, slot_ptr, cos_ptr, sin_ptr, out_ptr, kc_ptr, vc_ptr,
-            stride_q, stride_k, stride_v, stride_out,
-            HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
-            H_PAD: tl.constexpr, KVH_PAD: tl.constexpr, HALF_PAD: tl.constexpr,
-            WRITE_KV: tl.constexpr):
+def _rope_kv_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, slot_ptr, cos_ptr, sin_ptr, out_ptr, kc_ptr,
+                    vc_ptr, stride_q, stride_k, stride_v, stride_out,
+                    HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
+                    H_PAD: tl.constexpr, KVH_PAD: tl.constexpr, HALF_PAD: tl.constexpr,
+                    WRITE_KV: tl.constexpr):
     # q:   [T, HEADS * HEAD_DIM], row stride stride_q (a column view of the fused qkv buffer)
     # k,v: [T, KV_HEADS * HEAD_DIM], row strides stride_k / stride_v
     # pos, slot: [T] int64; cos, sin: [max_pos, HEAD_DIM // 2] fp32, contiguous
@@ -89,7 +89,7 @@ def rope_kv_write(q, k, v, positions, slots, cos, sin, out, k_cache, v_cache, *,
     if positions.shape != (t,) or slots.shape != (t,):
         raise ValueError(f"rope: positions {list(positions.shape)} / slots {list(slots.shape)} "
                          f"must be [{t}]")
-    launch(_kernel, (t,), q, k, v, positions, slots, cos, sin, out, k_cache, v_cache,
+    launch(_rope_kv_kernel, (t,), q, k, v, positions, slots, cos, sin, out, k_cache, v_cache,
            q.stride(0), k.stride(0), v.stride(0), out.stride(0),
            HEADS=heads, KV_HEADS=kv_heads, HEAD_DIM=head_dim, H_PAD=next_pow2(heads),
            KVH_PAD=next_pow2(kv_heads), HALF_PAD=next_pow2(head_dim // 2), WRITE_KV=True)
@@ -101,7 +101,7 @@ def rope(x, positions, cos, sin, out, *, heads: int, head_dim: int) -> None:
     check_rows("rope x", x, heads * head_dim, t)
     check_rows("rope out", out, heads * head_dim, t)
     _check_table(cos, sin, head_dim)
-    launch(_kernel, (t,), x, x, x, positions, positions, cos, sin, out, out, out,
+    launch(_rope_kv_kernel, (t,), x, x, x, positions, positions, cos, sin, out, out, out,
            x.stride(0), x.stride(0), x.stride(0), out.stride(0),
            HEADS=heads, KV_HEADS=1, HEAD_DIM=head_dim, H_PAD=next_pow2(heads), KVH_PAD=1,
            HALF_PAD=next_pow2(head_dim // 2), WRITE_KV=False)

@@ -15,7 +15,7 @@ _MAX_BLOCK = 1024
 
 
 @triton.jit
-def _kernel(gu_ptr, out_ptr, n_cols, stride_gu, stride_out, BLOCK: tl.constexpr):
+def _swiglu_kernel(gu_ptr, out_ptr, n_cols, stride_gu, stride_out, BLOCK: tl.constexpr):
     # gu:   [T, 2F], row stride stride_gu: gate in columns [0, F), up in [F, 2F)
     # out:  [T, F], row stride stride_out
     # grid: (T, cdiv(F, BLOCK))
@@ -33,5 +33,5 @@ def swiglu(gate_up, out) -> None:
     check_rows("swiglu gate_up", gate_up, 2 * f, t)
     check_rows("swiglu out", out, f, t)
     block = min(_MAX_BLOCK, next_pow2(f))
-    launch(_kernel, (t, triton.cdiv(f, block)), gate_up, out, f, gate_up.stride(0),
+    launch(_swiglu_kernel, (t, triton.cdiv(f, block)), gate_up, out, f, gate_up.stride(0),
            out.stride(0), BLOCK=block)

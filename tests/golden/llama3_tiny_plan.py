@@ -50,7 +50,7 @@ TARGET = 'cpu-torch'
 MAX_TOKENS = 32          # largest step (tokens) the arena is planned for
 ARENA_BYTES = 45056
 ACT_BYTES = 4
-LIMITS = {"max_heads": 4, "max_head_dim": 16, "max_kv_width": 32}
+LIMITS = {"max_heads": 4, "max_head_dim": 16, "max_kv_width": 32, "scratch_width": 0}
 
 # weight name -> (how, checkpoint tensors, axis, shape); 'concat' builds it once at load.
 WEIGHTS = {
