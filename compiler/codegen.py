@@ -147,10 +147,13 @@ def generate_plan(graph: Graph, plan: MemoryPlan, *, target: str, max_tokens: in
     head_dims = [n.attrs["head_dim"] for n in graph.nodes if "head_dim" in n.attrs] or [2]
     kv_width = [v.shape[2] * v.shape[3] for v in graph.caches()] or [1]
     # Columns of kernel scratch per token: rms_norm_linear off its GEMV path (more rows
-    # than a decode GEMV serves) stores the normed x, and before SwiGLU the product.
+    # than a decode GEMV serves) stores the normed x, and before SwiGLU the product
+    # (rms_norm_linear_rope_kv: the normed x and the qkv product.)
     scratch = [graph.values[n.inputs[0]].shape[-1]
-               + (graph.values[n.inputs[2]].shape[0] if n.attrs.get("act") else 0)
-               for n in graph.nodes if n.op == "rms_norm_linear"] or [0]
+               + (graph.values[n.inputs[2]].shape[0]
+                  if n.attrs.get("act") or n.op == "rms_norm_linear_rope_kv" else 0)
+               for n in graph.nodes if n.op in ("rms_norm_linear", "rms_norm_linear_rope_kv")]
+    scratch = scratch or [0]
     constants = [f"{name} = {text}" for text, name in em.constants.items()]
     table = "\n".join("    " + line for line in plan.table().splitlines())
 

@@ -22,6 +22,8 @@ nodes; kernels may skip storing it).
     linear_add        x [T, K], weight [N, K], residual     residual + x @ weight^T  (3)
     rms_norm_linear   x [T, K], norm_weight [K], weight,    act(rms_norm(x) @ weight^T + bias)
                       [bias]                                eps, offset, [act]       (4)
+    rms_norm_linear_rope_kv  x, norm_weight, weight [(H + 2 KVH) D, K], positions,
+                      k_cache, v_cache                      q_rot [T, H*D]           (5)
 
     split's outputs are column blocks of x: row stride sum(sizes), not their width.
     (1) heads, kv_heads, head_dim, theta, scaling, [rotary_dim]; side effects (writes the cache)
@@ -29,6 +31,8 @@ nodes; kernels may skip storing it).
     (3) the residual stream's update: a decode-sized GEMV adds it in its epilogue
     (4) the norm folds into the GEMV; act None, or 'swiglu' (weight [2F, K], gate rows
         then up rows; output [T, F]). Both come from the cuda target's fuse_norm_linear.
+    (5) rms_norm_linear of the fused qkv, split, then rope_kv_write: eps, offset and
+        rope_kv_write's attributes (full rotary only); side effects (writes the cache)
     [attr]: present only when not at its default (OpDef.omit_default), as on the
     primitive op it comes from.
 """
@@ -44,7 +48,7 @@ from .ops import (REQUIRED, OpDef, ShapeError, check_attention_extras, check_rot
 from .ops import _linear as _linear_shape
 
 FUSED_OPS = ("split", "swiglu", "geglu", "rope_kv_write", "cached_attention", "add_rms_norm",
-             "gather_rows", "linear_add", "rms_norm_linear")
+             "gather_rows", "linear_add", "rms_norm_linear", "rms_norm_linear_rope_kv")
 NORM_LINEAR_ACTS = (None, "swiglu")
 
 
@@ -147,6 +151,16 @@ def _rms_norm_linear(shapes, attrs):
     return _swiglu([y], attrs) if act == "swiglu" else [y]
 
 
+def _rms_norm_linear_rope_kv(shapes, attrs):
+    x, norm_w, w, pos, *caches = shapes
+    h, kvh, d = _check_heads("rms_norm_linear_rope_kv", attrs)
+    (qkv,) = _rms_norm_linear([x, norm_w, w], attrs)
+    expect_dim(f"rms_norm_linear_rope_kv weight rows (heads {h} + 2 x kv_heads {kvh}) x "
+               f"head_dim {d}", qkv[-1], (h + 2 * kvh) * d)
+    q, k = (qkv[0], h * d), (qkv[0], kvh * d)
+    return _rope_kv_write([q, k, k, pos, *caches], attrs)
+
+
 # outputs=-1: variadic, one output per entry of `sizes`.
 register(OpDef("split", ("x",), attrs={"sizes": REQUIRED}, infer=_split, outputs=-1,
                primitive=False, view=True,
@@ -182,6 +196,13 @@ register(OpDef("rms_norm_linear", ("x", "norm_weight", "weight"), optional_input
                omit_default=frozenset({"act"}), infer=_rms_norm_linear, primitive=False,
                doc="act(rms_norm(x) * (norm_weight + offset) @ weight.T + bias); act None or "
                    "'swiglu' (weight is gate rows then up rows)"))
+register(OpDef("rms_norm_linear_rope_kv", ("x", "norm_weight", "weight", "positions"),
+               attrs={"eps": REQUIRED, "offset": 0.0, "heads": REQUIRED, "kv_heads": REQUIRED,
+                      "head_dim": REQUIRED, "theta": REQUIRED, "scaling": None},
+               infer=_rms_norm_linear_rope_kv, uses_cache=True, primitive=False,
+               side_effects=True,
+               doc="qkv = rms_norm(x) @ weight.T, then rope_kv_write of its q, k, v: returns "
+                   "rotated q, writes rotated k and v into the paged cache"))
 
 
 # --- float32 references -----------------------------------------------------------
@@ -243,3 +264,12 @@ def rms_norm_linear(x, norm_weight, weight, bias=None, *, eps, offset=0.0, act=N
     y = _linear_ref(rms_norm(x, norm_weight, eps=eps, offset=offset, step=step), weight, bias,
                     step=step)
     return swiglu(y, step=step) if act == "swiglu" else y
+
+
+@reference("rms_norm_linear_rope_kv")
+def rms_norm_linear_rope_kv(x, norm_weight, weight, positions, k_cache, v_cache, *, eps,
+                            offset=0.0, heads, kv_heads, head_dim, theta, scaling=None, step):
+    qkv = rms_norm_linear(x, norm_weight, weight, eps=eps, offset=offset, step=step)
+    q, k, v = qkv.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
+    return rope_kv_write(q, k, v, positions, k_cache, v_cache, heads=heads, kv_heads=kv_heads,
+                         head_dim=head_dim, theta=theta, scaling=scaling, step=step)

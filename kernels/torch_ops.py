@@ -106,6 +106,19 @@ def rms_norm_linear(x, norm_weight, weight, bias=None, *, out, eps, offset=0.0, 
     swiglu(gate_up, out=out)
 
 
+def rms_norm_linear_rope_kv(x, norm_weight, weight, positions, k_cache, v_cache, *, out, eps,
+                            offset=0.0, heads, kv_heads, head_dim, theta, scaling=None, step,
+                            ws):
+    """rms_norm_linear of the fused qkv, then rope_kv_write (out = rotated q); like
+    rms_norm_linear, only cuda plans use it, and this twin allocates the qkv product."""
+    qkv = torch.empty(x.shape[0], weight.shape[0], dtype=out.dtype, device=out.device)
+    rms_norm_linear(x, norm_weight, weight, out=qkv, eps=eps, offset=offset, ws=ws)
+    q, k, v = qkv.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
+    rope_kv_write(q, k, v, positions, k_cache, v_cache, out=out, heads=heads,
+                  kv_heads=kv_heads, head_dim=head_dim, theta=theta, scaling=scaling,
+                  step=step, ws=ws)
+
+
 def add(a, b, *, out):
     torch.add(a, b, out=out)
 

@@ -172,6 +172,26 @@ def rms_norm_linear(x, norm_weight, weight, bias=None, *, out, eps, offset=0.0, 
     _swiglu.swiglu(gate_up, out)
 
 
+def rms_norm_linear_rope_kv(x, norm_weight, weight, positions, k_cache, v_cache, *, out, eps,
+                            offset=0.0, heads, kv_heads, head_dim, theta, scaling=None, step,
+                            ws):
+    """out = rotated q of qkv = rms_norm(x) @ weight^T; rotated k and v into the cache at
+    the step's slots. One GEMV (RoPE and the cache append in its epilogue) for a decode
+    row, else the norm kernel, cuBLAS and the rope_kv kernel through `ws.scratch`."""
+    cos, sin = ws.rope_table(head_dim, theta, scaling)
+    if use_gemv(x):
+        _gemv.gemv_rope_kv(x, weight, out, positions, step.slot_mapping, cos, sin, k_cache,
+                           v_cache, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+                           norm_weight=norm_weight, eps=eps, offset=offset)
+        return
+    normed, qkv = ws.scratch_views(x.shape[0], x.shape[1], weight.shape[0])
+    _rms.rms_norm(x, norm_weight, normed, eps=eps, offset=offset)
+    linear(normed, weight, out=qkv)
+    q, k, v = qkv.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
+    _rope.rope_kv_write(q, k, v, positions, step.slot_mapping, cos, sin, out, k_cache, v_cache,
+                        heads=heads, kv_heads=kv_heads, head_dim=head_dim)
+
+
 def rms_norm(x, weight, *, out, eps, offset=0.0, heads=1, ws):
     _rms.rms_norm(x, weight, out, eps=eps, offset=offset, heads=heads)
 

@@ -264,3 +264,43 @@ def test_gemv_pdl_chain_matches_plain_launches_eager_and_replayed():
         graph.replay()
         torch.cuda.synchronize()
         assert torch.equal(x0, want)
+
+
+@pytest.mark.cuda
+def test_gemv_rope_kv_matches_unfused_kernels():
+    """Llama-3.2-1B's bs=1 qkv (32 q heads, 8 kv heads, head_dim 64) with its norm, RoPE
+    (Llama 3 scaling) and the KV append fused, against the unfused path: Triton rms_norm,
+    cuBLAS, the rope_kv kernel."""
+    from rustinfer.kernels.triton.gemv import gemv_rope_kv
+
+    heads, kvh, d, hidden = 32, 8, 64, 2048
+    ws = triton_ops.Workspace(max_tokens=4, max_context=1024, max_heads=heads,
+                              max_kv_width=kvh * d, max_head_dim=d, block_size=16,
+                              device="cuda", scratch_width=hidden + (heads + 2 * kvh) * d)
+    cos, sin = ws.rope_table(d, 500000.0, {"rope_type": "llama3", "factor": 32.0,
+                                           "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                           "original_max_position_embeddings": 8192})
+    g = torch.Generator("cuda").manual_seed(0)
+    x = (3 * torch.randn(1, hidden, device="cuda", generator=g)).to(BF16)
+    w = (0.02 * torch.randn((heads + 2 * kvh) * d, hidden, device="cuda", generator=g)).to(BF16)
+    ln = (1 + 0.1 * torch.randn(hidden, device="cuda", generator=g)).to(BF16)
+    positions = torch.tensor([700], device="cuda")
+    slots = torch.tensor([37], device="cuda")
+    caches = [torch.zeros(8, 16, kvh, d, device="cuda", dtype=BF16) for _ in range(4)]
+    q_fused, q_parts = (torch.empty(1, heads * d, device="cuda", dtype=BF16) for _ in range(2))
+    gemv_rope_kv(x, w, q_fused, positions, slots, cos, sin, caches[0], caches[1], heads=heads,
+                 kv_heads=kvh, head_dim=d, norm_weight=ln, eps=1e-5)
+    from rustinfer.kernels.triton import rms_norm as rms
+    from rustinfer.kernels.triton import rope_kv
+
+    normed = torch.empty_like(x)
+    rms.rms_norm(x, ln, normed, eps=1e-5)
+    qkv = normed @ w.t()
+    q, k, v = qkv.split([heads * d, kvh * d, kvh * d], dim=-1)
+    rope_kv.rope_kv_write(q, k, v, positions, slots, cos, sin, q_parts, caches[2], caches[3],
+                          heads=heads, kv_heads=kvh, head_dim=d)
+    scale = qkv.float().abs().max().item()
+    assert _err(q_fused, q_parts.float()) <= 2e-2 * scale
+    for fused, parts in ((caches[0], caches[2]), (caches[1], caches[3])):
+        assert _err(fused, parts.float()) <= 2e-2 * scale
+        assert torch.equal(fused.abs().sum(dim=(2, 3)) > 0, parts.abs().sum(dim=(2, 3)) > 0)

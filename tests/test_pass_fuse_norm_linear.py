@@ -12,18 +12,39 @@ def fused(**config):
     return before, after
 
 
-def test_llama_layer_becomes_four_gemms():
+def test_llama_layer_becomes_five_kernels():
     before, after = fused(num_hidden_layers=2)
     ops = [n.op for n in after.nodes]
-    # Per layer: norm+qkv, rope+kv write, attention, o+residual, norm+gate_up+swiglu,
-    # down+residual (+ the qkv split, a view); then the LM head with the final norm.
-    assert ops.count("rms_norm_linear") == 2 * 2 + 1
+    # Per layer: norm+qkv+rope+kv append, attention, o+residual, norm+gate_up+swiglu,
+    # down+residual; then the LM head with the final norm.
+    assert ops.count("rms_norm_linear_rope_kv") == 2
+    assert ops.count("cached_attention") == 2
+    assert ops.count("rms_norm_linear") == 2 + 1
     assert ops.count("linear_add") == 2 * 2
-    for gone in ("add_rms_norm", "rms_norm", "swiglu", "linear", "add"):
+    for gone in ("add_rms_norm", "rms_norm", "swiglu", "linear", "add", "split",
+                 "rope_kv_write"):
         assert gone not in ops, gone
     assert sum(n.attrs.get("act") == "swiglu" for n in after.nodes) == 2
     head = after.nodes[-1]
     assert head.op == "rms_norm_linear" and after.producers()[head.inputs[0]].op == "gather_rows"
+    check(before, after)
+
+
+def test_a_biased_qkv_keeps_its_rope_kernel():
+    """Qwen2's qkv has a bias: the norm folds in, but RoPE + the KV append stay apart
+    (gemv_rope_kv takes no bias)."""
+    from rustinfer.compiler.bind import bind
+    from rustinfer.compiler.spec import load_spec
+
+    before = bind(load_spec("qwen2"), dict(hidden_size=16, intermediate_size=24,
+                                           num_hidden_layers=1, num_attention_heads=4,
+                                           num_key_value_heads=2, vocab_size=50))
+    after, _ = run_pipeline(before, target="cuda")
+    ops = [n.op for n in after.nodes]
+    assert "rms_norm_linear_rope_kv" not in ops
+    assert ops.count("rope_kv_write") == 1
+    qkv = next(n for n in after.nodes if n.op == "rms_norm_linear")
+    assert len(qkv.inputs) == 4                      # x, norm weight, weight, bias
     check(before, after)
 
 

@@ -110,8 +110,8 @@ def test_gemv_config_swiglu_splits_the_unfused_tile():
 
 
 def test_linear_keeps_torch_unless_enabled_on_cuda(monkeypatch):
-    """Off by default: linear is torch.mm / addmm, bit for bit. On, it still leaves CPU
-    tensors (and more than 16 rows) to torch."""
+    """On or off, linear leaves CPU tensors to torch.mm / addmm, bit for bit (the GEMV
+    takes 1-row GEMMs on cuda tensors only)."""
     x, w, b = torch.randn(3, 40), torch.randn(24, 40), torch.randn(24)
     for flag in (False, True):
         monkeypatch.setattr(triton_ops, "TRITON_GEMV", flag)
@@ -238,6 +238,13 @@ with record_launches() as rec:       # 1B: norm+qkv, norm+gate_up+swiglu, o / do
     gemv(e(1, 8192), e(2048, 8192), e(1, 2048), residual=e(1, 2048))
     gemv(e(16, 2048), e(2048, 2048), e(16, 2048), e(2048), norm_weight=e(2048),
          residual=e(16, 2048))
+    # qkv with RoPE and the KV append in the epilogue (1B: 32 q heads, 8 kv heads, d 64)
+    from rustinfer.kernels.triton.gemv import gemv_rope_kv
+    i = lambda *s: torch.empty(*s, dtype=torch.int64, device="meta")
+    f = lambda *s: torch.empty(*s, dtype=torch.float32, device="meta")
+    gemv_rope_kv(e(1, 2048), e(3072, 2048), e(1, 2048), i(1), i(1), f(600, 32), f(600, 32),
+                 e(40, 16, 8, 64), e(40, 16, 8, 64), heads=32, kv_heads=8, head_dim=64,
+                 norm_weight=e(2048), eps=1e-5)
     # programmatic dependent launch: griddepcontrol and L2 prefetches (inline PTX)
     gemv(e(1, 2048), e(16384, 2048), e(1, 8192), norm_weight=e(2048), eps=1e-5, swiglu=True,
          pdl=True)
@@ -259,7 +266,88 @@ def test_gemv_fused_variants_compile_for_sm90(tmp_path):
                           env=env, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     lines = [line for line in done.stdout.splitlines() if line.startswith("ok gemv._gemv_kernel")]
-    assert len(lines) == 5, done.stdout
+    assert len(lines) == 6, done.stdout
     for flag in ("HAS_NORM=True", "SWIGLU=True", "HAS_RESIDUAL=True", "HAS_BIAS=True",
-                 "PDL=True"):
+                 "PDL=True", "ROPE=True"):
         assert any(flag in line for line in lines), flag
+
+
+# ---- gemv_rope_kv: the qkv GEMV with RoPE and the KV-cache append in its epilogue ----
+
+def _rope_tables(head_dim, positions=32):
+    from rustinfer.kernels.rope_tables import inv_freq
+
+    freqs = torch.arange(positions, dtype=torch.float32)[:, None] * \
+        inv_freq(head_dim, 10000.0, None)[None, :]
+    return freqs.cos().contiguous(), freqs.sin().contiguous()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("heads,kv_heads,head_dim,m", [(4, 2, 16, 1), (3, 1, 12, 3),
+                                                       (2, 2, 8, 2)])
+def test_gemv_rope_kv_matches_reference(dtype, heads, kv_heads, head_dim, m):
+    """q rotated into q_out; k rotated and v as is at each row's slot; a padded row (slot
+    -1) writes no cache slot. Odd K, a head_dim whose half (6) is not a power of 2, GQA and
+    MHA, the norm folded in with an offset, a bias, several rows at different positions."""
+    from rustinfer.kernels.triton.gemv import gemv_rope_kv
+
+    k, hd = 37, head_dim
+    rows_w = (heads + 2 * kv_heads) * hd
+    x = (3 * _rand(m, k, dtype=torch.float32, seed=1)).to(dtype)
+    w = (0.3 * _rand(rows_w, k, dtype=torch.float32, seed=2)).to(dtype)
+    b = _rand(rows_w, dtype=dtype, seed=3)
+    nw = (1 + 0.2 * _rand(k, dtype=torch.float32, seed=4)).to(dtype)
+    positions = torch.tensor([5, 0, 9][:m])
+    slots = torch.tensor([7, -1, 3][:m])
+    cos, sin = _rope_tables(hd)
+    k_cache = torch.zeros(4, 4, kv_heads, hd, dtype=dtype)
+    v_cache = torch.zeros_like(k_cache)
+    q = torch.full((m, heads * hd), float("nan"), dtype=dtype)
+    gemv_rope_kv(x, w, q, positions, slots, cos, sin, k_cache, v_cache, heads=heads,
+                 kv_heads=kv_heads, head_dim=hd, bias=b, norm_weight=nw, eps=EPS, offset=1.0)
+
+    xd = x.double()
+    normed = xd * torch.rsqrt(xd.pow(2).mean(-1, keepdim=True) + EPS) * (nw.double() + 1.0)
+    qkv = normed @ w.double().t() + b.double()
+    c, s = cos.double()[positions][:, None, :], sin.double()[positions][:, None, :]
+
+    def rot(t, n):
+        t = t.reshape(m, n, hd)
+        x1, x2 = t[..., :hd // 2], t[..., hd // 2:]
+        return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], -1).reshape(m, n * hd)
+
+    want_q = rot(qkv[:, :heads * hd], heads)
+    want_k = rot(qkv[:, heads * hd:(heads + kv_heads) * hd], kv_heads)
+    want_v = qkv[:, (heads + kv_heads) * hd:]
+    tol = TOL[dtype] * 4 * qkv.abs().max().item()
+    assert (q.double() - want_q).abs().max().item() <= tol
+    kf, vf = k_cache.view(-1, kv_heads * hd).double(), v_cache.view(-1, kv_heads * hd).double()
+    for i in range(m):
+        if slots[i] >= 0:
+            assert (kf[slots[i]] - want_k[i]).abs().max().item() <= tol
+            assert (vf[slots[i]] - want_v[i]).abs().max().item() <= tol
+    written = sorted(int(sl) for sl in slots if sl >= 0)
+    assert (kf.abs().sum(-1) > 0).nonzero().flatten().tolist() == written
+    assert (vf.abs().sum(-1) > 0).nonzero().flatten().tolist() == written
+
+
+def test_gemv_rope_kv_rejects_bad_arguments():
+    from rustinfer.kernels.triton.gemv import gemv_rope_kv
+
+    x, w = torch.randn(1, 8), torch.randn((4 + 2 * 2) * 4, 8)
+    pos, slots = torch.zeros(1, dtype=torch.int64), torch.zeros(1, dtype=torch.int64)
+    cos, sin = _rope_tables(4)
+    kc = torch.zeros(2, 4, 2, 4)
+    q = torch.empty(1, 16)
+    with pytest.raises(ValueError, match="gemv_rope_kv weight"):
+        gemv_rope_kv(x, w[:-4], q, pos, slots, cos, sin, kc, kc.clone(), heads=4, kv_heads=2,
+                     head_dim=4)
+    with pytest.raises(ValueError, match="k_cache"):
+        gemv_rope_kv(x, w, q, pos, slots, cos, sin, kc[:, :, :1], kc.clone(), heads=4,
+                     kv_heads=2, head_dim=4)
+    with pytest.raises(ValueError, match="cos table"):
+        gemv_rope_kv(x, w, q, pos, slots, cos[:, :1], sin, kc, kc.clone(), heads=4,
+                     kv_heads=2, head_dim=4)
+    with pytest.raises(ValueError, match="positions"):
+        gemv_rope_kv(x, w, q, pos[:0], slots, cos, sin, kc, kc.clone(), heads=4, kv_heads=2,
+                     head_dim=4)

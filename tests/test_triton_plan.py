@@ -127,23 +127,34 @@ def test_bucket_path_equals_eager_path_and_spares_real_blocks(executors):
 
 def test_single_row_steps_on_the_fused_gemv(executors, monkeypatch):
     """A bs=1 decode step routes every GEMM of the cuda plan to the Triton GEMV (the norm,
-    residual add and SwiGLU inside it) as on a GPU: routing CPU tensors there too runs that
-    path in the interpreter, and it must match the plan on torch kernels."""
+    residual add, SwiGLU, RoPE and KV append inside it) as on a GPU: routing CPU tensors
+    there too runs that path in the interpreter, and it must match the plan on torch
+    kernels."""
     from rustinfer.kernels.triton import gemv
 
     launched = []
-    real = gemv.gemv
+
+    def spy(fn, tag):
+        def call(*a, **kw):
+            launched.append([tag] + sorted(k for k, v in kw.items()
+                                           if v is not None and v is not False))
+            return fn(*a, **kw)
+        return call
+
     monkeypatch.setattr(triton_ops, "TRITON_GEMV", True)
     monkeypatch.setattr(triton_ops, "GEMV_DEVICES", ("cuda", "cpu"))
-    monkeypatch.setattr(gemv, "gemv", lambda *a, **kw: launched.append(sorted(
-        k for k, v in kw.items() if v is not None and v is not False)) or real(*a, **kw))
+    monkeypatch.setattr(gemv, "gemv", spy(gemv.gemv, "gemv"))
+    monkeypatch.setattr(gemv, "gemv_rope_kv", spy(gemv.gemv_rope_kv, "rope"))
     table = [1, 2]
     _both(executors, [(_ids(6, 21), 0, table)])      # prefill: 6 rows on cuBLAS, but the
-    assert launched == [["eps", "norm_weight", "offset"]]      # LM head's one row on the GEMV
+    norm = ["eps", "norm_weight", "offset"]          # LM head's one row on the GEMV
+    assert launched == [["gemv"] + norm]
     launched.clear()
-    _both(executors, [(_ids(1, 22), 6, table)])          # decode: one row, all on the GEMV
+    _both(executors, [(_ids(1, 22), 6, table)])      # decode: one row, all on the GEMV
     layers = 2
-    assert launched.count(["eps", "norm_weight", "offset"]) == layers + 1     # qkv, LM head
-    assert launched.count(["eps", "norm_weight", "offset", "swiglu"]) == layers
-    assert launched.count(["residual"]) == 2 * layers                        # o, down
+    rope = ["rope", "eps", "head_dim", "heads", "kv_heads", "norm_weight", "offset"]
+    assert launched.count(rope) == layers                                   # qkv
+    assert launched.count(["gemv", "residual"]) == 2 * layers               # o, down
+    assert launched.count(["gemv"] + norm + ["swiglu"]) == layers           # gate_up
+    assert launched.count(["gemv"] + norm) == 1                             # LM head
     assert len(launched) == 4 * layers + 1

@@ -7,7 +7,8 @@ into its K loop (each program walks all of K anyway, so it can sum x^2 there
 and scale its dot products at the end), and pair gate row n with up row F+n so
 SwiGLU is applied before anything is stored. A Llama layer goes from
 add_rms_norm, linear, ..., linear, add_rms_norm, linear, swiglu, linear to
-rms_norm_linear, ..., linear_add, rms_norm_linear(act=swiglu), linear_add.
+rms_norm_linear_rope_kv, cached_attention, linear_add, rms_norm_linear(act=swiglu),
+linear_add.
 
 Matches, in this order (each to a fixed point):
 
@@ -29,6 +30,13 @@ Matches, in this order (each to a fixed point):
 
        y = rms_norm_linear(x, g, w, [bias]);  z = swiglu(y)
    ->  z = rms_norm_linear(x, g, w, [bias]) {act='swiglu'}
+
+4. the attention's input projection, its RoPE and the KV-cache append (full rotary, no
+   bias, qkv's columns read only through the split):
+
+       qkv = rms_norm_linear(x, g, w);  q, k, v = split(qkv);
+       qr = rope_kv_write(q, k, v, pos, kc, vc)
+   ->  qr = rms_norm_linear_rope_kv(x, g, w, pos, kc, vc) {eps, offset, rope_kv_write's}
 
 A norm whose output has other readers stays a norm (after 1, rms_norm of h:
 the same number of kernels as before). Gemma 2's post-norms (b = rms_norm(o),
@@ -78,6 +86,22 @@ SWIGLU = Pattern("""
     name="fuse_norm_linear/swiglu")
 
 
+def _qkv_rope(m: Match) -> bool:
+    norm, _, rope = m.nodes
+    h, kvh, d = rope.attrs["heads"], rope.attrs["kv_heads"], rope.attrs["head_dim"]
+    return (m.env.get("bias") is None and norm.attrs.get("act") is None
+            and rope.attrs.get("rotary_dim") in (None, d)
+            and list(m["sizes"]) == [h * d, kvh * d, kvh * d])
+
+
+ROPE = Pattern("""
+    qkv = rms_norm_linear(x, g, w, [bias], eps=eps, offset=off)
+    q, k, v = split(qkv, sizes=sizes)
+    qr = rope_kv_write(q, k, v, pos, kc, vc)
+""", where=[_qkv_rope, private("qkv", "q", "k", "v")], anchor="last",
+    name="fuse_norm_linear/rope")
+
+
 def _residual(m: Match, rw: Rewriter) -> list[Node]:
     norm = {"eps": m["eps"], "offset": m["off"]}
     # The final norm's sum has no other reader, so dead_value_removal blanked it ('');
@@ -107,10 +131,18 @@ def _swiglu(m: Match, rw: Rewriter) -> list[Node]:
     return [rw.node("rms_norm_linear", [m["x"], m["g"], *_head(m)], [m["z"]], attrs)]
 
 
+def _rope(m: Match, rw: Rewriter) -> list[Node]:
+    rope = m.nodes[2]
+    attrs = {"eps": m["eps"], "offset": m["off"],
+             **{k: v for k, v in rope.attrs.items() if k != "rotary_dim"}}
+    return [rw.node("rms_norm_linear_rope_kv", [m["x"], m["g"], m["w"], m["pos"], m["kc"],
+                                                m["vc"]], [m["qr"]], attrs)]
+
+
 def run(graph: Graph) -> tuple[Graph, int]:
     count = 0
     for pattern, fn in [(RESIDUAL[0], _residual), (RESIDUAL[1], _residual), (NORM, _norm),
-                        (NORM_GATHERED, _norm_gathered), (SWIGLU, _swiglu)]:
+                        (NORM_GATHERED, _norm_gathered), (SWIGLU, _swiglu), (ROPE, _rope)]:
         graph, n = rewrite_all(graph, pattern, fn)
         count += n
     return graph, count

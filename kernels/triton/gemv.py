@@ -109,52 +109,68 @@ def gemv_config(n: int, k: int, m: int, *, swiglu: bool = False) -> GemvConfig:
 @triton.jit
 def _gemv_kernel(x_ptr, w_ptr, b_ptr, nw_ptr, res_ptr, out_ptr, M, N, K, stride_x, stride_w,
                  stride_res, stride_out, eps, offset,
+                 pos_ptr, slot_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                  STAGES: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_NORM: tl.constexpr,
-                 SWIGLU: tl.constexpr, HAS_RESIDUAL: tl.constexpr, PDL: tl.constexpr = False,
+                 SWIGLU: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ROPE: tl.constexpr = False,
+                 HEADS: tl.constexpr = 1, KV_HEADS: tl.constexpr = 1,
+                 HEAD_DIM: tl.constexpr = 2, PDL: tl.constexpr = False,
                  LINES: tl.constexpr = 1, LINE_ELEMS: tl.constexpr = 64):
     # x:    [M, K], row stride stride_x, columns contiguous; M <= BLOCK_M <= 16
-    # w:    [N, K] (SWIGLU: [2N, K], gate rows then up rows), row stride stride_w,
-    #       columns contiguous (nn.Linear's layout)
-    # b:    [N] (SWIGLU: [2N]; HAS_BIAS only); nw: [K] norm weight (HAS_NORM only)
-    # res:  [M, N], row stride stride_res (HAS_RESIDUAL only); out: [M, N], row stride stride_out
-    # grid: (cdiv(N, BLOCK_N),): program p computes out[:, p*BLOCK_N : (p+1)*BLOCK_N]
-    #       = sum over K tiles of x[:, tile] @ w[p*BLOCK_N : ..., tile]^T, then the epilogue
+    # w:    [N, K] row stride stride_w, columns contiguous (nn.Linear's layout); SWIGLU:
+    #       [2N, K], gate rows then up rows; ROPE: the fused qkv [2N, K], N = its row pairs
+    # b:    w's rows (HAS_BIAS only); nw: [K] norm weight (HAS_NORM only)
+    # res:  [M, N], row stride stride_res (HAS_RESIDUAL only); out: [M, N], row stride
+    #       stride_out (ROPE: the rotated q, [M, HEADS * HEAD_DIM])
+    # ROPE: pos, slot [M] int64; cos, sin [max_pos, HEAD_DIM // 2] fp32; kc, vc the paged
+    #       caches as [slots, KV_HEADS * HEAD_DIM]
+    # grid: (cdiv(N, BLOCK_N),): program p computes outputs p*BLOCK_N ... (p+1)*BLOCK_N - 1
+    #       = sum over K tiles of x[:, tile] @ w[its rows, tile]^T, then the epilogue
     n = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     nmask = n < N
     rows = tl.arange(0, BLOCK_M)
+    # Which W rows an output reads: row n, or a pair (row, row + pair) whose two sums the
+    # epilogue combines: SWIGLU gate row n with up row N + n; ROPE the two halves of one
+    # head's rotation, dims j and j + HEAD_DIM / 2 (BLOCK_N divides HEAD_DIM / 2, so one
+    # program's outputs all belong to one head).
+    HALF: tl.constexpr = HEAD_DIM // 2
+    PAIRED: tl.constexpr = SWIGLU or ROPE
+    row = n
+    pair = N
+    if ROPE:
+        row = (n // HALF) * HEAD_DIM + n % HALF
+        pair = HALF
     if PDL:
-        # Launched with programmatic dependent launch: let the next kernel's programs be
-        # scheduled as soon as ours all run, then pull this program's weight rows into L2
-        # (LINES cache lines of LINE_ELEMS per row; a masked-off line prefetches row 0's
+        # Launched with programmatic dependent launch: pull this program's weight rows into
+        # L2 (LINES cache lines of LINE_ELEMS per row; a masked-off line prefetches row 0's
         # first) while the previous kernel may still be running. Weights are never written
         # by a step; everything else is read or written only after gdc_wait, which returns
         # once the previous kernel has finished and its writes are visible.
-        tl.extra.cuda.gdc_launch_dependents()
         line = tl.arange(0, LINES) * LINE_ELEMS
         pmask = nmask[:, None] & (line < K)[None, :]
-        ptrs = tl.where(pmask, w_ptr + n[:, None] * stride_w + line[None, :], w_ptr)
+        ptrs = tl.where(pmask, w_ptr + row[:, None] * stride_w + line[None, :], w_ptr)
         tl.inline_asm_elementwise("prefetch.global.L2 [$1]; // dummy $0", "=r,l", [ptrs],
                                   dtype=tl.int32, is_pure=False, pack=1)
-        if SWIGLU:
-            ptrs = tl.where(pmask, w_ptr + (n + N)[:, None] * stride_w + line[None, :], w_ptr)
+        if PAIRED:
+            ptrs = tl.where(pmask, w_ptr + (row + pair)[:, None] * stride_w + line[None, :],
+                            w_ptr)
             tl.inline_asm_elementwise("prefetch.global.L2 [$1]; // dummy $0", "=r,l", [ptrs],
                                       dtype=tl.int32, is_pure=False, pack=1)
         tl.extra.cuda.gdc_wait()
     # The accumulators are out's tile transposed, [BLOCK_N, BLOCK_M]: a row's partial sums
     # come out of the K reduction along W's rows, so they add in without a layout change.
-    acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)       # SWIGLU: the gate half
-    acc_up = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)    # SWIGLU only (else dead code)
+    acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)       # PAIRED: the first row of each pair
+    acc2 = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)      # PAIRED only: the second row
     sumsq = tl.zeros([BLOCK_M], tl.float32)              # HAS_NORM only: sum of x_m^2
     for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
         k = k0 + tl.arange(0, BLOCK_K)
         kmask = k < K
         wmask = nmask[:, None] & kmask[None, :]
-        w = tl.load(w_ptr + n[:, None] * stride_w + k[None, :], mask=wmask,
+        w = tl.load(w_ptr + row[:, None] * stride_w + k[None, :], mask=wmask,
                     other=0.0).to(tl.float32)
-        if SWIGLU:
-            w_up = tl.load(w_ptr + (n + N)[:, None] * stride_w + k[None, :], mask=wmask,
-                           other=0.0).to(tl.float32)
+        if PAIRED:
+            w2 = tl.load(w_ptr + (row + pair)[:, None] * stride_w + k[None, :], mask=wmask,
+                         other=0.0).to(tl.float32)
         if HAS_NORM:
             # the norm's per-column scale (w + offset) goes into x; its per-row scale
             # rsqrt(mean(x^2) + eps) needs all of K, so it is applied after the loop
@@ -168,29 +184,107 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, nw_ptr, res_ptr, out_ptr, M, N, K, stride_
                 xm = xm * gamma
             part = tl.sum(w * xm[None, :], axis=1)                          # [BLOCK_N]
             acc = tl.where(rows[None, :] == m, acc + part[:, None], acc)
-            if SWIGLU:
-                part_up = tl.sum(w_up * xm[None, :], axis=1)
-                acc_up = tl.where(rows[None, :] == m, acc_up + part_up[:, None], acc_up)
+            if PAIRED:
+                part2 = tl.sum(w2 * xm[None, :], axis=1)
+                acc2 = tl.where(rows[None, :] == m, acc2 + part2[:, None], acc2)
+    if PDL:
+        # Only now let the next kernel's programs be scheduled: signalled at the start
+        # (measured on an H200), their waiting programs took SM slots from this GEMV's
+        # later waves and the bs=1 step got slower (1.019 vs 0.898 ms replayed).
+        tl.extra.cuda.gdc_launch_dependents()
     # Epilogue, in fp32, in the unfused order: norm scale, bias, activation, residual add.
     if HAS_NORM:
         # rows >= M summed nothing: their rstd is junk (1/sqrt(eps)), but they are never stored
         rstd = 1.0 / tl.sqrt(sumsq / K + eps)
         acc *= rstd[None, :]
-        if SWIGLU:
-            acc_up *= rstd[None, :]
+        if PAIRED:
+            acc2 *= rstd[None, :]
     if HAS_BIAS:
-        acc += tl.load(b_ptr + n, mask=nmask, other=0.0).to(tl.float32)[:, None]
-        if SWIGLU:
-            acc_up += tl.load(b_ptr + N + n, mask=nmask, other=0.0).to(tl.float32)[:, None]
+        acc += tl.load(b_ptr + row, mask=nmask, other=0.0).to(tl.float32)[:, None]
+        if PAIRED:
+            acc2 += tl.load(b_ptr + row + pair, mask=nmask, other=0.0).to(tl.float32)[:, None]
     if SWIGLU:
-        acc = acc * tl.sigmoid(acc) * acc_up                                # silu(gate) * up
+        acc = acc * tl.sigmoid(acc) * acc2                                  # silu(gate) * up
     omask = nmask[:, None] & (rows[None, :] < M)
-    if HAS_RESIDUAL:
-        # read before the store below: out may be res itself (this program's columns only)
-        acc += tl.load(res_ptr + rows[None, :] * stride_res + n[:, None], mask=omask,
-                       other=0.0).to(tl.float32)
-    tl.store(out_ptr + rows[None, :] * stride_out + n[:, None], acc.to(out_ptr.dtype.element_ty),
-             mask=omask)
+    if ROPE:
+        # This program's head: a q head (rotate, store into out), a k head (rotate, store
+        # into the cache at the row's slot) or a v head (store into the cache as is).
+        # Rotate-half: [x1 cos - x2 sin, x2 cos + x1 sin] at each row's position.
+        head = (tl.program_id(0) * BLOCK_N) // HALF
+        j = n % HALF
+        pos = tl.load(pos_ptr + rows, mask=rows < M, other=0)
+        cos = tl.load(cos_ptr + pos[None, :] * HALF + j[:, None], mask=omask, other=1.0)
+        sin = tl.load(sin_ptr + pos[None, :] * HALF + j[:, None], mask=omask, other=0.0)
+        is_v = head >= HEADS + KV_HEADS
+        y1 = tl.where(is_v, acc, acc * cos - acc2 * sin)
+        y2 = tl.where(is_v, acc2, acc2 * cos + acc * sin)
+        col = (head * HEAD_DIM + j)[:, None]
+        q_ty = out_ptr.dtype.element_ty
+        qmask = omask & (head < HEADS)
+        tl.store(out_ptr + rows[None, :] * stride_out + col, y1.to(q_ty), mask=qmask)
+        tl.store(out_ptr + rows[None, :] * stride_out + col + HALF, y2.to(q_ty), mask=qmask)
+        # a padded row (slot < 0) writes nothing to the cache
+        slot = tl.load(slot_ptr + rows, mask=rows < M, other=-1)
+        kv_head = tl.where(is_v, head - HEADS - KV_HEADS, head - HEADS)
+        at = slot[None, :] * (KV_HEADS * HEAD_DIM) + (kv_head * HEAD_DIM + j)[:, None]
+        cmask = omask & (head >= HEADS) & (slot >= 0)[None, :]
+        kmask = cmask & (head < HEADS + KV_HEADS)
+        cache_ty = kc_ptr.dtype.element_ty
+        tl.store(kc_ptr + at, y1.to(cache_ty), mask=kmask)
+        tl.store(kc_ptr + at + HALF, y2.to(cache_ty), mask=kmask)
+        tl.store(vc_ptr + at, y1.to(vc_ptr.dtype.element_ty), mask=cmask & is_v)
+        tl.store(vc_ptr + at + HALF, y2.to(vc_ptr.dtype.element_ty), mask=cmask & is_v)
+    else:
+        if HAS_RESIDUAL:
+            # read before the store below: out may be res itself (this program's columns)
+            acc += tl.load(res_ptr + rows[None, :] * stride_res + n[:, None], mask=omask,
+                           other=0.0).to(tl.float32)
+        tl.store(out_ptr + rows[None, :] * stride_out + n[:, None],
+                 acc.to(out_ptr.dtype.element_ty), mask=omask)
+
+
+def _check_inputs(x, weight, bias, norm_weight) -> tuple[int, int, int]:
+    """(M, K, W rows) after the checks every variant shares."""
+    if x.dim() != 2 or weight.dim() != 2:
+        raise ValueError(f"gemv: expected x [M, K] and weight [N, K], got {list(x.shape)} "
+                         f"and {list(weight.shape)}")
+    m, k = x.shape
+    rows_w = weight.shape[0]
+    check_rows("gemv x", x, k)
+    check_rows("gemv weight", weight, k, rows_w)
+    if x.dtype not in _DTYPES or weight.dtype != x.dtype:
+        raise ValueError(f"gemv: x and weight must share one of {_DTYPES}, got {x.dtype} "
+                         f"and {weight.dtype}")
+    if bias is not None and (bias.shape != (rows_w,) or bias.stride(0) != 1
+                             or bias.dtype not in _DTYPES):
+        raise ValueError(f"gemv bias: expected contiguous float [{rows_w}], got "
+                         f"{list(bias.shape)} {bias.dtype}")
+    if norm_weight is not None and (norm_weight.shape != (k,) or norm_weight.stride(0) != 1
+                                    or norm_weight.dtype not in _DTYPES):
+        raise ValueError(f"gemv norm_weight: expected contiguous float [{k}], got "
+                         f"{list(norm_weight.shape)} {norm_weight.dtype}")
+    return m, k, rows_w
+
+
+def _launch(cfg: GemvConfig, n: int, x, weight, out, bias, norm_weight, residual, eps, offset,
+            pdl, *, swiglu=False, rope=None) -> None:
+    """The one kernel launch behind gemv and gemv_rope_kv (n: the outputs the grid covers)."""
+    m, k = x.shape
+    pdl = PDL if pdl is None else pdl
+    line_elems = _LINE_BYTES // weight.element_size()
+    res = out if residual is None else residual
+    r = rope or {}
+    launch(_gemv_kernel, (triton.cdiv(n, cfg.block_n),), x, weight,
+           weight if bias is None else bias, weight if norm_weight is None else norm_weight,
+           res, out, m, n, k, x.stride(0), weight.stride(0), res.stride(0), out.stride(0),
+           float(eps), float(offset), r.get("positions", x), r.get("slots", x),
+           r.get("cos", x), r.get("sin", x), r.get("k_cache", x), r.get("v_cache", x),
+           BLOCK_M=next_pow2(m), BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+           STAGES=cfg.num_stages, HAS_BIAS=bias is not None, HAS_NORM=norm_weight is not None,
+           SWIGLU=bool(swiglu), HAS_RESIDUAL=residual is not None, ROPE=rope is not None,
+           HEADS=r.get("heads", 1), KV_HEADS=r.get("kv_heads", 1),
+           HEAD_DIM=r.get("head_dim", 2), num_warps=cfg.num_warps, launch_pdl=pdl, PDL=pdl,
+           LINES=next_pow2(triton.cdiv(k, line_elems)) if pdl else 1, LINE_ELEMS=line_elems)
 
 
 def gemv(x, weight, out, bias=None, *, norm_weight=None, eps: float = 0.0,
@@ -205,11 +299,7 @@ def gemv(x, weight, out, bias=None, *, norm_weight=None, eps: float = 0.0,
     residual [M, N]: out = residual + ...; out may be residual itself (in place).
     swiglu and residual do not combine. `config` overrides gemv_config and `pdl` the
     module's PDL switch (benchmarks and tests; plans always take the defaults)."""
-    if x.dim() != 2 or weight.dim() != 2:
-        raise ValueError(f"gemv: expected x [M, K] and weight [N, K], got {list(x.shape)} "
-                         f"and {list(weight.shape)}")
-    m, k = x.shape
-    rows_w = weight.shape[0]
+    m, k, rows_w = _check_inputs(x, weight, bias, norm_weight)
     if swiglu:
         if residual is not None:
             raise ValueError("gemv: swiglu and residual do not combine (no caller needs it)")
@@ -217,22 +307,9 @@ def gemv(x, weight, out, bias=None, *, norm_weight=None, eps: float = 0.0,
             raise ValueError(f"gemv weight: swiglu expects gate_up [2F, {k}] (gate rows, then "
                              f"up rows), got {list(weight.shape)} (an odd row count)")
     n = rows_w // 2 if swiglu else rows_w             # out's width (the grid's dimension)
-    check_rows("gemv x", x, k)
-    check_rows("gemv weight", weight, k, rows_w)
     check_rows("gemv out", out, n, m)
-    if x.dtype not in _DTYPES or weight.dtype != x.dtype:
-        raise ValueError(f"gemv: x and weight must share one of {_DTYPES}, got {x.dtype} "
-                         f"and {weight.dtype}")
     if out.dtype not in _DTYPES:
         raise ValueError(f"gemv out: dtype {out.dtype} is not one of {_DTYPES}")
-    if bias is not None and (bias.shape != (rows_w,) or bias.stride(0) != 1
-                             or bias.dtype not in _DTYPES):
-        raise ValueError(f"gemv bias: expected contiguous float [{rows_w}], got "
-                         f"{list(bias.shape)} {bias.dtype}")
-    if norm_weight is not None and (norm_weight.shape != (k,) or norm_weight.stride(0) != 1
-                                    or norm_weight.dtype not in _DTYPES):
-        raise ValueError(f"gemv norm_weight: expected contiguous float [{k}], got "
-                         f"{list(norm_weight.shape)} {norm_weight.dtype}")
     if residual is not None:
         check_rows("gemv residual", residual, n, m)
         if residual.dtype != out.dtype:
@@ -240,15 +317,51 @@ def gemv(x, weight, out, bias=None, *, norm_weight=None, eps: float = 0.0,
                              f"{out.dtype}")
     if m == 0:
         return
-    cfg = config or gemv_config(n, k, m, swiglu=swiglu)
-    pdl = PDL if pdl is None else pdl
-    line_elems = _LINE_BYTES // weight.element_size()
-    launch(_gemv_kernel, (triton.cdiv(n, cfg.block_n),), x, weight,
-           weight if bias is None else bias, weight if norm_weight is None else norm_weight,
-           out if residual is None else residual, out, m, n, k, x.stride(0), weight.stride(0),
-           (out if residual is None else residual).stride(0), out.stride(0), float(eps),
-           float(offset), BLOCK_M=next_pow2(m), BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-           STAGES=cfg.num_stages, HAS_BIAS=bias is not None, HAS_NORM=norm_weight is not None,
-           SWIGLU=bool(swiglu), HAS_RESIDUAL=residual is not None, num_warps=cfg.num_warps,
-           launch_pdl=pdl, PDL=pdl, LINES=next_pow2(triton.cdiv(k, line_elems)) if pdl else 1,
-           LINE_ELEMS=line_elems)
+    _launch(config or gemv_config(n, k, m, swiglu=swiglu), n, x, weight, out, bias,
+            norm_weight, residual, eps, offset, pdl, swiglu=swiglu)
+
+
+def gemv_rope_kv(x, weight, q_out, positions, slots, cos, sin, k_cache, v_cache, *,
+                 heads: int, kv_heads: int, head_dim: int, bias=None, norm_weight=None,
+                 eps: float = 0.0, offset: float = 0.0, config: GemvConfig | None = None,
+                 pdl: bool | None = None) -> None:
+    """The attention's input projection with RoPE and the KV-cache append in its epilogue:
+
+        qkv = x @ weight^T (+ bias)  (x RMS-normalized first when norm_weight is given)
+        q_out = rope(q);  k_cache[slot] = rope(k);  v_cache[slot] = v     per row
+
+    weight is the fused [(heads + 2 kv_heads) * head_dim, K] (q rows, k rows, v rows);
+    rotate-half RoPE over the whole head_dim with the [max_pos, head_dim / 2] cos / sin
+    tables (rope_kv.py's, Llama 3 scaling included); a row whose slot is negative (a
+    padded row) writes nothing to the cache. One program owns BLOCK_N dims j of one head
+    and their partners j + head_dim / 2, so the qkv product is never written."""
+    m, k, rows_w = _check_inputs(x, weight, bias, norm_weight)
+    if head_dim % 2 or rows_w != (heads + 2 * kv_heads) * head_dim:
+        raise ValueError(f"gemv_rope_kv weight: expected [(heads {heads} + 2 x kv_heads "
+                         f"{kv_heads}) x head_dim {head_dim}, {k}] (an even head_dim), got "
+                         f"{list(weight.shape)}")
+    check_rows("gemv_rope_kv q_out", q_out, heads * head_dim, m)
+    for name, t in (("cos", cos), ("sin", sin)):
+        if t.dim() != 2 or t.shape[1] != head_dim // 2 or not t.is_contiguous():
+            raise ValueError(f"gemv_rope_kv {name} table: expected contiguous [max_pos, "
+                             f"{head_dim // 2}], got {list(t.shape)}")
+    for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):
+        if c.dim() != 4 or tuple(c.shape[2:]) != (kv_heads, head_dim) or not c.is_contiguous():
+            raise ValueError(f"gemv_rope_kv {name}: expected contiguous [blocks, block_size, "
+                             f"{kv_heads}, {head_dim}], got {list(c.shape)}")
+    if positions.shape != (m,) or slots.shape != (m,):
+        raise ValueError(f"gemv_rope_kv: positions {list(positions.shape)} / slots "
+                         f"{list(slots.shape)} must be [{m}]")
+    if m == 0:
+        return
+    half, pairs = head_dim // 2, rows_w // 2
+    # The unfused qkv's tile, halved into pairs (as swiglu); BLOCK_N must divide half so
+    # that a program's dims all belong to one head.
+    cfg = config or gemv_config(pairs, k, m, swiglu=True)
+    block_n = min(cfg.block_n, next_pow2(half))
+    while half % block_n:
+        block_n //= 2
+    rope = dict(positions=positions, slots=slots, cos=cos, sin=sin, k_cache=k_cache,
+                v_cache=v_cache, heads=heads, kv_heads=kv_heads, head_dim=head_dim)
+    _launch(cfg._replace(block_n=block_n), pairs, x, weight, q_out, bias, norm_weight, None,
+            eps, offset, pdl, rope=rope)

@@ -4,40 +4,31 @@
 spec          specs/llama3.yaml (family llama3)
 model         LlamaForCausalLM, 2 layers, hidden 64
 target        cuda, max 32 tokens per step
-passes        fuse_qkv x2, fuse_gate_up_swiglu x2, fuse_rope_kv x2, fuse_add_rms_norm x4, lm_head_last_token x1, dead_value_removal x11, fuse_norm_linear x11
-memory        naive 0.1 MiB -> planned 0.0 MiB (24.6%), lower bound 0.0 MiB
+passes        fuse_qkv x2, fuse_gate_up_swiglu x2, fuse_rope_kv x2, fuse_add_rms_norm x4, lm_head_last_token x1, dead_value_removal x11, fuse_norm_linear x13
+memory        naive 0.1 MiB -> planned 0.0 MiB (36.7%), lower bound 0.0 MiB
 
 Slot table (which values share bytes):
-    memory reduced from 0.13 MiB (naive) to 0.03 MiB (planned; lower bound 0.03 MiB)
+    memory reduced from 0.10 MiB (naive) to 0.04 MiB (planned; lower bound 0.03 MiB)
           offset         size  live         value
-    -- bytes [0, 24576) shared by 10 value(s)
-               0        16384  [1, 4)       layers.0/attn/q+k+v
-                               [2, 4)       layers.0/attn/q (strided view of layers.0/attn/q+k+v)
-                               [2, 4)       layers.0/attn/k (strided view of layers.0/attn/q+k+v)
-                               [2, 4)       layers.0/attn/v (strided view of layers.0/attn/q+k+v)
-               0         8192  [4, 6)       layers.0/attn/out
-               0        12288  [6, 8)       layers.0/mlp/prod
-               0        16384  [8, 11)      layers.1/attn/q+k+v
-                               [9, 11)      layers.1/attn/q (strided view of layers.1/attn/q+k+v)
-                               [9, 11)      layers.1/attn/k (strided view of layers.1/attn/q+k+v)
-                               [9, 11)      layers.1/attn/v (strided view of layers.1/attn/q+k+v)
-               0         8192  [11, 13)     layers.1/attn/out
-               0        12288  [13, 15)     layers.1/mlp/prod
-               0         2048  [15, 17)     logits/rows
-           12288         8192  [14, 16)     final/h
-           16384         8192  [0, 6)       h
-           16384         8192  [7, 13)      layers.0/h.2
-    -- bytes [24576, 32768) shared by 4 value(s)
-           24576         8192  [3, 5)       layers.0/attn/q_rot
-           24576         8192  [5, 8)       layers.0/h
-           24576         8192  [10, 12)     layers.1/attn/q_rot
-           24576         8192  [12, 15)     layers.1/h
+    -- bytes [0, 36864) shared by 12 value(s)
+               0         8192  [0, 4)       h
+               0        12288  [4, 6)       layers.0/mlp/prod
+               0         8192  [6, 8)       layers.1/attn/q_rot
+               0        12288  [9, 11)      layers.1/mlp/prod
+               0         2048  [11, 13)     logits/rows
+            8192         8192  [1, 3)       layers.0/attn/q_rot
+           12288         8192  [5, 9)       layers.0/h.2
+           12288         8192  [10, 12)     final/h
+           16384         8192  [2, 4)       layers.0/attn/out
+           20480         8192  [7, 9)       layers.1/attn/out
+           24576         8192  [3, 6)       layers.0/h
+           28672         8192  [8, 11)      layers.1/h
           pinned         4096               logits
 """
 
 TARGET = 'cuda'
 MAX_TOKENS = 32          # largest step (tokens) the arena is planned for
-ARENA_BYTES = 32768
+ARENA_BYTES = 36864
 ACT_BYTES = 4
 LIMITS = {"max_heads": 4, "max_head_dim": 16, "max_kv_width": 32, "scratch_width": 256}
 
@@ -81,20 +72,15 @@ def run(step, W, C, arena, outputs, K, ws):
 
     # ---- prologue ----------------------------------------------------
     # h: embedding [T] -> [T, 64]
-    h = arena[4096:4096 + T * 64].view(T, 64)
+    h = arena[0:0 + T * 64].view(T, 64)
     K.embedding(step.token_ids, W["model.embed_tokens.weight"], out=h)
 
     # ---- layers.0 ----------------------------------------------------
-    # layers.0/attn/q+k+v: rms_norm_linear [T, 64] -> [T, 128]
-    l0_attn_q_k_v = arena[0:0 + T * 128].view(T, 128)
-    K.rms_norm_linear(h, W["model.layers.0.input_layernorm.weight"], W["model.layers.0.self_attn.q+k+v_proj.weight"], out=l0_attn_q_k_v, eps=1e-05, offset=0.0, ws=ws)
-    # layers.0/attn/q+k+v/split: split [T, 128] -> [T, 64] [T, 32] [T, 32]
-    l0_attn_q, l0_attn_k, l0_attn_v = l0_attn_q_k_v[:, 0:64], l0_attn_q_k_v[:, 64:96], l0_attn_q_k_v[:, 96:128]
-    # layers.0/attn/q_rot: rope_kv_write [T, 64] [T, 32] [T, 32] [T] -> [T, 64]
-    l0_attn_q_rot = arena[6144:6144 + T * 64].view(T, 64)
-    K.rope_kv_write(l0_attn_q, l0_attn_k, l0_attn_v, step.positions, C["layers.0/attn/k_cache"], C["layers.0/attn/v_cache"], out=l0_attn_q_rot, heads=4, kv_heads=2, head_dim=16, theta=10000.0, scaling=None, step=step, ws=ws)
+    # layers.0/attn/q_rot: rms_norm_linear_rope_kv [T, 64] [T] -> [T, 64]
+    l0_attn_q_rot = arena[2048:2048 + T * 64].view(T, 64)
+    K.rms_norm_linear_rope_kv(h, W["model.layers.0.input_layernorm.weight"], W["model.layers.0.self_attn.q+k+v_proj.weight"], step.positions, C["layers.0/attn/k_cache"], C["layers.0/attn/v_cache"], out=l0_attn_q_rot, eps=1e-05, offset=0.0, heads=4, kv_heads=2, head_dim=16, theta=10000.0, scaling=None, step=step, ws=ws)
     # layers.0/attn/out: cached_attention [T, 64] -> [T, 64]
-    l0_attn_out = arena[0:0 + T * 64].view(T, 64)
+    l0_attn_out = arena[4096:4096 + T * 64].view(T, 64)
     K.cached_attention(l0_attn_q_rot, C["layers.0/attn/k_cache"], C["layers.0/attn/v_cache"], out=l0_attn_out, heads=4, kv_heads=2, head_dim=16, scale=None, step=step, ws=ws)
     # layers.0/h: linear_add [T, 64] [T, 64] -> [T, 64]
     l0_h = arena[6144:6144 + T * 64].view(T, 64)
@@ -103,23 +89,18 @@ def run(step, W, C, arena, outputs, K, ws):
     l0_mlp_prod = arena[0:0 + T * 96].view(T, 96)
     K.rms_norm_linear(l0_h, W["model.layers.0.post_attention_layernorm.weight"], W["model.layers.0.mlp.gate+up_proj.weight"], out=l0_mlp_prod, eps=1e-05, offset=0.0, act='swiglu', ws=ws)
     # layers.0/h.2: linear_add [T, 96] [T, 64] -> [T, 64]
-    l0_h_2 = arena[4096:4096 + T * 64].view(T, 64)
+    l0_h_2 = arena[3072:3072 + T * 64].view(T, 64)
     K.linear_add(l0_mlp_prod, W["model.layers.0.mlp.down_proj.weight"], l0_h, out=l0_h_2)
 
     # ---- layers.1 ----------------------------------------------------
-    # layers.1/attn/q+k+v: rms_norm_linear [T, 64] -> [T, 128]
-    l1_attn_q_k_v = arena[0:0 + T * 128].view(T, 128)
-    K.rms_norm_linear(l0_h_2, W["model.layers.1.input_layernorm.weight"], W["model.layers.1.self_attn.q+k+v_proj.weight"], out=l1_attn_q_k_v, eps=1e-05, offset=0.0, ws=ws)
-    # layers.1/attn/q+k+v/split: split [T, 128] -> [T, 64] [T, 32] [T, 32]
-    l1_attn_q, l1_attn_k, l1_attn_v = l1_attn_q_k_v[:, 0:64], l1_attn_q_k_v[:, 64:96], l1_attn_q_k_v[:, 96:128]
-    # layers.1/attn/q_rot: rope_kv_write [T, 64] [T, 32] [T, 32] [T] -> [T, 64]
-    l1_attn_q_rot = arena[6144:6144 + T * 64].view(T, 64)
-    K.rope_kv_write(l1_attn_q, l1_attn_k, l1_attn_v, step.positions, C["layers.1/attn/k_cache"], C["layers.1/attn/v_cache"], out=l1_attn_q_rot, heads=4, kv_heads=2, head_dim=16, theta=10000.0, scaling=None, step=step, ws=ws)
+    # layers.1/attn/q_rot: rms_norm_linear_rope_kv [T, 64] [T] -> [T, 64]
+    l1_attn_q_rot = arena[0:0 + T * 64].view(T, 64)
+    K.rms_norm_linear_rope_kv(l0_h_2, W["model.layers.1.input_layernorm.weight"], W["model.layers.1.self_attn.q+k+v_proj.weight"], step.positions, C["layers.1/attn/k_cache"], C["layers.1/attn/v_cache"], out=l1_attn_q_rot, eps=1e-05, offset=0.0, heads=4, kv_heads=2, head_dim=16, theta=10000.0, scaling=None, step=step, ws=ws)
     # layers.1/attn/out: cached_attention [T, 64] -> [T, 64]
-    l1_attn_out = arena[0:0 + T * 64].view(T, 64)
+    l1_attn_out = arena[5120:5120 + T * 64].view(T, 64)
     K.cached_attention(l1_attn_q_rot, C["layers.1/attn/k_cache"], C["layers.1/attn/v_cache"], out=l1_attn_out, heads=4, kv_heads=2, head_dim=16, scale=None, step=step, ws=ws)
     # layers.1/h: linear_add [T, 64] [T, 64] -> [T, 64]
-    l1_h = arena[6144:6144 + T * 64].view(T, 64)
+    l1_h = arena[7168:7168 + T * 64].view(T, 64)
     K.linear_add(l1_attn_out, W["model.layers.1.self_attn.o_proj.weight"], l0_h_2, out=l1_h)
     # layers.1/mlp/prod: rms_norm_linear [T, 64] -> [T, 96]
     l1_mlp_prod = arena[0:0 + T * 96].view(T, 96)
