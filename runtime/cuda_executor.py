@@ -140,7 +140,8 @@ class CudaExecutor:
         n = step.num_seqs
         if n == 0 or n > self.buckets[-1] or step.num_tokens != n:
             return None
-        if step.logit_rows is None or not torch.equal(step.logit_rows.cpu(), torch.arange(n)):
+        if step.logit_rows is None or not np.array_equal(step.logit_rows.cpu().numpy(),
+                                                         np.arange(n)):
             return None
         if step.block_table_tensor is None or step.block_table_tensor.shape[1] > self.max_blocks:
             return None

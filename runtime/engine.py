@@ -13,7 +13,7 @@ from collections import defaultdict
 
 import torch
 
-from rustinfer.compiler.step_inputs import StepInputs
+from rustinfer.compiler.step_inputs import StepInputs, int64_tensor, padded_table
 
 from .block_manager import BlockManager
 from .engine_api import EngineStats, RequestError, RequestEvent
@@ -145,15 +145,11 @@ class Engine:
                 if not (wants_prompt_lp and rows and rows[-1] == row0 + n - 1):
                     rows.append(row0 + n - 1)
                 sample_rows[id(seq)] = len(rows) - 1
-        width = max(len(t) for t in tables)
         step = StepInputs(
-            token_ids=torch.tensor(tokens, dtype=torch.int64),
-            positions=torch.tensor(positions, dtype=torch.int64),
+            token_ids=int64_tensor(tokens), positions=int64_tensor(positions),
             query_start=starts, context_lens=ctx, block_tables=[list(t) for t in tables],
-            slot_mapping=torch.tensor(slots, dtype=torch.int64), block_size=bs,
-            logit_rows=torch.tensor(rows, dtype=torch.int64),
-            block_table_tensor=torch.tensor([t + [0] * (width - len(t)) for t in tables],
-                                            dtype=torch.int64))
+            slot_mapping=int64_tensor(slots), block_size=bs, logit_rows=int64_tensor(rows),
+            block_table_tensor=padded_table(tables))
         return step, sample_rows, prompt_rows
 
     def _prompt_logprobs(self, batch, logits, prompt_rows) -> None:
