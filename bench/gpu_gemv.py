@@ -207,7 +207,8 @@ def bench_fused(iters: int, flush: torch.Tensor) -> list[dict]:
     return results
 
 
-def bench_tpot(use_gemv: bool, steps: int, pdl: bool = False) -> tuple[dict, torch.Tensor]:
+def bench_tpot(use_gemv: bool, steps: int, pdl: bool = False,
+               prefetch: bool = True) -> tuple[dict, torch.Tensor]:
     """bs=1 decode on Llama-3.2-1B (random bf16 weights) with or without the GEMV (and its
     programmatic dependent launch): timings, and the logits of one decode step after a
     128-token prefill."""
@@ -225,6 +226,7 @@ def bench_tpot(use_gemv: bool, steps: int, pdl: bool = False) -> tuple[dict, tor
     max_len = CTX + steps + 16
     saved, triton_ops.TRITON_GEMV = triton_ops.TRITON_GEMV, use_gemv
     saved_pdl, gemv_mod.PDL = gemv_mod.PDL, pdl
+    saved_prefetch, gemv_mod.PDL_PREFETCH = gemv_mod.PDL_PREFETCH, prefetch
     try:
         ex = CudaExecutor(folder / "plan.py", ckpt, num_blocks=-(-max_len // BLOCK) + 8,
                           block_size=BLOCK, max_model_len=max_len, max_batch=1)
@@ -246,11 +248,12 @@ def bench_tpot(use_gemv: bool, steps: int, pdl: bool = False) -> tuple[dict, tor
             graph.replay()
         end.record()
         torch.cuda.synchronize()
-        r = dict(gemv=use_gemv, pdl=pdl, tpot_ms=1e3 * statistics.median(times[3:]),
+        r = dict(gemv=use_gemv, pdl=pdl, prefetch=pdl and prefetch, tpot_ms=1e3 * statistics.median(times[3:]),
                  replay_ms=start.elapsed_time(end) / 64)
     finally:
         triton_ops.TRITON_GEMV = saved
         gemv_mod.PDL = saved_pdl
+        gemv_mod.PDL_PREFETCH = saved_prefetch
     del ex
     gc.collect()
     torch.cuda.empty_cache()
@@ -305,7 +308,8 @@ def table(device: str, bandwidth: float, linears: list[dict], tpot: list[dict],
                  "|---|---|---|"]
         for t in tpot:
             name = ("Triton GEMV" if t["gemv"] else "cuBLAS (the fused ops in parts)") \
-                + (" + PDL" if t.get("pdl") else "")
+                + ((" + PDL, L2 prefetch" if t.get("prefetch") else " + PDL")
+                   if t.get("pdl") else "")
             if "error" in t:
                 rows.append(f"| {name} | failed: {t['error']} | |")
                 continue
@@ -314,7 +318,9 @@ def table(device: str, bandwidth: float, linears: list[dict], tpot: list[dict],
             rows.append(f"| {name} | {t['tpot_ms']:.3f} | {t['replay_ms']:.3f}{note} |")
         for t in tpot[1:]:
             if "error" not in t:
-                rows.append(f"| cuBLAS / {'GEMV + PDL' if t.get('pdl') else 'GEMV'} | "
+                name = "GEMV" + ((" + PDL, prefetch" if t.get("prefetch") else " + PDL")
+                                 if t.get("pdl") else "")
+                rows.append(f"| cuBLAS / {name} | "
                             f"{tpot[0]['tpot_ms'] / t['tpot_ms']:.3f} | "
                             f"{tpot[0]['replay_ms'] / t['replay_ms']:.3f} |")
     if logits_diff:
@@ -356,12 +362,14 @@ def main(argv=None) -> int:
         return 0
     (off, ref), (on, got) = bench_tpot(False, args.steps), bench_tpot(True, args.steps)
     tpot += [off, on]
-    try:                       # opt-in until measured: a failure here must not lose the rest
-        pdl, got_pdl = bench_tpot(True, args.steps, pdl=True)
-        pdl["max_abs_vs_gemv"] = (got_pdl - got).abs().max().item()
-        tpot.append(pdl)
-    except Exception as err:   # noqa: BLE001 (reported in the table)
-        tpot.append(dict(gemv=True, pdl=True, error=f"{type(err).__name__}: {err}"[:300]))
+    for prefetch in (True, False):  # opt-in until measured: a failure must not lose the rest
+        try:
+            pdl, got_pdl = bench_tpot(True, args.steps, pdl=True, prefetch=prefetch)
+            pdl["max_abs_vs_gemv"] = (got_pdl - got).abs().max().item()
+            tpot.append(pdl)
+        except Exception as err:   # noqa: BLE001 (reported in the table)
+            tpot.append(dict(gemv=True, pdl=True, prefetch=prefetch,
+                             error=f"{type(err).__name__}: {err}"[:300]))
     diff = dict(max_abs=(got - ref).abs().max().item(), scale=ref.abs().max().item(),
                 same_argmax=bool(got.argmax() == ref.argmax()))
     print(json.dumps(dict(tpot=tpot, logits_diff=diff)), flush=True)

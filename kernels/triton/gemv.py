@@ -67,6 +67,9 @@ _TILE = 8192
 # wait for that kernel's results. RUSTINFER_GEMV_PDL=1 turns it on; never under the
 # interpreter (it has no griddepcontrol / prefetch).
 PDL = os.environ.get("RUSTINFER_GEMV_PDL", "0") == "1" and not INTERPRET
+# With PDL, also prefetch the weight rows into L2 before waiting (bench/gpu_gemv.py times
+# both: a prefetched line evicted before its load costs a second read).
+PDL_PREFETCH = os.environ.get("RUSTINFER_GEMV_PDL_PREFETCH", "1") == "1"
 _LINE_BYTES = 128                      # one L2 prefetch per cache line
 
 
@@ -115,7 +118,8 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, nw_ptr, res_ptr, out_ptr, M, N, K, stride_
                  SWIGLU: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ROPE: tl.constexpr = False,
                  HEADS: tl.constexpr = 1, KV_HEADS: tl.constexpr = 1,
                  HEAD_DIM: tl.constexpr = 2, PDL: tl.constexpr = False,
-                 LINES: tl.constexpr = 1, LINE_ELEMS: tl.constexpr = 64):
+                 PREFETCH: tl.constexpr = False, LINES: tl.constexpr = 1,
+                 LINE_ELEMS: tl.constexpr = 64):
     # x:    [M, K], row stride stride_x, columns contiguous; M <= BLOCK_M <= 16
     # w:    [N, K] row stride stride_w, columns contiguous (nn.Linear's layout); SWIGLU:
     #       [2N, K], gate rows then up rows; ROPE: the fused qkv [2N, K], N = its row pairs
@@ -140,12 +144,11 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, nw_ptr, res_ptr, out_ptr, M, N, K, stride_
     if ROPE:
         row = (n // HALF) * HEAD_DIM + n % HALF
         pair = HALF
-    if PDL:
+    if PDL and PREFETCH:
         # Launched with programmatic dependent launch: pull this program's weight rows into
         # L2 (LINES cache lines of LINE_ELEMS per row; a masked-off line prefetches row 0's
         # first) while the previous kernel may still be running. Weights are never written
-        # by a step; everything else is read or written only after gdc_wait, which returns
-        # once the previous kernel has finished and its writes are visible.
+        # by a step; everything else is read or written only after gdc_wait (below).
         line = tl.arange(0, LINES) * LINE_ELEMS
         pmask = nmask[:, None] & (line < K)[None, :]
         ptrs = tl.where(pmask, w_ptr + row[:, None] * stride_w + line[None, :], w_ptr)
@@ -156,6 +159,8 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, nw_ptr, res_ptr, out_ptr, M, N, K, stride_
                             w_ptr)
             tl.inline_asm_elementwise("prefetch.global.L2 [$1]; // dummy $0", "=r,l", [ptrs],
                                       dtype=tl.int32, is_pure=False, pack=1)
+    if PDL:
+        # returns once the previous kernel has finished and its writes are visible
         tl.extra.cuda.gdc_wait()
     # The accumulators are out's tile transposed, [BLOCK_N, BLOCK_M]: a row's partial sums
     # come out of the K reduction along W's rows, so they add in without a layout change.
@@ -271,6 +276,7 @@ def _launch(cfg: GemvConfig, n: int, x, weight, out, bias, norm_weight, residual
     """The one kernel launch behind gemv and gemv_rope_kv (n: the outputs the grid covers)."""
     m, k = x.shape
     pdl = PDL if pdl is None else pdl
+    prefetch = pdl and PDL_PREFETCH
     line_elems = _LINE_BYTES // weight.element_size()
     res = out if residual is None else residual
     r = rope or {}
@@ -284,7 +290,8 @@ def _launch(cfg: GemvConfig, n: int, x, weight, out, bias, norm_weight, residual
            SWIGLU=bool(swiglu), HAS_RESIDUAL=residual is not None, ROPE=rope is not None,
            HEADS=r.get("heads", 1), KV_HEADS=r.get("kv_heads", 1),
            HEAD_DIM=r.get("head_dim", 2), num_warps=cfg.num_warps, launch_pdl=pdl, PDL=pdl,
-           LINES=next_pow2(triton.cdiv(k, line_elems)) if pdl else 1, LINE_ELEMS=line_elems)
+           PREFETCH=prefetch, LINES=next_pow2(triton.cdiv(k, line_elems)) if prefetch else 1,
+           LINE_ELEMS=line_elems)
 
 
 def gemv(x, weight, out, bias=None, *, norm_weight=None, eps: float = 0.0,
