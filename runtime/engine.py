@@ -105,7 +105,11 @@ class Engine:
         if not batch:
             return events
         step, sample_rows, prompt_rows = self._layout(batch)
-        logits = self.executor.forward(step)
+        # A GPU executor keeps the logits on the device: sampling there reads back only the
+        # tokens (and the logprobs asked for), where copying [rows, vocab] float32 to the
+        # host and sampling on the CPU would cost more than the step itself.
+        forward = getattr(self.executor, "forward_device", None) or self.executor.forward
+        logits = forward(step)
         now = time.perf_counter()
         for item in batch:
             seq = item.seq

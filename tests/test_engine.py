@@ -215,3 +215,35 @@ def test_engine_runs_on_the_reference_target(model_dir, llm):
     ps = prompts(3, seed=10)
     assert [o.token_ids for o in ref.generate(ps, GREEDY)] == \
         [o.token_ids for o in llm.generate(ps, GREEDY)]
+
+
+class _DeviceLogits:
+    """An executor whose logits stay where they were computed, as the cuda target's
+    forward_device leaves them on the GPU; its host-copying forward must not be used."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def forward(self, step):
+        raise AssertionError("the engine copied the logits to the host")
+
+    def forward_device(self, step):
+        self.calls += 1
+        return self.inner.forward(step)
+
+
+def test_engine_samples_where_the_executor_leaves_the_logits(model_dir, llm, monkeypatch):
+    ps = prompts(3, seed=11)
+    mixed = [GREEDY, SamplingParams(max_tokens=8, seed=5, temperature=0.8, top_p=0.9,
+                                    logprobs=2)]
+    want = [[(o.token_ids, [lp.logprob for lp in o.logprobs or []])
+             for o in llm.generate(ps, p)] for p in mixed]
+    device_only = _DeviceLogits(llm.engine.executor)
+    monkeypatch.setattr(llm.engine, "executor", device_only)
+    got = [[(o.token_ids, [lp.logprob for lp in o.logprobs or []])
+            for o in llm.generate(ps, p)] for p in mixed]
+    assert device_only.calls > 0
+    assert got == want
