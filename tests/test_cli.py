@@ -36,6 +36,20 @@ def test_compile_writes_plan_dumps_memory_and_report_then_hits_cache(tiny_model,
     assert "fuse_rope_kv x2" in shown and "offset" in shown
 
 
+def test_compile_for_the_cuda_target_needs_no_gpu(tiny_model, tmp_path, capsys):
+    """The cuda plan, with the norms, residual adds, SwiGLU and RoPE in its GEMMs, is
+    readable on any machine: compiling it needs no GPU."""
+    out = tmp_path / "cuda"
+    assert compile_cli.main(["--model", str(tiny_model), "--target", "cuda", "--out",
+                             str(out)]) == 0
+    assert "fuse_norm_linear x" in capsys.readouterr().out
+    plan = (out / "plan.py").read_text()
+    for call in ("K.rms_norm_linear_rope_kv(", "K.linear_add(", "act='swiglu'"):
+        assert call in plan, call
+    assert "K.add_rms_norm(" not in plan and "K.swiglu(" not in plan
+    assert (out / "passes" / "07-fuse_norm_linear.txt").exists()
+
+
 def test_compile_for_the_onnx_cpu_target(tiny_model, tmp_path, capsys):
     out = tmp_path / "onnx"
     assert compile_cli.main(["--model", str(tiny_model), "--target", "cpu", "--quant", "int4",
