@@ -9,15 +9,17 @@
 # 4. bench/gpu_gemv.py: the Triton GEMV (opt-in, RUSTINFER_TRITON_GEMV=1) vs cuBLAS at the
 #    1B linears (+ a sweep of its configs), and the 1B bs=1 TPOT with each;
 # 5. bench/gpu.py: TPOT / TTFT / batch throughput vs plain torch eager, HBM roofline;
-# 6. bench/gpu_profile.py: where the 1B bs=1 step's GPU time goes.
+# 6. bench/gpu_engine.py: the 1B model through the engine (rustinfer bench's path) vs
+#    the same step without the engine;
+# 7. bench/gpu_profile.py: where the 1B bs=1 step's GPU time goes.
 # Writes env.txt, pytest.log, gemv.log, gemv.json, gemv.md, bench.log, gpu.json, gpu.md,
-# profile.txt and summary.md into OUTDIR.
+# engine.log, engine.md, profile.txt and summary.md into OUTDIR.
 # Designed to finish in < 8 minutes: each stage has its own timeout.
-# STAGES="tests gemv bench profile" (the default: all) picks stages, for a short lease;
+# STAGES="tests gemv bench engine profile" (the default: all) picks stages, for a short lease;
 # GEMV_ARGS (default --sweep), BENCH_ARGS, PROFILE_ARGS and GEMV_TIMEOUT tune them.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-stages=" ${STAGES:-tests gemv bench profile} "
+stages=" ${STAGES:-tests gemv bench engine profile} "
 want() { [[ $stages == *" $1 "* ]]; }
 out=${1:-${OUT:-gpu-out}}
 mkdir -p "$out"
@@ -42,31 +44,40 @@ export PYTHONSAFEPATH=1 TRITON_INTERPRET=0 RUSTINFER_CACHE=/tmp/rustinfer-cache 
 cat "$out/env.txt"
 
 tests_rc=skipped gemv_rc=skipped bench_rc=skipped
-want tests && { timeout 180 $py -m pytest -m cuda -q -p no:cacheprovider --durations=8 \
+want tests && { timeout 150 $py -m pytest -m cuda -q -p no:cacheprovider --durations=8 \
   tests/test_cuda_kernels.py tests/test_cuda_graphs.py tests/test_sampling.py 2>&1 | tee "$out/pytest.log"
 tests_rc=${PIPESTATUS[0]}; }
 
 # Before gpu.py: its time budget below shrinks by this stage's ~1-2 minutes (it saves each
 # model as it finishes) so the whole check's bound does not grow.
-want gemv && { timeout ${GEMV_TIMEOUT:-120} $py bench/gpu_gemv.py --out "$out" ${GEMV_ARGS:---sweep} 2>&1 | tee "$out/gemv.log"
+want gemv && { timeout ${GEMV_TIMEOUT:-90} $py bench/gpu_gemv.py --out "$out" ${GEMV_ARGS:---sweep} 2>&1 | tee "$out/gemv.log"
 gemv_rc=${PIPESTATUS[0]}; }
 
-# Worst case 180 + 120 + 60 + 100 = 460 s: the whole check stays under 8 minutes.
-left=$(( 360 - ($(date +%s) - started) ))
+# Tests, GEMV and gpu.py together get at most 300 s (gpu.py the rest, at least 60), then
+# engine 90 and profile 60: worst case 450 s, under 8 minutes. (Measured on an H200,
+# 2026-11-26: tests 27-38 s, GEMV ~25 s, gpu.py ~35 s, profile ~10 s.)
+left=$(( 300 - ($(date +%s) - started) ))
 want bench && { timeout $(( left > 60 ? left : 60 )) $py bench/gpu.py --out "$out" ${BENCH_ARGS:-} 2>&1 | tee "$out/bench.log"
 bench_rc=${PIPESTATUS[0]}; }
 
+# The engine's share of a step (scheduler, layout, GPU sampler) on the 1B model.
+engine_rc=skipped
+want engine && { timeout 90 $py bench/gpu_engine.py --out "$out" 2>&1 | tee "$out/engine.log"
+engine_rc=${PIPESTATUS[0]}; }
+
 # Where the bs=1 decode step's GPU time goes (kernel groups), for the next optimisation.
-want profile && timeout 100 $py bench/gpu_profile.py --out "$out" ${PROFILE_ARGS:-} 2>&1 | tee "$out/profile.log"
+want profile && timeout 60 $py bench/gpu_profile.py --out "$out" ${PROFILE_ARGS:-} 2>&1 | tee "$out/profile.log"
 
 { echo "# GPU check $(date -u +%F) on $(head -2 "$out/env.txt" | tail -1)"
   echo
   echo "pytest -m cuda: exit $tests_rc ($(tail -1 "$out/pytest.log"))"
   echo "bench/gpu_gemv.py: exit $gemv_rc"
-  echo "bench/gpu.py: exit $bench_rc; total $(( $(date +%s) - started )) s"
+  echo "bench/gpu.py: exit $bench_rc"
+  echo "bench/gpu_engine.py: exit $engine_rc; total $(( $(date +%s) - started )) s"
   echo
   cat "$out/gpu.md" 2>/dev/null || echo "(no benchmark table)"
   echo; cat "$out/gemv.md" 2>/dev/null || echo "(no GEMV table)"
+  echo; cat "$out/engine.md" 2>/dev/null || echo "(no engine run)"
   echo; cat "$out/profile.txt" 2>/dev/null || echo "(no profile)"; } >"$out/summary.md"
 cat "$out/summary.md"
 # PACK=1: everything but summary.md and pytest.log into one results.tgz (a lease that
@@ -75,4 +86,4 @@ if [ "${PACK:-0}" = 1 ]; then
   ( cd "$out" && files=$(find . -maxdepth 1 -type f ! -name summary.md ! -name pytest.log \
       -printf '%f\n') && tar czf results.tgz $files && rm -f $files )
 fi
-for rc in "$tests_rc" "$gemv_rc" "$bench_rc"; do [ "$rc" = 0 ] || [ "$rc" = skipped ] || exit 1; done
+for rc in "$tests_rc" "$gemv_rc" "$bench_rc" "$engine_rc"; do [ "$rc" = 0 ] || [ "$rc" = skipped ] || exit 1; done
