@@ -16,7 +16,7 @@
 # engine.log, engine.md, profile.txt and summary.md into OUTDIR.
 # Designed to finish in < 8 minutes: each stage has its own timeout.
 # STAGES="tests gemv bench engine profile" (the default: all) picks stages, for a short lease;
-# GEMV_ARGS (default --sweep), BENCH_ARGS, PROFILE_ARGS and GEMV_TIMEOUT tune them.
+# GEMV_ARGS (default --sweep --batched), BENCH_ARGS, PROFILE_ARGS and GEMV_TIMEOUT tune them.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 stages=" ${STAGES:-tests gemv bench engine profile} "
@@ -50,7 +50,7 @@ tests_rc=${PIPESTATUS[0]}; }
 
 # Before gpu.py: its time budget below shrinks by this stage's ~1-2 minutes (it saves each
 # model as it finishes) so the whole check's bound does not grow.
-want gemv && { timeout ${GEMV_TIMEOUT:-90} $py bench/gpu_gemv.py --out "$out" ${GEMV_ARGS:---sweep} 2>&1 | tee "$out/gemv.log"
+want gemv && { timeout ${GEMV_TIMEOUT:-90} $py bench/gpu_gemv.py --out "$out" ${GEMV_ARGS:---sweep --batched} 2>&1 | tee "$out/gemv.log"
 gemv_rc=${PIPESTATUS[0]}; }
 
 # Tests, GEMV and gpu.py together get at most 300 s (gpu.py the rest, at least 60), then

@@ -260,6 +260,60 @@ def bench_tpot(use_gemv: bool, steps: int, pdl: bool = False,
     return r, logits
 
 
+def bench_batched(batches=(1, 8, 32), reps: int = 64) -> list[dict]:
+    """Replay ms of the 1B decode step at each batch, with the cuda target's fuse_norm_linear
+    and without it (the plan before it existed), in one run: above one row the fused ops
+    run in parts (cuBLAS addmm copies the residual first), so this shows what they cost
+    there."""
+    from rustinfer.compiler.build import CompileOptions, compile_model
+    from rustinfer.compiler.spec import SPECS_DIR
+    from rustinfer.compiler.step_inputs import StepInputs
+    from rustinfer.runtime.cuda_executor import CudaExecutor
+
+    config = json.loads((REPO / "bench" / "models" / MODELS["1b"] / "config.json").read_text())
+    ckpt = RandomCheckpoint(config)
+    max_len = CTX + 16
+    blocks = -(-max_len // BLOCK)
+    out = []
+    for disable in ((), ("fuse_norm_linear",)):
+        folder, _ = compile_model(SPECS_DIR / "llama3.yaml", config, ckpt,
+                                  CompileOptions(target="cuda", max_tokens=1024,
+                                                 disable=disable))
+        ex = CudaExecutor(folder / "plan.py", ckpt, num_blocks=blocks * max(batches) + 8,
+                          block_size=BLOCK, max_model_len=max_len, max_batch=max(batches))
+        row = dict(fused=not disable)
+        for b in batches:
+            tables = [list(range(i * blocks, (i + 1) * blocks)) for i in range(b)]
+            step = StepInputs.for_sequences([([1], CTX, t) for t in tables], BLOCK)
+            ex.forward_device(step)                    # fills the bucket's static inputs
+            graph = ex.graphs[ex.bucket_for(step)]
+            start, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
+            start.record()
+            for _ in range(reps):
+                graph.replay()
+            end.record()
+            torch.cuda.synchronize()
+            row[f"replay_bs{b}_ms"] = start.elapsed_time(end) / reps
+        out.append(row)
+        del ex
+        gc.collect()
+        torch.cuda.empty_cache()
+    return out
+
+
+def batched_table(batched: list[dict]) -> str:
+    if not batched:
+        return ""
+    cols = [k for k in batched[0] if k.startswith("replay_bs")]
+    rows = ["", "", "| Llama-3.2-1B plan, replay ms | " + " | ".join(
+        c.replace("replay_", "").replace("_ms", "") for c in cols) + " |",
+        "|---|" + "---|" * len(cols)]
+    for r in batched:
+        name = "with fuse_norm_linear" if r["fused"] else "without (add_rms_norm, swiglu)"
+        rows.append(f"| {name} | " + " | ".join(f"{r[c]:.3f}" for c in cols) + " |")
+    return "\n".join(rows)
+
+
 def table(device: str, bandwidth: float, linears: list[dict], tpot: list[dict],
           logits_diff: dict | None) -> str:
     rows = [f"Device: {device}; copy bandwidth {bandwidth / 1e12:.2f} TB/s (read + write); "
@@ -339,6 +393,8 @@ def main(argv=None) -> int:
     p.add_argument("--sweep", action="store_true", help="also time each default's neighbours "
                    "(rows=1 only)")
     p.add_argument("--no-tpot", action="store_true", help="skip the 1B TPOT part")
+    p.add_argument("--batched", action="store_true", help="also replay batches 1/8/32 with "
+                   "and without fuse_norm_linear")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench/gpu_gemv.py: no CUDA device", file=sys.stderr)
@@ -347,18 +403,26 @@ def main(argv=None) -> int:
     bandwidth = hbm_bandwidth()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    linears, tpot, diff = [], [], None
+    linears, tpot, diff, batched = [], [], None, []
 
     def write():
         (out / "gemv.json").write_text(json.dumps(
             {"device": device, "bandwidth": bandwidth, "linears": linears, "tpot": tpot,
-             "logits_diff": diff}, indent=1))
-        (out / "gemv.md").write_text(table(device, bandwidth, linears, tpot, diff) + "\n")
+             "logits_diff": diff, "batched": batched}, indent=1))
+        (out / "gemv.md").write_text(table(device, bandwidth, linears, tpot, diff)
+                                     + batched_table(batched) + "\n")
 
     linears += bench_linears([int(m) for m in args.rows.split(",")], args.iters, args.sweep)
     write()
+    if args.batched:
+        try:
+            batched += bench_batched()
+        except Exception as err:   # noqa: BLE001 (new: a failure must not lose the rest)
+            print(f"bench_batched failed: {type(err).__name__}: {err}", file=sys.stderr)
+        print(json.dumps(dict(batched=batched)), flush=True)
+        write()
     if args.no_tpot:
-        print(table(device, bandwidth, linears, tpot, diff))
+        print(table(device, bandwidth, linears, tpot, diff) + batched_table(batched))
         return 0
     (off, ref), (on, got) = bench_tpot(False, args.steps), bench_tpot(True, args.steps)
     tpot += [off, on]
@@ -374,7 +438,7 @@ def main(argv=None) -> int:
                 same_argmax=bool(got.argmax() == ref.argmax()))
     print(json.dumps(dict(tpot=tpot, logits_diff=diff)), flush=True)
     write()
-    print(table(device, bandwidth, linears, tpot, diff))
+    print(table(device, bandwidth, linears, tpot, diff) + batched_table(batched))
     return 0
 
 

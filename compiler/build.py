@@ -34,6 +34,7 @@ class CompileOptions:
     max_seqs: int = 256
     plan_memory: bool = True     # False: one buffer per value (for bisecting)
     verify: bool = True          # run the IR verifier after every pass
+    disable: tuple[str, ...] = ()   # passes to skip (benchmarks compare plans with and without)
 
 
 def cache_root() -> Path:
@@ -83,7 +84,7 @@ def _build(spec, config, checkpoint, options: CompileOptions, folder: Path) -> N
     graph = bind(spec, config, checkpoint)
     bound = time.perf_counter()
     fused, passes = run_pipeline(graph, verify=options.verify, dump_dir=tmp / "passes",
-                                  target=options.target)
+                                  target=options.target, disable=options.disable)
     memory = plan_memory(fused, max_tokens=options.max_tokens, max_seqs=options.max_seqs,
                          enabled=options.plan_memory)
     header = _header(spec, config, options, passes, memory)

@@ -42,6 +42,7 @@ PASSES: list[tuple[str, PassFn]] = [
 # Passes that only some targets run: fuse_norm_linear's fused GEMVs exist only as
 # Triton kernels (the ONNX lowering and the CPU ops keep the separate ops).
 TARGET_PASSES: dict[str, tuple[str, ...]] = {"fuse_norm_linear": ("cuda",)}
+KNOWN_TARGETS = ("cpu-torch", "cpu", "cuda", "reference")
 
 
 @dataclass
@@ -96,6 +97,8 @@ def run_pipeline(graph: Graph, *, verify: bool = True, dump_dir: str | Path | No
             hint = nearest(name, known)
             raise ValueError(f"unknown pass '{name}' in disable (passes: {', '.join(known)})"
                              + (f"; did you mean '{hint[0]}'?" if hint else ""))
+    if target not in KNOWN_TARGETS:
+        raise ValueError(f"unknown target '{target}' (targets: {', '.join(KNOWN_TARGETS)})")
     disable = set(disable) | {name for name, targets in TARGET_PASSES.items()
                               if target not in targets}
     out = Path(dump_dir) if dump_dir is not None else None

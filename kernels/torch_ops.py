@@ -89,6 +89,9 @@ def add_rms_norm(a, b, weight, *, out, eps, offset=0.0, ws):
 
 def linear_add(x, weight, residual, *, out):
     """out = residual + x @ weight^T."""
+    if residual.shape != out.shape:        # addmm would broadcast a wrong one silently
+        raise ValueError(f"linear_add: residual {list(residual.shape)} must be out's shape "
+                         f"{list(out.shape)}")
     torch.addmm(residual, x, weight.t(), out=out)
 
 
@@ -96,6 +99,8 @@ def rms_norm_linear(x, norm_weight, weight, bias=None, *, out, eps, offset=0.0, 
     """out = act(rms_norm(x) @ weight^T + bias). Only the cuda target's plans use it (its
     fuse_norm_linear pass); this twin, for interface parity and tests, allocates its
     intermediates instead of planning them."""
+    if act not in (None, "swiglu"):
+        raise ValueError(f"rms_norm_linear: act must be None or 'swiglu', got {act!r}")
     normed = torch.empty_like(x)
     rms_norm(x, norm_weight, out=normed, eps=eps, offset=offset, ws=ws)
     if act is None:

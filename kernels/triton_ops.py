@@ -96,13 +96,14 @@ class Workspace:
 
     def scratch_views(self, rows: int, *widths: int) -> list[torch.Tensor]:
         """Disjoint [rows, width] views of `scratch`, one per width."""
+        need = rows * sum(widths)
+        if need > self.scratch.numel():
+            raise ValueError(f"kernel scratch holds {self.scratch.numel()} elements, a step "
+                             f"needs {need}: the plan's LIMITS['scratch_width'] is too small")
         views, start = [], 0
         for w in widths:
             views.append(self.scratch[start:start + rows * w].view(rows, w))
             start += rows * w
-        if start > self.scratch.numel():
-            raise ValueError(f"kernel scratch holds {self.scratch.numel()} elements, a step "
-                             f"needs {start}: the plan's LIMITS['scratch_width'] is too small")
         return views
 
     def splits(self, batch: int, kv_heads: int) -> int:
@@ -133,6 +134,8 @@ GEMV_DEVICES = ("cuda",)
 
 
 def use_gemv(x) -> bool:
+    """Whether a GEMM of x's rows takes the Triton GEMV (a shape and device test only, so
+    a CUDA graph bucket always routes the same way)."""
     return TRITON_GEMV and 1 <= x.shape[0] <= GEMV_MAX_ROWS and x.device.type in GEMV_DEVICES
 
 
@@ -147,15 +150,28 @@ def linear(x, weight, bias=None, *, out):
 
 def linear_add(x, weight, residual, *, out):
     """out = residual + x @ weight^T (the residual stream's update)."""
+    if residual.shape != out.shape:        # addmm would broadcast a wrong one silently
+        raise ValueError(f"linear_add: residual {list(residual.shape)} must be out's shape "
+                         f"{list(out.shape)}")
     if use_gemv(x):
         _gemv.gemv(x, weight, out, residual=residual)
-    else:                                  # cuBLAS's epilogue: beta * residual, beta = 1
+    else:
+        # cuBLAS's epilogue, beta * residual with beta = 1. NOTE: with out != residual
+        # (the memory plan never aliases an output with an input) torch first copies
+        # residual into out: one more launch than mm + add_rms_norm took; to be measured
+        # at batch 8 / 32 (bench/gpu_gemv.py --batched).
         torch.addmm(residual, x, weight.t(), out=out)
+
+
+def _check_act(act) -> None:
+    if act not in (None, "swiglu"):
+        raise ValueError(f"rms_norm_linear: act must be None or 'swiglu', got {act!r}")
 
 
 def rms_norm_linear(x, norm_weight, weight, bias=None, *, out, eps, offset=0.0, act=None, ws):
     """out = act(rms_norm(x) @ weight^T + bias): one GEMV for a decode row, else the norm
     kernel, cuBLAS and (act='swiglu') the SwiGLU kernel through the workspace's scratch."""
+    _check_act(act)
     if use_gemv(x):
         _gemv.gemv(x, weight, out, bias, norm_weight=norm_weight, eps=eps, offset=offset,
                    swiglu=act == "swiglu")

@@ -132,3 +132,10 @@ def test_biased_residual_branch_is_not_folded():
     assert "linear_add" not in ops and "add_rms_norm" in ops
     assert "rms_norm_linear" not in ops      # its norm is add_rms_norm's, not a plain rms_norm
     check(before, after)
+
+
+def test_an_unknown_target_is_an_error():
+    import pytest
+
+    with pytest.raises(ValueError, match="unknown target 'cdua'"):
+        run_pipeline(bind_llama3(num_hidden_layers=1), target="cdua")

@@ -158,3 +158,19 @@ def test_single_row_steps_on_the_fused_gemv(executors, monkeypatch):
     assert launched.count(["gemv"] + norm + ["swiglu"]) == layers           # gate_up
     assert launched.count(["gemv"] + norm) == 1                             # LM head
     assert len(launched) == 4 * layers + 1
+
+
+def test_fused_ops_off_the_gemv_say_what_is_wrong():
+    """More rows than the GEMV takes: the fused ops run in parts through the workspace's
+    scratch, which the plan sizes; a too-small one, a wrong act or residual is a clear error."""
+    ws = triton_ops.Workspace(max_tokens=4, max_context=16, max_heads=2, max_kv_width=8,
+                              max_head_dim=4, block_size=4, scratch_width=3,
+                              act_dtype=torch.float32)
+    x, w, nw = torch.randn(4, 8), torch.randn(6, 8), torch.ones(8)
+    with pytest.raises(ValueError, match="LIMITS\\['scratch_width'\\]"):
+        triton_ops.rms_norm_linear(x, nw, w, out=torch.empty(4, 6), eps=1e-5, ws=ws)
+    with pytest.raises(ValueError, match="act must be None or 'swiglu'"):
+        triton_ops.rms_norm_linear(x, nw, w, out=torch.empty(4, 3), eps=1e-5, act="gelu",
+                                   ws=ws)
+    with pytest.raises(ValueError, match="residual"):
+        triton_ops.linear_add(x, w, torch.randn(6), out=torch.empty(4, 6))

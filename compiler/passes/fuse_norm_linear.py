@@ -43,7 +43,8 @@ the same number of kernels as before). Gemma 2's post-norms (b = rms_norm(o),
 not a linear) and Qwen3's per-head norms do not match.
 
 Pre: fuse_add_rms_norm, fuse_gate_up_swiglu and lm_head_last_token have run.
-Post: values keep their names (h, y, z, r), so later nodes are unchanged.
+Post: values keep their names (h, y, z, r), so later nodes are unchanged; only the
+final norm's sum, blanked by dead_value_removal, gets a name again (`final/h`).
 Runs for the cuda target only (pipeline.TARGET_PASSES): the ONNX lowering has
 no form for these ops, and on a CPU the separate ops cost nothing extra.
 """

@@ -217,7 +217,7 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, nw_ptr, res_ptr, out_ptr, M, N, K, stride_
         # Rotate-half: [x1 cos - x2 sin, x2 cos + x1 sin] at each row's position.
         head = (tl.program_id(0) * BLOCK_N) // HALF
         j = n % HALF
-        pos = tl.load(pos_ptr + rows, mask=rows < M, other=0)
+        pos = tl.load(pos_ptr + rows, mask=rows < M, other=0).to(tl.int64)
         cos = tl.load(cos_ptr + pos[None, :] * HALF + j[:, None], mask=omask, other=1.0)
         sin = tl.load(sin_ptr + pos[None, :] * HALF + j[:, None], mask=omask, other=0.0)
         is_v = head >= HEADS + KV_HEADS
@@ -229,7 +229,7 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, nw_ptr, res_ptr, out_ptr, M, N, K, stride_
         tl.store(out_ptr + rows[None, :] * stride_out + col, y1.to(q_ty), mask=qmask)
         tl.store(out_ptr + rows[None, :] * stride_out + col + HALF, y2.to(q_ty), mask=qmask)
         # a padded row (slot < 0) writes nothing to the cache
-        slot = tl.load(slot_ptr + rows, mask=rows < M, other=-1)
+        slot = tl.load(slot_ptr + rows, mask=rows < M, other=-1).to(tl.int64)
         kv_head = tl.where(is_v, head - HEADS - KV_HEADS, head - HEADS)
         at = slot[None, :] * (KV_HEADS * HEAD_DIM) + (kv_head * HEAD_DIM + j)[:, None]
         cmask = omask & (head >= HEADS) & (slot >= 0)[None, :]
@@ -348,17 +348,21 @@ def gemv_rope_kv(x, weight, q_out, positions, slots, cos, sin, k_cache, v_cache,
                          f"{kv_heads}) x head_dim {head_dim}, {k}] (an even head_dim), got "
                          f"{list(weight.shape)}")
     check_rows("gemv_rope_kv q_out", q_out, heads * head_dim, m)
+    if q_out.dtype not in _DTYPES:
+        raise ValueError(f"gemv_rope_kv q_out: dtype {q_out.dtype} is not one of {_DTYPES}")
     for name, t in (("cos", cos), ("sin", sin)):
-        if t.dim() != 2 or t.shape[1] != head_dim // 2 or not t.is_contiguous():
-            raise ValueError(f"gemv_rope_kv {name} table: expected contiguous [max_pos, "
-                             f"{head_dim // 2}], got {list(t.shape)}")
+        if (t.dim() != 2 or t.shape[1] != head_dim // 2 or not t.is_contiguous()
+                or t.dtype != torch.float32):
+            raise ValueError(f"gemv_rope_kv {name} table: expected contiguous float32 "
+                             f"[max_pos, {head_dim // 2}], got {list(t.shape)} {t.dtype}")
     for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):
         if c.dim() != 4 or tuple(c.shape[2:]) != (kv_heads, head_dim) or not c.is_contiguous():
             raise ValueError(f"gemv_rope_kv {name}: expected contiguous [blocks, block_size, "
                              f"{kv_heads}, {head_dim}], got {list(c.shape)}")
-    if positions.shape != (m,) or slots.shape != (m,):
-        raise ValueError(f"gemv_rope_kv: positions {list(positions.shape)} / slots "
-                         f"{list(slots.shape)} must be [{m}]")
+    if (positions.shape != (m,) or slots.shape != (m,) or positions.dtype != torch.int64
+            or slots.dtype != torch.int64):
+        raise ValueError(f"gemv_rope_kv: positions {list(positions.shape)} {positions.dtype} "
+                         f"/ slots {list(slots.shape)} {slots.dtype} must be int64 [{m}]")
     if m == 0:
         return
     half, pairs = head_dim // 2, rows_w // 2
