@@ -190,6 +190,7 @@ register(OpDef("add_rms_norm", ("a", "b", "weight"), attrs={"eps": REQUIRED, "of
 register(OpDef("gather_rows", ("x", "rows"), infer=_gather_rows, primitive=False,
                doc="x[rows]: [T, D] -> [R, D] (e.g. the rows whose logits are wanted)"))
 register(OpDef("linear_add", ("x", "weight", "residual"), infer=_linear_add, primitive=False,
+               inplace=(0, 2),
                doc="residual + x @ weight.T: a residual-stream update in the GEMM's epilogue"))
 register(OpDef("rms_norm_linear", ("x", "norm_weight", "weight"), optional_inputs=("bias",),
                attrs={"eps": REQUIRED, "offset": 0.0, "act": None},

@@ -14,7 +14,15 @@ through i (its end is i + 1), and node i's output starts at i, so they overlap.
 
 Views: the outputs of an op with `OpDef.view` (e.g. `split`) are views into
 the *root* buffer of input 0 (following views of views). A view gets no bytes
-of its own; its uses extend the root's interval. Its slot repeats the root's
+of its own; its uses extend the root's interval.
+In place: an op with `OpDef.inplace = (out, in)` (linear_add: the residual stream's
+update) writes its output into input `in`'s bytes when that input is an
+activation of the same shape, read by nothing after this node, not a graph
+output, and neither made by nor split by a view op. The output is then planned
+like a view of the input's root (exactly the same bytes, never a shifted
+overlap), so a layer's residual stream is one buffer. This is the one exception
+to the same-node rule, and it is safe because such an op reads each element
+before it writes it. Its slot repeats the root's
 whole byte range with `view_of` set; a view from an op with a `sizes` attr is
 marked `strided` (split along the last dim of a row-major [T, N] buffer is not
 a contiguous sub-range, so we record offset 0 in the root, not a sub-offset).
@@ -45,6 +53,7 @@ class Slot:
     end: int                     # 1 + index of the last reader (exclusive)
     view_of: str | None = None   # a view: the root whose bytes it aliases
     strided: bool = False        # a view that is not a contiguous sub-range of its root
+    in_place: bool = False       # not a view: an output written into its root's bytes
 
 
 def _align(n: int, alignment: int) -> int:
@@ -66,7 +75,13 @@ def value_bytes(value: Value, dims: dict[str, int], act_bytes: int) -> int:
 
 
 def live_ranges(graph: Graph) -> tuple[dict[str, tuple[int, int]], dict[str, str]]:
-    """[start, end) of every value a node produces, and each view's root."""
+    """[start, end) of every value a node produces, and each view's (or in-place
+    output's) root."""
+    last_reader = {name: i for i, node in enumerate(graph.nodes) for name in node.inputs if name}
+    viewed = {node.inputs[0] for node in graph.nodes
+              if OPS.get(node.op) is not None and OPS[node.op].view and node.inputs}
+    made_by_view = {o for node in graph.nodes
+                    if OPS.get(node.op) is not None and OPS[node.op].view for o in node.outputs}
     root: dict[str, str] = {}
     start: dict[str, int] = {}
     last: dict[str, int] = {}
@@ -75,11 +90,26 @@ def live_ranges(graph: Graph) -> tuple[dict[str, tuple[int, int]], dict[str, str
             last[name] = i
             last[root.get(name, name)] = i       # reading a view reads its root
         opdef = OPS.get(node.op)
-        for out in node.outputs:
+        for k, out in enumerate(node.outputs):
             start[out] = i
             if opdef is not None and opdef.view and node.inputs:
                 root[out] = root.get(node.inputs[0], node.inputs[0])
+            elif opdef is not None and opdef.inplace is not None and opdef.inplace[0] == k:
+                src = node.inputs[opdef.inplace[1]]
+                if _may_take_bytes(graph, out, src, i, last_reader, viewed | made_by_view):
+                    root[out] = root.get(src, src)
     return {v: (s, max(s, last.get(v, s)) + 1) for v, s in start.items()}, root
+
+
+def _may_take_bytes(graph: Graph, out: str, src: str, i: int, last_reader: dict,
+                    view_related: set) -> bool:
+    """Whether node i's output `out` may be written into `src`'s bytes (module docstring)."""
+    if not out or not src or src in view_related:
+        return False
+    values, outputs = graph.values, set(graph.outputs)
+    return (values[src].kind == "act" and last_reader.get(src) == i
+            and src not in outputs and out not in outputs
+            and tuple(values[src].shape) == tuple(values[out].shape))
 
 
 def _best_fit(names: list[str], size: dict, ranges: dict, alignment: int) -> dict[str, int]:
@@ -145,7 +175,8 @@ class MemoryPlan:
                 lines.append(f"{s.offset:>12} {s.size:>12}  {f'[{s.start}, {s.end})':<12} {n}")
                 for v in views.get(n, []):
                     vs = self.slots[v]
-                    kind = "strided view" if vs.strided else "view"
+                    kind = ("written in place" if vs.in_place else
+                            "strided view" if vs.strided else "view")
                     lines.append(f"{'':>27}{f'[{vs.start}, {vs.end})':<12} {v} ({kind} of {n})")
         for n, b in self.pinned.items():
             lines.append(f"{'pinned':>12} {b:>12}  {'':<12} {n}")
@@ -173,7 +204,8 @@ def plan_memory(graph: Graph, *, max_tokens: int, max_seqs: int = 256, act_bytes
     for v, r in root.items():
         if r in slots:
             strided = "sizes" in producers[v].attrs
-            slots[v] = Slot(slots[r].offset, slots[r].size, *ranges[v], view_of=r, strided=strided)
+            slots[v] = Slot(slots[r].offset, slots[r].size, *ranges[v], view_of=r, strided=strided,
+                            in_place=not OPS[producers[v].op].view)
     delta = [0] * (len(graph.nodes) + 1)
     for n in names:
         delta[ranges[n][0]] += size[n]

@@ -36,6 +36,10 @@ class OpDef:
     # Every implementation takes them as keyword arguments with that default.
     omit_default: frozenset = frozenset()
     elementwise: bool = False               # out[t, j] depends only on inputs[t, j] (row-wise)
+    # (output, input): the output may take the input's bytes when this node is the input's
+    # last reader (each element is read before it is written: the residual stream's
+    # update, out = residual + x @ W^T, done in place). memory_plan decides.
+    inplace: tuple[int, int] | None = None
 
 
 OPS: dict[str, OpDef] = {}

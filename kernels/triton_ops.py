@@ -156,10 +156,9 @@ def linear_add(x, weight, residual, *, out):
     if use_gemv(x):
         _gemv.gemv(x, weight, out, residual=residual)
     else:
-        # cuBLAS's epilogue, beta * residual with beta = 1. NOTE: with out != residual
-        # (the memory plan never aliases an output with an input) torch first copies
-        # residual into out: one more launch than mm + add_rms_norm took; to be measured
-        # at batch 8 / 32 (bench/gpu_gemv.py --batched).
+        # cuBLAS's epilogue, beta * residual with beta = 1. The memory plan writes the
+        # residual stream in place (out is residual's bytes), so torch's copy of residual
+        # into out is a no-op; were they apart, it would cost one more launch.
         torch.addmm(residual, x, weight.t(), out=out)
 
 

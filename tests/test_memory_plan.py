@@ -262,3 +262,49 @@ def test_unbound_symbol_is_an_error():
                    "b": Value("b", ("T",))}, ["x"], ["b"])
     with pytest.raises(ValueError, match="'a' has symbolic dim 'S'"):
         plan_memory(graph, max_tokens=4)
+
+
+# --- in place: linear_add writes the residual stream into its own bytes ------------------
+
+def _cuda_fused(**config):
+    from rustinfer.compiler.pipeline import run_pipeline
+
+    graph, _ = run_pipeline(bind(SPEC, {**SMALL, **config}), target="cuda")
+    return graph
+
+
+def test_the_residual_stream_is_one_buffer_updated_in_place():
+    """Every linear_add's output takes its residual's bytes (exactly: the same offset and
+    size), so the cuda plan's residual stream is one buffer; the in-place outputs are
+    marked as such in the slot table, and the rest of the plan still never overlaps."""
+    graph = _cuda_fused()
+    plan = plan_memory(graph, max_tokens=16)
+    adds = [n for n in graph.nodes if n.op == "linear_add"]
+    assert len(adds) == 2 * SMALL["num_hidden_layers"]
+    for node in adds:
+        out, res = plan.slots[node.outputs[0]], node.inputs[2]
+        assert out.in_place and out.view_of == "h"
+        assert out.offset == plan.slots[res].offset == plan.slots["h"].offset
+    assert "written in place of h" in plan.table()
+    roots = {n for n, s in plan.slots.items() if s.view_of is None}
+    for name, s in plan.slots.items():         # nothing else lives in the stream's bytes
+        if name in roots and name != "h":       # while the stream is live
+            h = plan.slots["h"]
+            assert (s.offset + s.size <= h.offset or h.offset + h.size <= s.offset
+                    or s.end <= h.start or h.end <= s.start), name
+
+
+def test_a_residual_read_later_keeps_its_own_bytes():
+    """If anything reads the residual after the linear_add, writing over it would lose it:
+    that output gets bytes of its own."""
+    graph = _cuda_fused(num_hidden_layers=1)
+    first = next(n for n in graph.nodes if n.op == "linear_add")
+    res = first.inputs[2]
+    graph.values["late"] = Value("late", graph.values[res].shape)
+    graph.nodes.append(Node("silu", [res], ["late"], {}, "late"))
+    graph.outputs.append("late")
+    plan = plan_memory(graph, max_tokens=16)
+    out = plan.slots[first.outputs[0]]
+    assert not out.in_place and out.view_of is None
+    later = [n for n in graph.nodes if n.op == "linear_add"][1]
+    assert plan.slots[later.outputs[0]].in_place                 # the next one still is

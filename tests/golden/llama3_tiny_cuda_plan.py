@@ -5,30 +5,32 @@ spec          specs/llama3.yaml (family llama3)
 model         LlamaForCausalLM, 2 layers, hidden 64
 target        cuda, max 32 tokens per step
 passes        fuse_qkv x2, fuse_gate_up_swiglu x2, fuse_rope_kv x2, fuse_add_rms_norm x4, lm_head_last_token x1, dead_value_removal x11, fuse_norm_linear x13
-memory        naive 0.1 MiB -> planned 0.0 MiB (36.7%), lower bound 0.0 MiB
+memory        naive 0.1 MiB -> planned 0.0 MiB (42.4%), lower bound 0.0 MiB
 
 Slot table (which values share bytes):
-    memory reduced from 0.10 MiB (naive) to 0.04 MiB (planned; lower bound 0.03 MiB)
+    memory reduced from 0.06 MiB (naive) to 0.03 MiB (planned; lower bound 0.02 MiB)
           offset         size  live         value
-    -- bytes [0, 36864) shared by 12 value(s)
-               0         8192  [0, 4)       h
+    -- bytes [0, 12288) shared by 5 value(s)
+               0         8192  [1, 3)       layers.0/attn/q_rot
                0        12288  [4, 6)       layers.0/mlp/prod
                0         8192  [6, 8)       layers.1/attn/q_rot
                0        12288  [9, 11)      layers.1/mlp/prod
                0         2048  [11, 13)     logits/rows
-            8192         8192  [1, 3)       layers.0/attn/q_rot
-           12288         8192  [5, 9)       layers.0/h.2
-           12288         8192  [10, 12)     final/h
-           16384         8192  [2, 4)       layers.0/attn/out
+    -- bytes [12288, 20480) shared by 1 value(s)
+           12288         8192  [0, 12)      h
+                               [3, 6)       layers.0/h (written in place of h)
+                               [5, 9)       layers.0/h.2 (written in place of h)
+                               [8, 11)      layers.1/h (written in place of h)
+                               [10, 12)     final/h (written in place of h)
+    -- bytes [20480, 28672) shared by 2 value(s)
+           20480         8192  [2, 4)       layers.0/attn/out
            20480         8192  [7, 9)       layers.1/attn/out
-           24576         8192  [3, 6)       layers.0/h
-           28672         8192  [8, 11)      layers.1/h
           pinned         4096               logits
 """
 
 TARGET = 'cuda'
 MAX_TOKENS = 32          # largest step (tokens) the arena is planned for
-ARENA_BYTES = 36864
+ARENA_BYTES = 28672
 ACT_BYTES = 4
 LIMITS = {"max_heads": 4, "max_head_dim": 16, "max_kv_width": 32, "scratch_width": 256}
 
@@ -72,18 +74,18 @@ def run(step, W, C, arena, outputs, K, ws):
 
     # ---- prologue ----------------------------------------------------
     # h: embedding [T] -> [T, 64]
-    h = arena[0:0 + T * 64].view(T, 64)
+    h = arena[3072:3072 + T * 64].view(T, 64)
     K.embedding(step.token_ids, W["model.embed_tokens.weight"], out=h)
 
     # ---- layers.0 ----------------------------------------------------
     # layers.0/attn/q_rot: rms_norm_linear_rope_kv [T, 64] [T] -> [T, 64]
-    l0_attn_q_rot = arena[2048:2048 + T * 64].view(T, 64)
+    l0_attn_q_rot = arena[0:0 + T * 64].view(T, 64)
     K.rms_norm_linear_rope_kv(h, W["model.layers.0.input_layernorm.weight"], W["model.layers.0.self_attn.q+k+v_proj.weight"], step.positions, C["layers.0/attn/k_cache"], C["layers.0/attn/v_cache"], out=l0_attn_q_rot, eps=1e-05, offset=0.0, heads=4, kv_heads=2, head_dim=16, theta=10000.0, scaling=None, step=step, ws=ws)
     # layers.0/attn/out: cached_attention [T, 64] -> [T, 64]
-    l0_attn_out = arena[4096:4096 + T * 64].view(T, 64)
+    l0_attn_out = arena[5120:5120 + T * 64].view(T, 64)
     K.cached_attention(l0_attn_q_rot, C["layers.0/attn/k_cache"], C["layers.0/attn/v_cache"], out=l0_attn_out, heads=4, kv_heads=2, head_dim=16, scale=None, step=step, ws=ws)
     # layers.0/h: linear_add [T, 64] [T, 64] -> [T, 64]
-    l0_h = arena[6144:6144 + T * 64].view(T, 64)
+    l0_h = arena[3072:3072 + T * 64].view(T, 64)
     K.linear_add(l0_attn_out, W["model.layers.0.self_attn.o_proj.weight"], h, out=l0_h)
     # layers.0/mlp/prod: rms_norm_linear [T, 64] -> [T, 96]
     l0_mlp_prod = arena[0:0 + T * 96].view(T, 96)
@@ -100,7 +102,7 @@ def run(step, W, C, arena, outputs, K, ws):
     l1_attn_out = arena[5120:5120 + T * 64].view(T, 64)
     K.cached_attention(l1_attn_q_rot, C["layers.1/attn/k_cache"], C["layers.1/attn/v_cache"], out=l1_attn_out, heads=4, kv_heads=2, head_dim=16, scale=None, step=step, ws=ws)
     # layers.1/h: linear_add [T, 64] [T, 64] -> [T, 64]
-    l1_h = arena[7168:7168 + T * 64].view(T, 64)
+    l1_h = arena[3072:3072 + T * 64].view(T, 64)
     K.linear_add(l1_attn_out, W["model.layers.1.self_attn.o_proj.weight"], l0_h_2, out=l1_h)
     # layers.1/mlp/prod: rms_norm_linear [T, 64] -> [T, 96]
     l1_mlp_prod = arena[0:0 + T * 96].view(T, 96)
