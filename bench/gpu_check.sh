@@ -40,7 +40,12 @@ export PYTHONSAFEPATH=1 TRITON_INTERPRET=0 RUSTINFER_CACHE=/tmp/rustinfer-cache 
 
 { nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
   $py -c "import torch, triton, numpy; print('torch', torch.__version__, 'triton', triton.__version__, 'numpy', numpy.__version__, torch.cuda.get_device_name())"
-  date -u; git log -1 --format='%h %s' 2>/dev/null; } >"$out/env.txt" 2>&1
+  date -u; git log -1 --format='%h %s' 2>/dev/null
+  # The copy that travels may carry a stale .git: name the sources by content too (the
+  # same line run in a checkout says which commit this was).
+  echo "sources $(find compiler kernels runtime bench specs -type f \( -name '*.py' -o \
+    -name '*.yaml' -o -name '*.sh' \) | LC_ALL=C sort | xargs cat | sha256sum | cut -c1-12)"
+  } >"$out/env.txt" 2>&1
 cat "$out/env.txt"
 
 tests_rc=skipped gemv_rc=skipped bench_rc=skipped
