@@ -118,7 +118,9 @@ class Engine:
         self._prompt_logprobs(batch, logits, prompt_rows)
         to_sample = [s.seq for s in batch if s.seq.num_uncomputed == 0]
         if to_sample:
-            rows = torch.stack([logits[sample_rows[id(seq)]] for seq in to_sample])
+            idx = [sample_rows[id(seq)] for seq in to_sample]
+            # Usually every row, in order (decodes): sample the logits as they are.
+            rows = logits if idx == list(range(logits.shape[0])) else logits[idx]
             tokens, logprobs = self.sampler.sample(rows.float(), [s.sampling for s in to_sample])
             for seq, token, lp in zip(to_sample, tokens, logprobs):
                 events.append(self._advance(seq, token, lp, now))

@@ -173,23 +173,27 @@ class Sampler:
         return tokens, logprobs
 
     def process(self, logits: torch.Tensor, states: list[SequenceSamplingState]) -> torch.Tensor:
-        """A float32 copy of the logits after logit_bias, min_tokens and the penalties."""
-        x = logits.to(torch.float32, copy=True)
-        V, dev = x.shape[1], x.device
+        """The logits in float32 after logit_bias, min_tokens and the penalties: a copy when
+        any applies (or the dtype differs), else `logits` itself; callers must not write
+        into the result."""
+        V, dev = logits.shape[1], logits.device
         # Ids outside the vocabulary are skipped here; the engine rejects them at add_request.
         bias = [(i, t, b) for i, s in enumerate(states) for t, b in s.params.logit_bias.items()
                 if 0 <= t < V]
+        banned = [(i, t) for i, s in enumerate(states) if len(s.output_token_ids) <
+                  s.params.min_tokens for t in s.min_tokens_banned if 0 <= t < V]
+        penalized = [i for i, s in enumerate(states) if s.params.repetition_penalty != 1.0
+                     or s.params.presence_penalty != 0 or s.params.frequency_penalty != 0]
+        if not (bias or banned or penalized) and logits.dtype == torch.float32:
+            return logits           # nothing to change: skip a copy of [rows, vocab]
+        x = logits.to(torch.float32, copy=True)
         if bias:
             rows, cols, vals = zip(*bias)
             x.index_put_((_ids(rows, dev), _ids(cols, dev)), torch.tensor(vals, device=dev),
                          accumulate=True)
-        banned = [(i, t) for i, s in enumerate(states) if len(s.output_token_ids) <
-                  s.params.min_tokens for t in s.min_tokens_banned if 0 <= t < V]
         if banned:
             rows, cols = zip(*banned)
             x[_ids(rows, dev), _ids(cols, dev)] = float("-inf")
-        penalized = [i for i, s in enumerate(states) if s.params.repetition_penalty != 1.0
-                     or s.params.presence_penalty != 0 or s.params.frequency_penalty != 0]
         _penalize(x, penalized, [states[i] for i in penalized])
         return x
 
