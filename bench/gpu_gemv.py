@@ -37,7 +37,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu import BLOCK, CTX, MODELS, REPO, RandomCheckpoint, hbm_bandwidth  # noqa: E402
+from gpu import (BLOCK, CTX, MODELS, REPO, RandomCheckpoint, hbm_bandwidth,  # noqa: E402
+                 replay_ms)
 
 SHAPES = {"qkv": (3072, 2048), "o": (2048, 2048), "gate_up": (16384, 2048),
           "down": (2048, 8192), "lm_head": (128256, 2048)}
@@ -241,15 +242,8 @@ def bench_tpot(use_gemv: bool, steps: int, pdl: bool = False,
             step = StepInputs.for_sequences([([tok], CTX + i, table)], BLOCK)
             tok = ex.forward_device(step).argmax(-1).tolist()[0]
             times.append(time.perf_counter() - t0)
-        graph = ex.graphs[1]
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(64):
-            graph.replay()
-        end.record()
-        torch.cuda.synchronize()
-        r = dict(gemv=use_gemv, pdl=pdl, prefetch=pdl and prefetch, tpot_ms=1e3 * statistics.median(times[3:]),
-                 replay_ms=start.elapsed_time(end) / 64)
+        r = dict(gemv=use_gemv, pdl=pdl, prefetch=pdl and prefetch,
+                 tpot_ms=1e3 * statistics.median(times[3:]), replay_ms=replay_ms(ex.graphs[1]))
     finally:
         triton_ops.TRITON_GEMV = saved
         gemv_mod.PDL = saved_pdl
@@ -286,14 +280,7 @@ def bench_batched(batches=(1, 8, 32), reps: int = 64) -> list[dict]:
             tables = [list(range(i * blocks, (i + 1) * blocks)) for i in range(b)]
             step = StepInputs.for_sequences([([1], CTX, t) for t in tables], BLOCK)
             ex.forward_device(step)                    # fills the bucket's static inputs
-            graph = ex.graphs[ex.bucket_for(step)]
-            start, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
-            start.record()
-            for _ in range(reps):
-                graph.replay()
-            end.record()
-            torch.cuda.synchronize()
-            row[f"replay_bs{b}_ms"] = start.elapsed_time(end) / reps
+            row[f"replay_bs{b}_ms"] = replay_ms(ex.graphs[ex.bucket_for(step)], reps)
         out.append(row)
         del ex
         gc.collect()
