@@ -88,11 +88,14 @@ def add_rms_norm(a, b, weight, *, out, eps, offset=0.0, ws):
 
 
 def linear_add(x, weight, residual, *, out):
-    """out = residual + x @ weight^T."""
+    """out = residual + x @ weight^T (in place when the plan gives out residual's bytes)."""
     if residual.shape != out.shape:        # addmm would broadcast a wrong one silently
         raise ValueError(f"linear_add: residual {list(residual.shape)} must be out's shape "
                          f"{list(out.shape)}")
-    torch.addmm(residual, x, weight.t(), out=out)
+    if out.data_ptr() == residual.data_ptr() and out.stride() == residual.stride():
+        out.addmm_(x, weight.t())
+    else:
+        torch.addmm(residual, x, weight.t(), out=out)
 
 
 def rms_norm_linear(x, norm_weight, weight, bias=None, *, out, eps, offset=0.0, act=None, ws):

@@ -155,11 +155,17 @@ def linear_add(x, weight, residual, *, out):
                          f"{list(out.shape)}")
     if use_gemv(x):
         _gemv.gemv(x, weight, out, residual=residual)
-    else:
-        # cuBLAS's epilogue, beta * residual with beta = 1. The memory plan writes the
-        # residual stream in place (out is residual's bytes), so torch's copy of residual
-        # into out is a no-op; were they apart, it would cost one more launch.
+    elif _same_bytes(out, residual):
+        # The memory plan writes the residual stream in place: cuBLAS's own epilogue
+        # (beta = 1) adds the product into it, nothing is copied.
+        out.addmm_(x, weight.t())
+    else:                                  # apart: addmm first copies residual into out
         torch.addmm(residual, x, weight.t(), out=out)
+
+
+def _same_bytes(a, b) -> bool:
+    """Two views of exactly the same elements (host metadata only: capture-safe)."""
+    return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
 
 
 def _check_act(act) -> None:

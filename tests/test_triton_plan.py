@@ -198,3 +198,18 @@ def test_cuda_plan_on_torch_kernels_matches_the_cpu_torch_plan(tmp_path, monkeyp
     assert "written in place" in (plan_dir / "memory.txt").read_text()
     for want, got in zip(*runs):
         assert (got - want).abs().max().item() <= 1e-5 * want.abs().max().item()
+
+
+@pytest.mark.parametrize("ops", [torch_ops, triton_ops], ids=["torch_ops", "triton_ops"])
+def test_linear_add_in_place_and_apart(ops):
+    """out = residual + x @ W^T whether the plan gives out the residual's bytes (the
+    residual stream updated in place) or bytes of its own."""
+    x, w, res = torch.randn(5, 8), torch.randn(6, 8), torch.randn(5, 6)
+    want = res + x @ w.t()
+    apart = torch.empty(5, 6)
+    ops.linear_add(x, w, res.clone(), out=apart)
+    arena = res.clone().reshape(-1)
+    residual, out = arena.view(5, 6), arena[:30].view(5, 6)     # two views, same bytes
+    ops.linear_add(x, w, residual, out=out)
+    for got in (apart, out):
+        assert torch.allclose(got, want, atol=1e-5)
