@@ -98,12 +98,17 @@ def linear_add(x, weight, residual, *, out):
         torch.addmm(residual, x, weight.t(), out=out)
 
 
+def _check_act(act) -> None:
+    """rms_norm_linear's activations (both op interfaces check them the same way)."""
+    if act not in (None, "swiglu"):
+        raise ValueError(f"rms_norm_linear: act must be None or 'swiglu', got {act!r}")
+
+
 def rms_norm_linear(x, norm_weight, weight, bias=None, *, out, eps, offset=0.0, act=None, ws):
     """out = act(rms_norm(x) @ weight^T + bias). Only the cuda target's plans use it (its
     fuse_norm_linear pass); this twin, for interface parity and tests, allocates its
     intermediates instead of planning them."""
-    if act not in (None, "swiglu"):
-        raise ValueError(f"rms_norm_linear: act must be None or 'swiglu', got {act!r}")
+    _check_act(act)
     normed = torch.empty_like(x)
     rms_norm(x, norm_weight, out=normed, eps=eps, offset=offset, ws=ws)
     if act is None:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import torch_ops as _torch_ops
 from .rope_tables import inv_freq
 from .triton import decode_attention as _decode
 from .triton import gather as _gather
@@ -149,48 +150,30 @@ def linear(x, weight, bias=None, *, out):
 
 
 def linear_add(x, weight, residual, *, out):
-    """out = residual + x @ weight^T (the residual stream's update)."""
-    if residual.shape != out.shape:        # addmm would broadcast a wrong one silently
-        raise ValueError(f"linear_add: residual {list(residual.shape)} must be out's shape "
-                         f"{list(out.shape)}")
+    """out = residual + x @ weight^T (the residual stream's update): the GEMV adds it in its
+    epilogue; more rows take torch_ops' cuBLAS addmm (in place on the plan's residual
+    stream, so nothing is copied)."""
     if use_gemv(x):
         _gemv.gemv(x, weight, out, residual=residual)
-    elif _same_bytes(out, residual):
-        # The memory plan writes the residual stream in place: cuBLAS's own epilogue
-        # (beta = 1) adds the product into it, nothing is copied.
-        out.addmm_(x, weight.t())
-    else:                                  # apart: addmm first copies residual into out
-        torch.addmm(residual, x, weight.t(), out=out)
-
-
-def _same_bytes(a, b) -> bool:
-    """Two views of exactly the same elements (host metadata only: capture-safe)."""
-    return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
-
-
-def _check_act(act) -> None:
-    if act not in (None, "swiglu"):
-        raise ValueError(f"rms_norm_linear: act must be None or 'swiglu', got {act!r}")
+    else:
+        _torch_ops.linear_add(x, weight, residual, out=out)
 
 
 def rms_norm_linear(x, norm_weight, weight, bias=None, *, out, eps, offset=0.0, act=None, ws):
     """out = act(rms_norm(x) @ weight^T + bias): one GEMV for a decode row, else the norm
     kernel, cuBLAS and (act='swiglu') the SwiGLU kernel through the workspace's scratch."""
-    _check_act(act)
+    _torch_ops._check_act(act)  # the same rule as the CPU twin
     if use_gemv(x):
         _gemv.gemv(x, weight, out, bias, norm_weight=norm_weight, eps=eps, offset=offset,
                    swiglu=act == "swiglu")
         return
-    rows = x.shape[0]
-    if act is None:
-        (normed,) = ws.scratch_views(rows, x.shape[1])
-        _rms.rms_norm(x, norm_weight, normed, eps=eps, offset=offset)
-        linear(normed, weight, bias, out=out)
-        return
-    normed, gate_up = ws.scratch_views(rows, x.shape[1], weight.shape[0])
+    # The product goes straight to `out` unless SwiGLU still has to combine its halves.
+    normed, *product = ws.scratch_views(x.shape[0], x.shape[1],
+                                        *([weight.shape[0]] if act else []))
     _rms.rms_norm(x, norm_weight, normed, eps=eps, offset=offset)
-    linear(normed, weight, bias, out=gate_up)
-    _swiglu.swiglu(gate_up, out)
+    linear(normed, weight, bias, out=product[0] if act else out)
+    if act:
+        _swiglu.swiglu(product[0], out)
 
 
 def rms_norm_linear_rope_kv(x, norm_weight, weight, positions, k_cache, v_cache, *, out, eps,
