@@ -99,18 +99,27 @@ class BlockManager:
         while len(table) * self.block_size < num_tokens:
             table.append(self._take())
 
-    def register_computed(self, table: list[int], tokens: list[int], num_computed: int) -> None:
-        """Record hashes of the sequence's blocks that are now full and computed."""
+    def register_computed(self, table: list[int], tokens: list[int], num_computed: int,
+                          hashes: list[int], start: int = 0) -> int:
+        """Register the blocks table[start:] that are now full and computed; returns the
+        number of leading blocks registered, the caller's `start` for the next call.
+
+        `hashes` is the sequence's chain of full-block hashes, extended here. A hash
+        depends only on the tokens, so each is computed once per sequence, and a decode
+        step costs O(blocks that just filled), not O(context)."""
+        full = num_computed // self.block_size
         if not self.prefix_caching:
-            return
-        parent = None
-        for i in range(num_computed // self.block_size):
-            block = table[i]
-            h = block_hash(parent, tuple(tokens[i * self.block_size:(i + 1) * self.block_size]))
+            return full
+        bs = self.block_size
+        for i in range(len(hashes), full):
+            hashes.append(block_hash(hashes[-1] if hashes else None,
+                                     tuple(tokens[i * bs:(i + 1) * bs])))
+        for i in range(start, full):
+            block, h = table[i], hashes[i]
             if self.hash_of[block] is None and h not in self.cached:
                 self.hash_of[block] = h
                 self.cached[h] = block
-            parent = h
+        return max(start, full)
 
     def free(self, table: list[int]) -> None:
         """Release a sequence's blocks (last block first, so a prefix stays cached longest)."""

@@ -114,7 +114,9 @@ class Engine:
         for item in batch:
             seq = item.seq
             seq.num_computed += item.num_tokens
-            self.blocks.register_computed(seq.block_table, seq.all_token_ids, seq.num_computed)
+            seq.blocks_registered = self.blocks.register_computed(
+                seq.block_table, seq.all_token_ids, seq.num_computed, seq.block_hashes,
+                seq.blocks_registered)
         self._prompt_logprobs(batch, logits, prompt_rows)
         to_sample = [s.seq for s in batch if s.seq.num_uncomputed == 0]
         if to_sample:
@@ -179,7 +181,7 @@ class Engine:
 
     def _advance(self, seq: Sequence, token: int, logprob, now: float) -> RequestEvent:
         """Append a sampled token, apply the stop rules, make the request's event."""
-        seq.output_token_ids.append(token)
+        seq.append_token(token)
         seq.sampling.append(token)
         self.stats_.generation_tokens_total += 1
         if seq.first_token_time is None:

@@ -34,14 +34,29 @@ class Sequence:
     sampling: object = None                  # SequenceSamplingState
     stop: object = None                      # StopChecker
     pending_prompt_logprobs: list = field(default_factory=list)
+    # Prefix caching (see BlockManager.register_computed): the chained hashes of the
+    # sequence's full blocks, which depend only on its tokens, and how many blocks of the
+    # current block_table are registered (0 again whenever the table is allocated anew).
+    block_hashes: list[int] = field(default_factory=list)
+    blocks_registered: int = 0
+
+    def __post_init__(self):
+        # prompt + output kept as one list, so that a step reads a sequence's new tokens
+        # without copying its whole context
+        self._tokens = self.prompt_token_ids + self.output_token_ids
+
+    def append_token(self, token: int) -> None:
+        self.output_token_ids.append(token)
+        self._tokens.append(token)
 
     @property
     def all_token_ids(self) -> list[int]:
-        return self.prompt_token_ids + self.output_token_ids
+        """prompt + output tokens: the sequence's own list, not a copy (do not modify it)."""
+        return self._tokens
 
     @property
     def num_tokens(self) -> int:
-        return len(self.prompt_token_ids) + len(self.output_token_ids)
+        return len(self._tokens)
 
     @property
     def num_uncomputed(self) -> int:

@@ -135,6 +135,26 @@ def test_prefix_cache_reuses_a_repeated_system_prompt(llm):
     assert after.prefix_cache_hit_rate > 0
 
 
+def test_each_block_is_hashed_once_and_generated_blocks_are_cached(llm, monkeypatch):
+    """A decode step hashes only the block it just filled (it used to rehash the whole
+    context every step), and blocks filled by generated tokens are cached as well: a next
+    turn that sends prompt + answer back reuses them."""
+    from rustinfer.runtime import block_manager
+
+    hashed = []
+    real = block_manager.block_hash
+    monkeypatch.setattr(block_manager, "block_hash", lambda p, t: hashed.append(t) or real(p, t))
+    prompt = prompts(1, seed=11, lo=20, hi=21)[0]
+    answer = llm.generate([prompt], SamplingParams(max_tokens=60, temperature=0.0,
+                                                   ignore_eos=True))[0].token_ids
+    computed = len(prompt) + len(answer) - 1          # the last token is sampled, not fed
+    looked_up = (len(prompt) - 1) // 16
+    assert len(hashed) == looked_up + computed // 16
+    before = llm.engine.stats().prefix_cache_hits
+    llm.generate([prompt + answer + [7]], GREEDY)
+    assert llm.engine.stats().prefix_cache_hits - before == computed // 16 * 16
+
+
 def test_stop_string_across_token_boundary(model_dir, llm):
     llm.engine.tokenizer = tok = PairTokenizer()
     try:
