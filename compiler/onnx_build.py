@@ -107,7 +107,7 @@ def _build(graph: Graph, checkpoint, options: OnnxOptions, folder: Path) -> None
         (tmp / "report.txt").write_text("\n".join([
             f"target        cpu (ONNX Runtime), quant {options.quant}, "
             f"accuracy_level {options.accuracy_level}",
-            f"passes        " + ", ".join(f"{k} x{v}" for k, v in passes.rewrites.items() if v),
+            "passes        " + ", ".join(f"{k} x{v}" for k, v in passes.rewrites.items() if v),
             f"onnx nodes    {len(model.graph.node)}: "
             + ", ".join(f"{k} {v}" for k, v in sorted(ops.items())),
             f"weights       {(tmp / 'weights.bin').stat().st_size / 2**20:.1f} MiB in weights.bin; "

@@ -9,9 +9,6 @@ batching policy.
 from __future__ import annotations
 
 import time
-from collections import defaultdict
-
-import torch
 
 from rustinfer.compiler.step_inputs import StepInputs, int64_tensor, padded_table
 

@@ -7,7 +7,6 @@ step is then `plan.run(...)` on views of those buffers.
 from __future__ import annotations
 
 import importlib.util
-import math
 from pathlib import Path
 
 import torch
