@@ -223,13 +223,36 @@ def test_processed_logits_match_reference(opts):
     states = [SequenceSamplingState(SamplingParams(), [6]),
               SequenceSamplingState(params, PROMPT, eos_token_ids=eos),
               SequenceSamplingState(SamplingParams(frequency_penalty=1.0), [0], [6])]
-    states[1].output_token_ids.extend(OUTPUT)
-    states[2].output_token_ids.extend([0, 0, 9])
+    for token in OUTPUT:
+        states[1].append(token)
+    for token in [0, 0, 9]:
+        states[2].append(token)
     got = Sampler().process(torch.tensor([logits] * 3), states)
     assert got[1].tolist() == pytest.approx(want, rel=1e-6)
     assert got[0].tolist() == pytest.approx(logits)
     assert got[2].tolist() == pytest.approx(reference_process(
         logits, states[2].params, [0], [0, 0, 9]))
+
+
+def test_penalty_counts_follow_a_long_output_step_by_step():
+    """The counts the penalties read are kept by append(): after every step of a long
+    output with many distinct tokens (past the state's first capacity), the processed
+    logits match the reference recounted from scratch."""
+    g = torch.Generator().manual_seed(5)
+    V = 97
+    prompt = torch.randint(0, V, (40,), generator=g).tolist()
+    params = [SamplingParams(repetition_penalty=1.4, frequency_penalty=0.3, presence_penalty=0.2),
+              SamplingParams(frequency_penalty=0.5)]               # the prompt does not count
+    states = [SequenceSamplingState(p, prompt if i == 0 else [3, 3, 5]) for i, p in enumerate(params)]
+    for _ in range(120):
+        logits = torch.randn(2, V, generator=g) * 3
+        got = Sampler().process(logits, states)
+        for i, s in enumerate(states):
+            assert got[i].tolist() == pytest.approx(reference_process(
+                logits[i].tolist(), s.params, s.prompt_token_ids, s.output_token_ids), rel=1e-5, abs=1e-5)
+        for s in states:
+            s.append(int(torch.randint(0, V, (), generator=g)))
+    assert len(set(states[0].output_token_ids)) > 32
 
 
 def test_min_tokens_blocks_eos_and_stop_tokens():
