@@ -15,7 +15,8 @@
 # Writes env.txt, pytest.log, gemv.log, gemv.json, gemv.md, bench.log, gpu.json, gpu.md,
 # engine.log, engine.md, profile.txt and summary.md into OUTDIR.
 # Designed to finish in < 8 minutes: each stage has its own timeout.
-# STAGES="tests gemv bench engine profile" (the default: all) picks stages, for a short lease;
+# STAGES="tests gemv bench engine profile" (the default) picks stages, for a short lease;
+# STAGES=gemvgraph runs bench/gpu_gemv_graph.py (the GEMV configs timed inside a graph);
 # GEMV_ARGS (default --sweep --batched), BENCH_ARGS, PROFILE_ARGS and GEMV_TIMEOUT tune them.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -73,6 +74,10 @@ engine_rc=${PIPESTATUS[0]}; }
 # Where the bs=1 decode step's GPU time goes (kernel groups), for the next optimisation.
 want profile && timeout 60 $py bench/gpu_profile.py --out "$out" ${PROFILE_ARGS:-} 2>&1 | tee "$out/profile.log"
 
+# Not in the default stages (a tuning run, ~4 minutes): the GEMV configs timed in a graph.
+want gemvgraph && timeout ${GEMV_GRAPH_TIMEOUT:-280} $py bench/gpu_gemv_graph.py --out "$out" \
+  ${GEMV_GRAPH_ARGS:-} 2>&1 | tee "$out/gemv_graph.log"
+
 { echo "# GPU check $(date -u +%F) on $(head -2 "$out/env.txt" | tail -1)"
   echo
   echo "pytest -m cuda: exit $tests_rc ($(tail -1 "$out/pytest.log"))"
@@ -83,7 +88,8 @@ want profile && timeout 60 $py bench/gpu_profile.py --out "$out" ${PROFILE_ARGS:
   cat "$out/gpu.md" 2>/dev/null || echo "(no benchmark table)"
   echo; cat "$out/gemv.md" 2>/dev/null || echo "(no GEMV table)"
   echo; cat "$out/engine.md" 2>/dev/null || echo "(no engine run)"
-  echo; cat "$out/profile.txt" 2>/dev/null || echo "(no profile)"; } >"$out/summary.md"
+  echo; cat "$out/profile.txt" 2>/dev/null || echo "(no profile)"
+  [ -f "$out/gemv_graph.log" ] && { echo; cat "$out/gemv_graph.log"; }; } >"$out/summary.md"
 cat "$out/summary.md"
 # PACK=1: everything but summary.md and pytest.log into one results.tgz (a lease that
 # returns only a few files).

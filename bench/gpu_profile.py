@@ -76,11 +76,63 @@ def main() -> int:
     lines.append("top kernels (ms per step, launches per step):")
     for name, (t, c) in sorted(per_kernel.items(), key=lambda kv: -kv[1][0])[:15]:
         lines.append(f"  {t / n / 1e3:7.3f}  {c // n:4d}  {name[:110]}")
+    try:
+        lines += per_launch(prof, config)
+    except Exception as e:                       # a profiler without start times: skip this part
+        lines.append(f"(per-launch breakdown unavailable: {type(e).__name__}: {e})")
     text = "\n".join(lines)
     print(text)
     if args.out:
         Path(args.out, "profile.txt").write_text(text + "\n")
     return 0
+
+
+def per_launch(prof, config: dict) -> list[str]:
+    """The GEMVs of each step in launch order, named by their place in a layer (qkv, o,
+    gate_up, down, then the LM head), with their bandwidth, and the idle time between a
+    step's kernels (its span minus its kernel time)."""
+    hidden, layers = config["hidden_size"], config["num_hidden_layers"]
+    d = config.get("head_dim") or hidden // config["num_attention_heads"]
+    qkv = (config["num_attention_heads"] + 2 * config["num_key_value_heads"]) * d
+    inter = config["intermediate_size"]
+    shapes = {"qkv": (qkv, hidden), "o": (hidden, config["num_attention_heads"] * d),
+              "gate_up": (2 * inter, hidden), "down": (hidden, inter),
+              "lm_head": (config["vocab_size"], hidden)}
+    events = sorted((ev for ev in prof.events()
+                     if ev.device_type == torch.autograd.DeviceType.CUDA),
+                    key=lambda ev: ev.time_range.start)
+    steps, current = [], []
+    for ev in events:                             # each replay starts with its H2D input copy
+        if "HtoD" in ev.name and current:
+            steps.append(current)
+            current = []
+        current.append(ev)
+    steps.append(current)
+    names = [k for _ in range(layers) for k in ("qkv", "o", "gate_up", "down")] + ["lm_head"]
+    per: dict[str, list[float]] = defaultdict(list)
+    gaps, spans = [], []
+    for step in steps:
+        gemvs = [ev for ev in step if "gemv" in ev.name.lower()]
+        if len(gemvs) != len(names):
+            continue
+        for name, ev in zip(names, gemvs):
+            per[name].append(ev.time_range.end - ev.time_range.start)
+        span = step[-1].time_range.end - step[0].time_range.start
+        busy = sum(ev.time_range.end - ev.time_range.start for ev in step)
+        spans.append(span)
+        gaps.append(span - busy)
+    if not spans:
+        return ["(per-launch breakdown: no step had the expected GEMV count)"]
+    n = len(spans)
+    out = [f"per launch, {n} steps (us per launch, GB/s of weights):"]
+    for name, times in per.items():
+        t = sorted(times)[len(times) // 2]
+        rows, cols = shapes[name]
+        out.append(f"  {name:<8} {t:7.1f} us x {len(times) // n:2d}  "
+                   f"{rows * cols * 2 / t / 1e3:7.0f} GB/s   [{rows} x {cols}]")
+    out.append(f"  step span {sorted(spans)[n // 2]:.1f} us, idle between kernels "
+               f"{sorted(gaps)[n // 2]:.1f} us")
+    return out
 
 
 if __name__ == "__main__":

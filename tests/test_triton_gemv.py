@@ -99,14 +99,19 @@ def test_gemv_config_is_small_deterministic_and_bounded():
 
 def test_gemv_config_swiglu_splits_the_unfused_tile():
     """swiglu: n is F and a program reads BLOCK_N gate + BLOCK_N up rows, so the config is the
-    unfused [2F, K] GEMV's with BLOCK_N halved (same rows per tile, same program count)."""
+    unfused [2F, K] GEMV's with BLOCK_K halved (as many weights per tile, twice the rows,
+    half the programs; measured in a CUDA graph on an H200, see gemv_config)."""
     for f, k in [(8192, 2048), (4096, 4096), (7168, 2048), (1, 1), (19, 37), (1536, 576)]:
         for m in (1, 5, 16):
             fused, plain = gemv_config(f, k, m, swiglu=True), gemv_config(2 * f, k, m)
-            assert fused == plain._replace(block_n=max(1, plain.block_n // 2)), (f, k, m)
-            assert fused.block_n <= next_pow2(f) and fused == gemv_config(f, k, m, swiglu=True)
-    # Llama-3.2-1B gate_up at bs=1: the measured [16384, 2048] tile, split in gate and up
-    assert gemv_config(8192, 2048, 1, swiglu=True) == GemvConfig(8, 512, 8, 1)
+            assert fused == plain._replace(block_n=min(plain.block_n, next_pow2(f)),
+                                           block_k=max(min(16, plain.block_k),
+                                                       plain.block_k // 2)), (f, k, m)
+            assert fused.block_n <= next_pow2(f) and fused.block_k <= next_pow2(k)
+            if plain.block_k >= 32 and plain.block_n <= next_pow2(f):
+                assert 2 * fused.block_n * fused.block_k == plain.block_n * plain.block_k
+    # Llama-3.2-1B gate_up at bs=1: the [16384, 2048] tile of 16 x 512 as 16 + 16 rows x 256
+    assert gemv_config(8192, 2048, 1, swiglu=True) == GemvConfig(16, 256, 8, 1)
 
 
 def test_linear_keeps_torch_unless_enabled_on_cuda(monkeypatch):

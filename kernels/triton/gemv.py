@@ -61,15 +61,35 @@ _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # wide without spilling registers.
 _MIN_PROGRAMS = 512
 _TILE = 8192
-# Programmatic dependent launch (Hopper+), opt-in until measured (bench/gpu_gemv.py times
-# the bs=1 step with and without it): a GEMV may start while the kernel before it drains,
-# prefetch its weight rows into L2 (weights are never written by a step), and only then
-# wait for that kernel's results. RUSTINFER_GEMV_PDL=1 turns it on; never under the
-# interpreter (it has no griddepcontrol / prefetch).
-PDL = os.environ.get("RUSTINFER_GEMV_PDL", "0") == "1" and not INTERPRET
-# With PDL, also prefetch the weight rows into L2 before waiting (bench/gpu_gemv.py times
-# both: a prefetched line evicted before its load costs a second read).
-PDL_PREFETCH = os.environ.get("RUSTINFER_GEMV_PDL_PREFETCH", "1") == "1"
+# Programmatic dependent launch (Hopper+): a GEMV may be scheduled while the kernel before
+# it drains and waits (gdc_wait) for its results only then. NOTE measured on H200s,
+# 2026-11-26 (bench/gpu_gemv.py, the 1B bs=1 step, PDL vs not in the same run, 4 runs):
+# graph replay 1.8-2.3% faster every time, but the engine-style TPOT (host layout + graph
+# launch + replay) moved -5% to +8% (mean +0.01 ms): the host's launch of a graph with
+# programmatic edges costs about what the overlap saves. So it stays opt-in:
+# RUSTINFER_GEMV_PDL=1 turns it on (compute capability 9+). Never under the interpreter
+# (it has no griddepcontrol / prefetch).
+_PDL_ENV = os.environ.get("RUSTINFER_GEMV_PDL")
+PDL: bool | None = None if _PDL_ENV is None else _PDL_ENV == "1"   # None: the default
+# With PDL, also prefetch the weight rows into L2 before waiting: measured slower
+# (1.019-1.106 vs 0.90 ms replayed: a line evicted before its load is read twice), so
+# opt-in, RUSTINFER_GEMV_PDL_PREFETCH=1.
+PDL_PREFETCH = os.environ.get("RUSTINFER_GEMV_PDL_PREFETCH", "0") == "1"
+_pdl_capable: dict[int, bool] = {}
+
+
+def pdl_default(device: torch.device) -> bool:
+    """Whether a GEMV on `device` launches with programmatic dependent launch by default."""
+    if INTERPRET or device.type != "cuda":
+        return False
+    if not PDL:                        # off unless asked for (see the NOTE above)
+        return False
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _pdl_capable:
+        _pdl_capable[index] = torch.cuda.get_device_capability(index)[0] >= 9
+    return _pdl_capable[index]
+
+
 _LINE_BYTES = 128                      # one L2 prefetch per cache line
 
 
@@ -90,10 +110,14 @@ def gemv_config(n: int, k: int, m: int, *, swiglu: bool = False) -> GemvConfig:
     (num_stages=1): measured as fast or faster than 2 on an H200 (see the NOTE above).
 
     swiglu: `n` is F, the output width, and each program reads BLOCK_N gate rows and
-    BLOCK_N up rows. The blocks are chosen as for the unfused [2F, K] weight and then
-    BLOCK_N is halved, so a program streams the same 2 * BLOCK_N rows per tile and the
-    grid has as many programs as the unfused GEMV's (1B's gate_up, F = 8192: 1024
-    programs of 8 + 8 rows x 512 K, as the measured [16384, 2048] config)."""
+    BLOCK_N up rows (gemv_rope_kv: dims j and j + head_dim / 2). The blocks are chosen as
+    for the unfused [2F, K] weight, then BLOCK_K is halved: a tile still holds 8192
+    weights, as 2 x BLOCK_N rows of BLOCK_K / 2, and the grid has half the unfused
+    GEMV's programs, each with twice the K steps. NOTE measured on an H200, 2026-11-26
+    (bench/gpu_gemv_graph.py, 16 launches in a CUDA graph): 1B's gate_up+norm+swiglu
+    18.2 us with 16 + 16 rows x 256 K against 19.6-20.1 with 8 + 8 rows x 512 (the
+    unfused tile halved by rows, this function's rule before); qkv+norm+rope 6.7 us with
+    4 + 4 x 1024 against 8.6 with 2 + 2 x 2048."""
     if not 1 <= m <= MAX_ROWS:
         raise ValueError(f"gemv: {m} rows; the GEMV serves 1..{MAX_ROWS} (use torch.mm)")
     rows = 2 * n if swiglu else n          # W rows the grid covers
@@ -105,7 +129,9 @@ def gemv_config(n: int, k: int, m: int, *, swiglu: bool = False) -> GemvConfig:
     block_k = min(max(16, tile // block_n), next_pow2(k))
     num_warps = 8 if block_n * block_k >= _TILE else 4
     if swiglu:
-        block_n = max(1, block_n // 2)     # per half: <= next_pow2(n) as next_pow2(2n) / 2
+        # per half; <= next_pow2(n) as next_pow2(2n) / 2 (a power of 2 not above 2n's)
+        block_n = min(block_n, next_pow2(n))
+        block_k = max(min(16, block_k), block_k // 2)      # not below 16 (or K's pow2)
     return GemvConfig(block_n, block_k, num_warps, 1)
 
 
@@ -275,7 +301,7 @@ def _launch(cfg: GemvConfig, n: int, x, weight, out, bias, norm_weight, residual
             pdl, *, swiglu=False, rope=None) -> None:
     """The one kernel launch behind gemv and gemv_rope_kv (n: the outputs the grid covers)."""
     m, k = x.shape
-    pdl = PDL if pdl is None else pdl
+    pdl = pdl_default(x.device) if pdl is None else pdl
     prefetch = pdl and PDL_PREFETCH
     line_elems = _LINE_BYTES // weight.element_size()
     res = out if residual is None else residual
