@@ -100,13 +100,17 @@ class BlockManager:
             table.append(self._take())
 
     def register_computed(self, table: list[int], tokens: list[int], num_computed: int,
-                          hashes: list[int], start: int = 0) -> int:
+                          hashes: list[int], start: int = 0,
+                          pending: list[int] | None = None) -> int:
         """Register the blocks table[start:] that are now full and computed; returns the
-        number of leading blocks registered, the caller's `start` for the next call.
+        number of leading blocks looked at, the caller's `start` for the next call.
 
         `hashes` is the sequence's chain of full-block hashes, extended here. A hash
         depends only on the tokens, so each is computed once per sequence, and a decode
-        step costs O(blocks that just filled), not O(context)."""
+        step costs O(blocks that just filled), not O(context). A block whose tokens are
+        already cached under another block (two equal prompts admitted together) is not
+        registered; its index goes to `pending` and is tried again on later calls, so it
+        takes over if that other block is evicted first."""
         full = num_computed // self.block_size
         if not self.prefix_caching:
             return full
@@ -114,11 +118,19 @@ class BlockManager:
         for i in range(len(hashes), full):
             hashes.append(block_hash(hashes[-1] if hashes else None,
                                      tuple(tokens[i * bs:(i + 1) * bs])))
-        for i in range(start, full):
+        retry = list(pending) if pending else []
+        if pending is not None:
+            pending.clear()
+        for i in retry + list(range(start, full)):
             block, h = table[i], hashes[i]
-            if self.hash_of[block] is None and h not in self.cached:
-                self.hash_of[block] = h
-                self.cached[h] = block
+            if self.hash_of[block] is not None:
+                continue
+            if h in self.cached:
+                if pending is not None:
+                    pending.append(i)
+                continue
+            self.hash_of[block] = h
+            self.cached[h] = block
         return max(start, full)
 
     def free(self, table: list[int]) -> None:

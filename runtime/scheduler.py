@@ -71,6 +71,7 @@ class Scheduler:
             table, cached = self.blocks.allocate_prompt(tokens)
             seq.block_table, seq.num_computed = table, cached
             seq.blocks_registered = 0
+            seq.blocks_pending.clear()
             n = min(seq.num_uncomputed, budget)
             self.waiting.popleft()
             seq.status = Status.RUNNING
