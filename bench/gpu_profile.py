@@ -1,8 +1,8 @@
 """Where a bs=1 decode step's GPU time goes (Llama-3.2-1B shapes, random bf16 weights).
 
-    python bench/gpu_profile.py [--model 1b] [--out DIR]
+    python bench/gpu_profile.py [--model 1b] [--batch 1] [--out DIR]
 
-Profiles 20 decode steps at context 512 under CUDA-graph replay with torch.profiler and
+Profiles 20 decode steps of --batch sequences at context 512 under CUDA-graph replay with torch.profiler and
 prints the kernels by total GPU time, grouped (GEMM / attention / norm / rope / ...), so
 the next optimisation goes where the time is. Run by bench/gpu_check.sh.
 """
@@ -36,6 +36,7 @@ def group_of(name: str) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", default="1b", choices=sorted(MODELS))
+    p.add_argument("--batch", type=int, default=1, help="sequences per decode step (<= 32)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     from rustinfer.compiler.build import CompileOptions, compile_model
@@ -47,11 +48,14 @@ def main() -> int:
     ckpt = RandomCheckpoint(config)
     folder, _ = compile_model(SPECS_DIR / "llama3.yaml", config, ckpt,
                               CompileOptions(target="cuda", max_tokens=1024))
-    ex = CudaExecutor(folder / "plan.py", ckpt, num_blocks=64, block_size=BLOCK,
-                      max_model_len=768, max_batch=1)
-    table = list(range(48))
-    ex.forward(StepInputs.for_sequences([(list(range(1, 513)), 0, table)], BLOCK))
-    steps = [StepInputs.for_sequences([([7], 512 + i, table)], BLOCK) for i in range(30)]
+    b = args.batch
+    ex = CudaExecutor(folder / "plan.py", ckpt, num_blocks=48 * b + 16, block_size=BLOCK,
+                      max_model_len=768, max_batch=b)
+    tables = [list(range(48 * i, 48 * (i + 1))) for i in range(b)]
+    for table in tables:
+        ex.forward(StepInputs.for_sequences([(list(range(1, 513)), 0, table)], BLOCK))
+    steps = [StepInputs.for_sequences([([7], 512 + i, t) for t in tables], BLOCK)
+             for i in range(30)]
     for s in steps[:10]:
         ex.forward(s)                                           # warm-up replays
     torch.cuda.synchronize()
@@ -69,7 +73,7 @@ def main() -> int:
     groups: dict[str, float] = defaultdict(float)
     for name, (t, _) in per_kernel.items():
         groups[group_of(name)] += t / n
-    lines = [f"{MODELS[args.model]} bs=1 decode at context 512: {total / 1e3:.3f} ms of kernel "
+    lines = [f"{MODELS[args.model]} bs={b} decode at context 512: {total / 1e3:.3f} ms of kernel "
              f"time per step ({sum(c for _, c in per_kernel.values()) // n} kernels per step)"]
     for g, t in sorted(groups.items(), key=lambda kv: -kv[1]):
         lines.append(f"  {g:<10} {t / 1e3:7.3f} ms  {100 * t / total:5.1f}%")
@@ -83,7 +87,8 @@ def main() -> int:
     text = "\n".join(lines)
     print(text)
     if args.out:
-        Path(args.out, "profile.txt").write_text(text + "\n")
+        name = "profile.txt" if b == 1 else f"profile_bs{b}.txt"
+        Path(args.out, name).write_text(text + "\n")
     return 0
 
 
