@@ -376,9 +376,11 @@ def main() -> None:
     prompt = args.prompt = Tokenizer.from_gguf(args.model).encode(text)[:args.prompt_tokens]
 
     skip = set(filter(None, args.skip.split(",")))
-    bw = measure_bandwidth(args.threads)
+    # Sampled before the runs and after each round: the machine's other tenants move it by
+    # a third from minute to minute, and the roofline should see the minutes the runs saw.
+    bandwidths = [measure_bandwidth(args.threads)]
     print(f"model {Path(args.model).name}, {args.threads} threads, prompt {len(prompt)} tokens, "
-          f"{args.new_tokens} new tokens x {args.runs} runs; measured bandwidth {bw:.1f} GB/s")
+          f"{args.new_tokens} new tokens x {args.runs} runs")
     engines = [("rustinfer fp32", "rustinfer", dict(quant="none")),
                ("rustinfer int4", "rustinfer", dict(quant="int4")),
                ("rustinfer int4 acc0", "rustinfer", dict(quant="int4", accuracy_level=0)),
@@ -414,6 +416,10 @@ def main() -> None:
             acc["load_s"].append(r["load_s"])
             acc["rss_mib"].append(r["rss_mib"])
             acc["bytes_per_token"] = r.get("bytes_per_token")
+        bandwidths.append(measure_bandwidth(args.threads))
+    bw = statistics.median(bandwidths)
+    print(f"measured bandwidth {bw:.1f} GB/s (median of {len(bandwidths)} samples, "
+          f"{min(bandwidths):.1f}-{max(bandwidths):.1f}: before the runs and after each round)")
     for r in results.values():
         r["load_s"], r["rss_mib"] = statistics.median(r["load_s"]), max(r["rss_mib"])
     print(f"\n{'engine':<20} {'prefill tok/s':>13} {'decode tok/s':>13} {'load s':>7} "
