@@ -111,9 +111,9 @@ class Engine:
         for item in batch:
             seq = item.seq
             seq.num_computed += item.num_tokens
-            seq.blocks_registered = self.blocks.register_computed(
+            seq.blocks_checked = self.blocks.register_computed(
                 seq.block_table, seq.all_token_ids, seq.num_computed, seq.block_hashes,
-                seq.blocks_registered, seq.blocks_pending)
+                seq.blocks_checked, seq.blocks_pending)
         self._prompt_logprobs(batch, logits, prompt_rows)
         to_sample = [s.seq for s in batch if s.seq.num_uncomputed == 0]
         if to_sample:

@@ -70,7 +70,7 @@ class Scheduler:
                 break
             table, cached = self.blocks.allocate_prompt(tokens)
             seq.block_table, seq.num_computed = table, cached
-            seq.blocks_registered = 0
+            seq.blocks_checked = 0
             seq.blocks_pending.clear()
             n = min(seq.num_uncomputed, budget)
             self.waiting.popleft()

@@ -35,11 +35,11 @@ class Sequence:
     stop: object = None                      # StopChecker
     pending_prompt_logprobs: list = field(default_factory=list)
     # Prefix caching (see BlockManager.register_computed): the chained hashes of the
-    # sequence's full blocks, which depend only on its tokens; how many blocks of the
+    # sequence's full blocks, which depend only on its tokens; how many leading blocks of the
     # current block_table were looked at, and those left to retry (both reset whenever the
     # table is allocated anew).
     block_hashes: list[int] = field(default_factory=list)
-    blocks_registered: int = 0
+    blocks_checked: int = 0
     blocks_pending: list[int] = field(default_factory=list)
 
     def __post_init__(self):
