@@ -69,8 +69,7 @@ _TILE = 8192
 # programmatic edges costs about what the overlap saves. So it stays opt-in:
 # RUSTINFER_GEMV_PDL=1 turns it on (compute capability 9+). Never under the interpreter
 # (it has no griddepcontrol / prefetch).
-_PDL_ENV = os.environ.get("RUSTINFER_GEMV_PDL")
-PDL: bool | None = None if _PDL_ENV is None else _PDL_ENV == "1"   # None: the default
+PDL = os.environ.get("RUSTINFER_GEMV_PDL", "0") == "1"
 # With PDL, also prefetch the weight rows into L2 before waiting: measured slower
 # (1.019-1.106 vs 0.90 ms replayed: a line evicted before its load is read twice), so
 # opt-in, RUSTINFER_GEMV_PDL_PREFETCH=1.
@@ -80,9 +79,7 @@ _pdl_capable: dict[int, bool] = {}
 
 def pdl_default(device: torch.device) -> bool:
     """Whether a GEMV on `device` launches with programmatic dependent launch by default."""
-    if INTERPRET or device.type != "cuda":
-        return False
-    if not PDL:                        # off unless asked for (see the NOTE above)
+    if not PDL or INTERPRET or device.type != "cuda":
         return False
     index = device.index if device.index is not None else torch.cuda.current_device()
     if index not in _pdl_capable:
@@ -129,8 +126,7 @@ def gemv_config(n: int, k: int, m: int, *, swiglu: bool = False) -> GemvConfig:
     block_k = min(max(16, tile // block_n), next_pow2(k))
     num_warps = 8 if block_n * block_k >= _TILE else 4
     if swiglu:
-        # per half; <= next_pow2(n) as next_pow2(2n) / 2 (a power of 2 not above 2n's)
-        block_n = min(block_n, next_pow2(n))
+        block_n = min(block_n, next_pow2(n))              # per half: no all-masked rows
         block_k = max(min(16, block_k), block_k // 2)      # not below 16 (or K's pow2)
     return GemvConfig(block_n, block_k, num_warps, 1)
 
