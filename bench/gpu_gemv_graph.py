@@ -18,10 +18,14 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import sys
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu import replay_ms  # noqa: E402
 
 EPS = 1e-5
 H, HEADS, KV_HEADS, HEAD_DIM, F = 2048, 32, 8, 64, 8192       # Llama-3.2-1B
@@ -87,16 +91,9 @@ def graph_us(run, cfg, layers: int) -> float:
         run(cfg)
     for _ in range(3):
         graph.replay()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(15):
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / layers)
+    us = replay_ms(graph, 15) * 1e3 / layers
     del graph
-    return sorted(times)[len(times) // 2]
+    return us
 
 
 def candidates(default, name: str):
