@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu import MODELS, REPO, RandomCheckpoint  # noqa: E402
+from gpu import MODELS, REPO, RandomCheckpoint, replay_ms  # noqa: E402
 
 
 def random_folder(config: dict, folder: Path, device: str) -> Path:
@@ -84,9 +84,17 @@ def bench_model(config: dict, target: str, device: str) -> list[str]:
         lines += bench(llm, prompt_tokens=128, new_tokens=64, batches=(8, 32))
         one = run_requests(llm, 1, 128, 64, seed=2)     # the engine's step, measured again
         engine_ms = 1e3 * statistics.median(one["steps"])
+        llm.engine.overlap_decode = False                # each step waits for its tokens
+        plain = run_requests(llm, 1, 128, 64, seed=3)
+        plain_ms = 1e3 * statistics.median(plain["steps"])
+        llm.engine.overlap_decode = True
         bare = bare_step_ms(llm)
         lines.append(f"bare step (no engine) {bare:.3f} ms; engine step {engine_ms:.3f} ms: "
                      f"engine / bare {engine_ms / bare:.2f}x")
+        lines.append(f"engine step with overlapped decoding {engine_ms:.3f} ms, without "
+                     f"{plain_ms:.3f} ms ({plain_ms / engine_ms:.2f}x)"
+                     + (f"; the graph replayed alone {replay_ms(llm.executor.graphs[1]):.3f} ms"
+                        if getattr(llm.executor, "graphs", None) else ""))
         del llm
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -61,6 +61,9 @@ class _Upload:
 class CudaExecutor:
     """forward(step) -> logits rows (float32, on the host), by replaying the generated plan."""
 
+    # forward_device takes a step whose token_ids are already on the device (see _fill)
+    accepts_device_tokens = True
+
     def __init__(self, plan_file: Path, checkpoint, *, num_blocks: int, block_size: int,
                  max_model_len: int, max_batch: int = 32, cuda_graphs: bool = True,
                  device: str = "cuda", dtype=torch.bfloat16, target: str = "cuda"):
@@ -152,10 +155,14 @@ class CudaExecutor:
         if self._copied is not None:
             self._copied.synchronize()          # the previous copy has read the host buffer
         n, h = step.num_seqs, self._h
+        # Token ids already on the device (the engine's overlapped decode: the last step's
+        # sampled tokens) are copied device to device after the host copy, never read here.
+        on_device = step.token_ids.device.type != "cpu"
         for name, src, pad in (("tokens", step.token_ids, 0), ("positions", step.positions, 0),
                                ("slots", step.slot_mapping, self.dummy_slot)):
             sec = self._sec(name, b)
-            h[sec.start:sec.start + n] = src.cpu().numpy()
+            if not (on_device and name == "tokens"):
+                h[sec.start:sec.start + n] = src.cpu().numpy()
             h[sec.start + n:sec.stop] = pad
         ctx = self._sec("ctx", b)
         h[ctx.start:ctx.start + n] = step.context_lens
@@ -167,6 +174,8 @@ class CudaExecutor:
         self._static[:end].copy_(self._host[:end], non_blocking=True)
         if self._copied is not None:
             self._copied.record()
+        if on_device:
+            self._view("tokens", n).copy_(step.token_ids)
 
     # -- running -------------------------------------------------------------------
     def _run(self, step: StepInputs):

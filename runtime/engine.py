@@ -5,14 +5,25 @@ together), lays it out as one `StepInputs`, runs the executor once, samples
 the sequences whose tokens are all computed, and returns what each request
 got. See runtime/engine_api.py for the types and runtime/scheduler.py for the
 batching policy.
+
+Overlapped decoding: on an executor that takes token ids still on the device (the cuda
+target's), a pure-decode step does not wait for its sampled tokens. They stay on the
+device as the next step's inputs, and the next `step()` launches that follow-up step
+before it reads them back, so the host's work of a step (reading tokens, stop rules,
+detokenizing, laying out the next batch) runs while the GPU computes the next one. A
+sequence that stops costs one discarded row; penalties, min_tokens, logprobs, waiting
+requests or a full KV cache end the overlap (their next step needs the host's tokens).
 """
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+
+import torch
 
 from rustinfer.compiler.step_inputs import StepInputs, int64_tensor, padded_table
 
-from .block_manager import BlockManager
+from .block_manager import BlockManager, NoFreeBlocks
 from .engine_api import EngineStats, RequestError, RequestEvent
 from .sampling import Sampler, SamplingParams, SequenceSamplingState
 from .scheduler import ScheduledSeq, Scheduler
@@ -20,10 +31,21 @@ from .sequence import Sequence, Status
 from .stop import StopChecker
 
 
+@dataclass
+class _InFlight:
+    """A launched decode step whose sampled tokens the host has not read yet."""
+    seqs: list[Sequence]
+    tokens: torch.Tensor      # [len(seqs)] int64 where the logits are: the next step's inputs
+    host: torch.Tensor        # their copy on the host, valid once `ready` has completed
+    ready: object             # a torch.cuda.Event, or None (the copy is already done)
+    follow_up: bool           # launched from device tokens: its seqs' num_computed lag by one
+
+
 class Engine:
     def __init__(self, executor, tokenizer, *, max_model_len: int, vocab_size: int,
                  max_num_seqs: int = 16, max_num_batched_tokens: int = 512,
-                 enable_prefix_caching: bool = True, model_name: str = "model"):
+                 enable_prefix_caching: bool = True, model_name: str = "model",
+                 overlap_decode: bool = True):
         self.executor, self.tokenizer = executor, tokenizer
         self.block_size = executor.block_size
         self.blocks = BlockManager(executor.num_blocks, self.block_size, enable_prefix_caching)
@@ -37,6 +59,9 @@ class Engine:
         self.requests: dict[str, list[Sequence]] = {}
         self.pending_events: list[RequestEvent] = []
         self.stats_ = EngineStats(kv_blocks_total=executor.num_blocks)
+        self.overlap_decode = overlap_decode and getattr(executor, "accepts_device_tokens", False)
+        self._inflight: _InFlight | None = None
+        self.num_overlapped_steps = 0         # follow-up steps launched before a read-back
 
     @classmethod
     def from_model(cls, model=None, target: str = "auto", *, max_num_seqs: int = 16,
@@ -93,11 +118,16 @@ class Engine:
                     num_generated_tokens=len(seq.output_token_ids)))
 
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_unfinished() or bool(self.pending_events)
+        return (self.scheduler.has_unfinished() or bool(self.pending_events)
+                or self._inflight is not None)
 
     # -- one iteration ---------------------------------------------------------------
     def step(self) -> list[RequestEvent]:
         events, self.pending_events = self.pending_events, []
+        if self._inflight is not None:
+            prev = self._inflight
+            self._inflight = self._launch_follow_up(prev)   # queued behind prev on the GPU
+            return events + self._complete(prev)
         batch = self.scheduler.schedule()
         if not batch:
             return events
@@ -120,9 +150,93 @@ class Engine:
             idx = [sample_rows[id(seq)] for seq in to_sample]
             # Usually every row, in order (decodes): sample the logits as they are.
             rows = logits if idx == list(range(logits.shape[0])) else logits[idx]
+            if self._may_overlap(batch, to_sample):
+                self._inflight = self._sample_in_flight(to_sample, rows, follow_up=False)
+                return events
             tokens, logprobs = self.sampler.sample(rows.float(), [s.sampling for s in to_sample])
             for seq, token, lp in zip(to_sample, tokens, logprobs):
                 events.append(self._advance(seq, token, lp, now))
+        return events
+
+    # -- overlapped decoding ------------------------------------------------------------
+    def _may_overlap(self, batch: list[ScheduledSeq], to_sample: list[Sequence]) -> bool:
+        """Whether the next step can be these sequences' decode, launched before their tokens
+        are read: nothing else waits for the scheduler, and their sampling needs no token the
+        host has not seen yet."""
+        return (self.overlap_decode and len(to_sample) == len(batch)
+                and not self.scheduler.waiting and len(batch) == len(self.scheduler.running)
+                and all(self._samples_without_host(s) for s in to_sample))
+
+    @staticmethod
+    def _samples_without_host(seq: Sequence) -> bool:
+        # Penalties count the output and min_tokens bans EOS by its length: both would miss
+        # the token still on the device. Logprobs are read back with the token (not here).
+        p = seq.params
+        return (p.logprobs is None and p.repetition_penalty == 1.0 and p.presence_penalty == 0
+                and p.frequency_penalty == 0 and len(seq.output_token_ids) >= p.min_tokens)
+
+    def _sample_in_flight(self, seqs: list[Sequence], logits, follow_up: bool) -> _InFlight:
+        tokens = self.sampler.sample_tokens(logits.float(), [s.sampling for s in seqs])
+        if tokens.device.type == "cpu":
+            return _InFlight(seqs, tokens, tokens, None, follow_up)
+        host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
+        host.copy_(tokens, non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record()
+        return _InFlight(seqs, tokens, host, ready, follow_up)
+
+    def _launch_follow_up(self, prev: _InFlight) -> _InFlight | None:
+        """Launch the decode step that consumes prev's tokens straight from the device; None
+        (nothing launched) when the host must see them first."""
+        if not self.overlap_decode or self.scheduler.waiting:
+            return None
+        running = {id(s) for s in self.scheduler.running}
+        if not running <= {id(s) for s in prev.seqs}:
+            return None                       # a sequence outside prev needs the scheduler
+        # Leave out the rows whose pending token is their last by length (no wasted row).
+        keep = [i for i, s in enumerate(prev.seqs) if id(s) in running
+                and len(s.output_token_ids) + 1 < s.params.max_tokens
+                and s.num_tokens + 1 < self.max_model_len]
+        seqs = [prev.seqs[i] for i in keep]
+        if not seqs or not all(self._samples_without_host(s) for s in seqs):
+            return None
+        bs = self.block_size
+        positions = [s.num_tokens for s in seqs]      # where each pending token goes
+        try:
+            for seq, p in zip(seqs, positions):
+                self.blocks.ensure_capacity(seq.block_table, p + 1)
+        except NoFreeBlocks:
+            return None                       # the scheduler will preempt, after the read-back
+        tokens = prev.tokens if len(keep) == len(prev.seqs) else \
+            prev.tokens[torch.tensor(keep, device=prev.tokens.device)]
+        tables = [s.block_table for s in seqs]
+        step = StepInputs(
+            token_ids=tokens, positions=int64_tensor(positions),
+            query_start=list(range(len(seqs) + 1)), context_lens=[p + 1 for p in positions],
+            block_tables=[list(t) for t in tables],
+            slot_mapping=int64_tensor([t[p // bs] * bs + p % bs for t, p in zip(tables, positions)]),
+            block_size=bs, logit_rows=int64_tensor(range(len(seqs))),
+            block_table_tensor=padded_table(tables))
+        logits = self.executor.forward_device(step)
+        self.num_overlapped_steps += 1
+        return self._sample_in_flight(seqs, logits, follow_up=True)
+
+    def _complete(self, prev: _InFlight) -> list[RequestEvent]:
+        """Read prev's tokens back and apply them, as a synchronous step would have."""
+        if prev.ready is not None:
+            prev.ready.synchronize()              # prev's tokens only, not the step behind it
+        tokens = prev.host.tolist()
+        now = time.perf_counter()
+        events = []
+        for seq, token in zip(prev.seqs, tokens):
+            if seq.status != Status.RUNNING:
+                continue                          # stopped or aborted meanwhile: a spare row
+            if prev.follow_up:                    # its input token's k/v are in the cache now
+                seq.num_computed += 1
+                seq.blocks_checked = self.blocks.register_computed(
+                    seq.block_table, seq.all_token_ids, seq.num_computed, seq.block_hashes,
+                    seq.blocks_checked, seq.blocks_pending)
+            events.append(self._advance(seq, token, None, now))
         return events
 
     def _layout(self, batch: list[ScheduledSeq]):

@@ -170,6 +170,24 @@ class Sampler:
     def sample(self, logits: torch.Tensor, states: list[SequenceSamplingState]
                ) -> tuple[list[int], list[TokenLogprob | None]]:
         """One token per row and its logprobs where asked for; the caller appends the tokens."""
+        x, chosen = self._choose(logits, states)
+        tokens = chosen.tolist()
+        logprobs: list[TokenLogprob | None] = [None] * len(states)
+        want = [i for i, s in enumerate(states) if s.params.logprobs is not None]
+        if want:
+            entries = _logprob_entries(torch.log_softmax(x[want], -1), [tokens[i] for i in want],
+                                       [states[i].params.logprobs for i in want])
+            for i, entry in zip(want, entries):
+                logprobs[i] = entry
+        return tokens, logprobs
+
+    def sample_tokens(self, logits: torch.Tensor, states: list[SequenceSamplingState]
+                      ) -> torch.Tensor:
+        """The tokens as an int64 tensor where the logits are, without waiting for them (no
+        logprobs): the engine feeds them to the next step before reading them back."""
+        return self._choose(logits, states)[1]
+
+    def _choose(self, logits: torch.Tensor, states: list[SequenceSamplingState]):
         if logits.dim() != 2 or logits.shape[0] != len(states):
             raise ValueError(f"logits {tuple(logits.shape)} must be [len(states)={len(states)}, V]")
         x = self.process(logits, states)
@@ -182,15 +200,7 @@ class Sampler:
             if greedy:
                 chosen[greedy] = _argmax(x[greedy])
             chosen[drawn] = _draw(x[drawn], [states[i] for i in drawn])
-        tokens = chosen.tolist()
-        logprobs: list[TokenLogprob | None] = [None] * len(states)
-        want = [i for i, s in enumerate(states) if s.params.logprobs is not None]
-        if want:
-            entries = _logprob_entries(torch.log_softmax(x[want], -1), [tokens[i] for i in want],
-                                       [states[i].params.logprobs for i in want])
-            for i, entry in zip(want, entries):
-                logprobs[i] = entry
-        return tokens, logprobs
+        return x, chosen
 
     def process(self, logits: torch.Tensor, states: list[SequenceSamplingState]) -> torch.Tensor:
         """The logits in float32 after logit_bias, min_tokens and the penalties: a copy when

@@ -87,3 +87,26 @@ def test_llm_generates_on_the_cuda_target(model, monkeypatch, tmp_path):
               max_batch=4)
     out = llm.generate([_ids(20, 1), _ids(3, 2)], SamplingParams(max_tokens=12, temperature=0.0))
     assert [len(o.token_ids) for o in out] == [12, 12]
+
+
+def test_overlapped_decoding_on_the_gpu_gives_the_tokens_of_plain_steps(model, monkeypatch,
+                                                                          tmp_path):
+    """The engine launches each decode step from the last one's tokens still on the GPU
+    (token ids copied device to device into the graph's inputs), then reads them back
+    through pinned memory: the same tokens as steps that wait, greedy and seeded."""
+    from rustinfer.runtime import LLM, SamplingParams
+
+    *_, folder = model
+    monkeypatch.setenv("RUSTINFER_CACHE", str(tmp_path))
+    llm = LLM(model=str(folder), target="cuda", max_model_len=256, max_num_batched_tokens=64,
+              max_batch=4)
+    prompts = [_ids(20, 1), _ids(3, 2), _ids(37, 3)]
+    for params in (SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True),
+                   SamplingParams(max_tokens=24, temperature=0.8, top_p=0.9, seed=3)):
+        runs = []
+        for overlap in (False, True):
+            llm.engine.overlap_decode, llm.engine.num_overlapped_steps = overlap, 0
+            runs.append([o.token_ids for o in llm.generate(prompts, params)])
+            assert (llm.engine.num_overlapped_steps > 0) == overlap
+        assert runs[0] == runs[1]
+    assert llm.engine.blocks.num_used == 0
