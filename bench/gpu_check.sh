@@ -16,7 +16,8 @@
 # engine.log, engine.md, profile.txt and summary.md into OUTDIR.
 # Designed to finish in < 8 minutes: each stage has its own timeout.
 # STAGES="tests gemv bench engine profile" (the default) picks stages, for a short lease;
-# STAGES=gemvgraph runs bench/gpu_gemv_graph.py (the GEMV configs timed inside a graph);
+# STAGES=gemvgraph runs bench/gpu_gemv_graph.py (the GEMV configs timed inside a graph),
+# STAGES=attention bench/gpu_attention.py (decode attention's split counts, in a graph);
 # GEMV_ARGS (default --sweep --batched), BENCH_ARGS, PROFILE_ARGS and GEMV_TIMEOUT tune them.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -81,6 +82,10 @@ want profile && timeout 25 $py bench/gpu_profile.py --batch 32 --out "$out" 2>&1
 want gemvgraph && timeout ${GEMV_GRAPH_TIMEOUT:-280} $py bench/gpu_gemv_graph.py --out "$out" \
   ${GEMV_GRAPH_ARGS:-} 2>&1 | tee "$out/gemv_graph.log"
 
+# Not in the default stages (~1 minute): decode attention's split counts timed in a graph.
+want attention && timeout ${ATTENTION_TIMEOUT:-120} $py bench/gpu_attention.py --out "$out" \
+  ${ATTENTION_ARGS:-} 2>&1 | tee "$out/attention.log"
+
 { echo "# GPU check $(date -u +%F) on $(head -2 "$out/env.txt" | tail -1)"
   echo
   echo "pytest -m cuda: exit $tests_rc ($(tail -1 "$out/pytest.log"))"
@@ -93,7 +98,8 @@ want gemvgraph && timeout ${GEMV_GRAPH_TIMEOUT:-280} $py bench/gpu_gemv_graph.py
   echo; cat "$out/engine.md" 2>/dev/null || echo "(no engine run)"
   echo; cat "$out/profile.txt" 2>/dev/null || echo "(no profile)"
   echo; cat "$out/profile_bs32.txt" 2>/dev/null || echo "(no batch-32 profile)"
-  [ -f "$out/gemv_graph.log" ] && { echo; cat "$out/gemv_graph.log"; }; } >"$out/summary.md"
+  [ -f "$out/gemv_graph.log" ] && { echo; cat "$out/gemv_graph.log"; }
+  [ -f "$out/attention.log" ] && { echo; cat "$out/attention.log"; }; } >"$out/summary.md"
 cat "$out/summary.md"
 # PACK=1: everything but summary.md and pytest.log into one results.tgz (a lease that
 # returns only a few files).

@@ -131,8 +131,10 @@ def num_splits(batch: int, kv_heads: int, max_context: int, num_sms: int) -> int
 
 def decode_attention(q, k_cache, v_cache, block_table, context_lens, out, partial_out,
                      partial_lse, *, heads: int, kv_heads: int, head_dim: int, scale: float,
-                     splits: int) -> None:
-    """partial_out / partial_lse: fp32 scratch of at least B * heads * splits (* head_dim)."""
+                     splits: int, block_n: int = BLOCK_N, num_warps: int = 4) -> None:
+    """partial_out / partial_lse: fp32 scratch of at least B * heads * splits (* head_dim).
+    block_n (keys per tile) and num_warps: defaults the plan uses (bench/gpu_attention.py
+    sweeps them)."""
     b = q.shape[0]
     check_rows("decode q", q, heads * head_dim, b)
     check_rows("decode out", out, heads * head_dim, b)
@@ -159,7 +161,7 @@ def decode_attention(q, k_cache, v_cache, block_table, context_lens, out, partia
            float(scale) * LOG2E, splits,
            KV_HEADS=kv_heads, GROUP=group, HEAD_DIM=head_dim, BLOCK_SIZE=k_cache.shape[1],
            G_PAD=max(16, next_pow2(group)), D_PAD=max(16, next_pow2(head_dim)),
-           BLOCK_N=BLOCK_N, DIRECT=direct, DOT_FP32=INTERPRET)
+           BLOCK_N=block_n, DIRECT=direct, DOT_FP32=INTERPRET, num_warps=num_warps)
     if not direct:
         launch(_merge_kernel, (b, heads), partial_out, partial_lse, out, out.stride(0), splits,
                HEADS=heads, HEAD_DIM=head_dim, S_PAD=max(2, next_pow2(splits)),
