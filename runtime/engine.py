@@ -153,7 +153,7 @@ class Engine:
             if self._may_overlap(batch, to_sample):
                 self._inflight = self._sample_in_flight(to_sample, rows, follow_up=False)
                 return events
-            tokens, logprobs = self.sampler.sample(rows.float(), [s.sampling for s in to_sample])
+            tokens, logprobs = self.sampler.sample(rows, [s.sampling for s in to_sample])
             for seq, token, lp in zip(to_sample, tokens, logprobs):
                 events.append(self._advance(seq, token, lp, now))
         return events
@@ -176,7 +176,7 @@ class Engine:
                 and p.frequency_penalty == 0 and len(seq.output_token_ids) >= p.min_tokens)
 
     def _sample_in_flight(self, seqs: list[Sequence], logits, follow_up: bool) -> _InFlight:
-        tokens = self.sampler.sample_tokens(logits.float(), [s.sampling for s in seqs])
+        tokens = self.sampler.sample_tokens(logits, [s.sampling for s in seqs])
         if tokens.device.type == "cpu":
             return _InFlight(seqs, tokens, tokens, None, follow_up)
         host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)

@@ -175,7 +175,8 @@ class Sampler:
         logprobs: list[TokenLogprob | None] = [None] * len(states)
         want = [i for i, s in enumerate(states) if s.params.logprobs is not None]
         if want:
-            entries = _logprob_entries(torch.log_softmax(x[want], -1), [tokens[i] for i in want],
+            entries = _logprob_entries(torch.log_softmax(x[want].float(), -1),
+                                       [tokens[i] for i in want],
                                        [states[i].params.logprobs for i in want])
             for i, entry in zip(want, entries):
                 logprobs[i] = entry
@@ -190,9 +191,13 @@ class Sampler:
     def _choose(self, logits: torch.Tensor, states: list[SequenceSamplingState]):
         if logits.dim() != 2 or logits.shape[0] != len(states):
             raise ValueError(f"logits {tuple(logits.shape)} must be [len(states)={len(states)}, V]")
-        x = self.process(logits, states)
         greedy = [i for i, s in enumerate(states) if s.params.greedy]
         drawn = [i for i, s in enumerate(states) if not s.params.greedy]
+        if not drawn and not any(self._edits(states, logits.shape[1])):
+            # the argmax of the logits as they are: a float32 copy of [rows, vocab] bf16
+            # logits would find the same first maximum (the cast is exact), a kernel later
+            return logits, _argmax(logits)
+        x = self.process(logits, states)
         if not drawn:                               # all greedy: no row gathers (the common case)
             chosen = _argmax(x)                     # the first maximum: ties go to the lowest id
         else:
@@ -207,13 +212,7 @@ class Sampler:
         any applies (or the dtype differs), else `logits` itself; callers must not write
         into the result."""
         V, dev = logits.shape[1], logits.device
-        # Ids outside the vocabulary are skipped here; the engine rejects them at add_request.
-        bias = [(i, t, b) for i, s in enumerate(states) for t, b in s.params.logit_bias.items()
-                if 0 <= t < V]
-        banned = [(i, t) for i, s in enumerate(states) if len(s.output_token_ids) <
-                  s.params.min_tokens for t in s.min_tokens_banned if 0 <= t < V]
-        penalized = [i for i, s in enumerate(states) if s.params.repetition_penalty != 1.0
-                     or s.params.presence_penalty != 0 or s.params.frequency_penalty != 0]
+        bias, banned, penalized = self._edits(states, V)
         if not (bias or banned or penalized) and logits.dtype == torch.float32:
             return logits           # nothing to change: skip a copy of [rows, vocab]
         x = logits.to(torch.float32, copy=True)
@@ -226,6 +225,18 @@ class Sampler:
             x[_ids(rows, dev), _ids(cols, dev)] = float("-inf")
         _penalize(x, penalized, [states[i] for i in penalized])
         return x
+
+    @staticmethod
+    def _edits(states: list[SequenceSamplingState], V: int):
+        """What `process` changes: (row, token, bias), (row, banned token), penalized rows."""
+        # Ids outside the vocabulary are skipped here; the engine rejects them at add_request.
+        bias = [(i, t, b) for i, s in enumerate(states) for t, b in s.params.logit_bias.items()
+                if 0 <= t < V]
+        banned = [(i, t) for i, s in enumerate(states) if len(s.output_token_ids) <
+                  s.params.min_tokens for t in s.min_tokens_banned if 0 <= t < V]
+        penalized = [i for i, s in enumerate(states) if s.params.repetition_penalty != 1.0
+                     or s.params.presence_penalty != 0 or s.params.frequency_penalty != 0]
+        return bias, banned, penalized
 
     def prompt_logprobs(self, logits: torch.Tensor, prompt_token_ids: list[int], k: int | None,
                         start: int = 0) -> list[TokenLogprob | None]:

@@ -374,3 +374,26 @@ def test_cuda_logits_give_the_cpu_tokens():
     for (tokens, lps), (want_tokens, want_lps) in zip(runs["cuda"], runs["cpu"]):
         assert tokens == want_tokens
         assert lps == [None if v is None else pytest.approx(v, abs=1e-4) for v in want_lps]
+
+
+def test_bf16_logits_sample_as_their_float32_copy():
+    """The engine hands the sampler the executor's logits as they are (bf16 on the cuda
+    target): greedy rows take their argmax without a float32 copy, everything else converts.
+    Tokens and logprobs must be those of the float32 copy, ties included."""
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(6, 300, generator=g) * 4).to(torch.bfloat16)
+    x[2, 17] = x[2, 250] = x[2].max() + 1           # a tie: the lowest id wins either way
+    plans = [[SamplingParams(temperature=0.0)] * 6,
+             [SamplingParams(temperature=0.0, logprobs=3)] * 6,
+             [SamplingParams(temperature=0.0, logit_bias={5: 100.0})] * 6,
+             [SamplingParams(temperature=0.7, seed=i) for i in range(6)]]
+    for params in plans:
+        runs = []
+        for logits in (x, x.float()):
+            states = [SequenceSamplingState(p, [1, 2]) for p in params]
+            tokens, lps = Sampler().sample(logits, states)
+            runs.append((tokens, [None if lp is None else (lp.logprob, lp.top)
+                                  for lp in lps]))
+        assert runs[0] == runs[1]
+    assert Sampler().sample(x, [SequenceSamplingState(SamplingParams(temperature=0.0), [])
+                                for _ in range(6)])[0][2] == 17
