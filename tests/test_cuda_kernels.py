@@ -304,3 +304,19 @@ def test_gemv_rope_kv_matches_unfused_kernels():
     for fused, parts in ((caches[0], caches[2]), (caches[1], caches[3])):
         assert _err(fused, parts.float()) <= 2e-2 * scale
         assert torch.equal(fused.abs().sum(dim=(2, 3)) > 0, parts.abs().sum(dim=(2, 3)) > 0)
+
+
+@pytest.mark.parametrize("rows", [1, 32])
+def test_chunked_argmax_at_llama3_vocab(rows):
+    """Greedy sampling's argmax on the GPU (kernels/triton/argmax.py) == torch.argmax on a
+    row of Llama 3's 128,256 bf16 logits, ties planted across chunks included."""
+    from rustinfer.kernels.triton.argmax import argmax_rows
+    from rustinfer.runtime.sampling import _argmax
+
+    g = torch.Generator(device="cuda").manual_seed(rows)
+    x = torch.randn(rows, 128256, device="cuda", generator=g).to(torch.bfloat16)
+    x[0, [100000, 4099, 70000]] = 60.0
+    want = x.argmax(-1)
+    assert want[0].item() == 4099
+    assert torch.equal(argmax_rows(x), want)
+    assert torch.equal(_argmax(x), want)           # the sampler takes this path on a GPU

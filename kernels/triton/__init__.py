@@ -11,6 +11,7 @@ the files here hold the kernels and their launchers:
     prefill_attention.py  varlen causal flash attention over the paged cache
     gemv.py               decode-sized GEMM (1-row GEMMs by default) with fused norm,
                           SwiGLU and residual variants
+    argmax.py             row-wise argmax of the logits (greedy sampling, outside the plan)
 
 Every launch goes through `launch()` below, so a dry run can record each
 kernel specialization a plan emits (aot.py compiles them all to sm_90 cubins
