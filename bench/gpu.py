@@ -179,6 +179,7 @@ def overlapped_tpot_ms(ex, table: list[int], steps: int) -> float:
     only then is step i's token read back, through pinned memory. The host's layout and
     read-back overlap the GPU's work; the median wall time per step is the TPOT a client sees."""
     from rustinfer.compiler.step_inputs import StepInputs
+    from rustinfer.runtime.sampling import greedy_argmax
 
     host = [torch.empty(1, dtype=torch.long, pin_memory=True) for _ in range(2)]
     ready = [torch.cuda.Event(), torch.cuda.Event()]
@@ -188,7 +189,7 @@ def overlapped_tpot_ms(ex, table: list[int], steps: int) -> float:
         step = StepInputs.for_sequences([([1], CTX + i, table)], BLOCK)
         if tokens is not None:
             step.token_ids = tokens
-        tokens = ex.forward_device(step).argmax(-1)
+        tokens = greedy_argmax(ex.forward_device(step))
         k = i % 2
         host[k].copy_(tokens, non_blocking=True)
         ready[k].record()
@@ -214,6 +215,7 @@ def bench_model(key: str, steps: int, bandwidth: float) -> dict:
     from rustinfer.compiler.spec import SPECS_DIR
     from rustinfer.compiler.step_inputs import StepInputs
     from rustinfer.runtime.cuda_executor import CudaExecutor
+    from rustinfer.runtime.sampling import greedy_argmax
 
     config = json.loads((REPO / "bench" / "models" / MODELS[key] / "config.json").read_text())
     ckpt = RandomCheckpoint(config)
@@ -263,7 +265,7 @@ def bench_model(key: str, steps: int, bandwidth: float) -> dict:
             t0 = time.perf_counter()            # the engine's layout + ours + reading tokens
             step = StepInputs.for_sequences([([tok[j]], CTX + i, tables[j]) for j in range(b)],
                                             BLOCK)
-            tok = ex.forward_device(step).argmax(-1).tolist()
+            tok = greedy_argmax(ex.forward_device(step)).tolist()
             times.append(time.perf_counter() - t0)
         r[f"decode_bs{b}_ms"] = 1e3 * statistics.median(times[3:])
         if b == 1:

@@ -50,6 +50,7 @@ def bare_step_ms(llm, steps: int = 64, context: int = 128) -> float:
     """Median ms of a bs=1 decode step driven directly, without the engine (its KV blocks
     are private: the engine is idle between bench runs)."""
     from rustinfer.compiler.step_inputs import StepInputs
+    from rustinfer.runtime.sampling import greedy_argmax
 
     ex, bs = llm.executor, llm.block_size
     blocks = llm.engine.blocks
@@ -61,8 +62,8 @@ def bare_step_ms(llm, steps: int = 64, context: int = 128) -> float:
         tok, times = 1, []
         for i in range(steps):
             t0 = time.perf_counter()
-            tok = forward(StepInputs.for_sequences([([tok], context + i, table)], bs)
-                          ).argmax(-1).tolist()[0]
+            tok = greedy_argmax(forward(StepInputs.for_sequences([([tok], context + i, table)],
+                                                                 bs))).tolist()[0]
             times.append(time.perf_counter() - t0)
     finally:
         blocks.free(table)

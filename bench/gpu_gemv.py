@@ -219,6 +219,7 @@ def bench_tpot(use_gemv: bool, steps: int, pdl: bool = False,
     from rustinfer.compiler.step_inputs import StepInputs
     from rustinfer.kernels import triton_ops
     from rustinfer.runtime.cuda_executor import CudaExecutor
+    from rustinfer.runtime.sampling import greedy_argmax
 
     config = json.loads((REPO / "bench" / "models" / MODELS["1b"] / "config.json").read_text())
     ckpt = RandomCheckpoint(config)                      # same seed: same weights both runs
@@ -240,7 +241,7 @@ def bench_tpot(use_gemv: bool, steps: int, pdl: bool = False,
         for i in range(steps):
             t0 = time.perf_counter()            # the engine's layout + ours + reading tokens
             step = StepInputs.for_sequences([([tok], CTX + i, table)], BLOCK)
-            tok = ex.forward_device(step).argmax(-1).tolist()[0]
+            tok = greedy_argmax(ex.forward_device(step)).tolist()[0]
             times.append(time.perf_counter() - t0)
         r = dict(gemv=use_gemv, pdl=pdl, prefetch=pdl and prefetch,
                  tpot_ms=1e3 * statistics.median(times[3:]), replay_ms=replay_ms(ex.graphs[1]),

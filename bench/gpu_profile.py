@@ -43,6 +43,7 @@ def main() -> int:
     from rustinfer.compiler.spec import SPECS_DIR
     from rustinfer.compiler.step_inputs import StepInputs
     from rustinfer.runtime.cuda_executor import CudaExecutor
+    from rustinfer.runtime.sampling import greedy_argmax
 
     config = json.loads((REPO / "bench" / "models" / MODELS[args.model] / "config.json").read_text())
     ckpt = RandomCheckpoint(config)
@@ -56,14 +57,14 @@ def main() -> int:
         ex.forward(StepInputs.for_sequences([(list(range(1, 513)), 0, table)], BLOCK))
     steps = [StepInputs.for_sequences([([7], 512 + i, t) for t in tables], BLOCK)
              for i in range(30)]
-    # Each step reads back its tokens only, as the engine does (a [32, vocab] float32 copy of
+    # Each step reads back its greedy tokens only, as the engine does (a [32, vocab] float32 copy of
     # the logits to pageable memory took 1.75 ms of a 3.0 ms batch-32 profile).
     for s in steps[:10]:
-        ex.forward_device(s).argmax(-1).tolist()                # warm-up replays
+        greedy_argmax(ex.forward_device(s)).tolist()                # warm-up replays
     torch.cuda.synchronize()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         for s in steps[10:]:
-            ex.forward_device(s).argmax(-1).tolist()
+            greedy_argmax(ex.forward_device(s)).tolist()
         torch.cuda.synchronize()
     per_kernel: dict[str, list] = defaultdict(lambda: [0.0, 0])
     for ev in prof.events():

@@ -197,14 +197,14 @@ class Sampler:
         if not drawn and not any(self._edits(states, logits.shape[1])):
             # the argmax of the logits as they are: a float32 copy of [rows, vocab] bf16
             # logits would find the same first maximum (the cast is exact), a kernel later
-            return logits, _argmax(logits)
+            return logits, greedy_argmax(logits)
         x = self.process(logits, states)
         if not drawn:                               # all greedy: no row gathers (the common case)
-            chosen = _argmax(x)                     # the first maximum: ties go to the lowest id
+            chosen = greedy_argmax(x)               # the first maximum: ties go to the lowest id
         else:
             chosen = torch.empty(len(states), dtype=torch.long, device=x.device)
             if greedy:
-                chosen[greedy] = _argmax(x[greedy])
+                chosen[greedy] = greedy_argmax(x[greedy])
             chosen[drawn] = _draw(x[drawn], [states[i] for i in drawn])
         return x, chosen
 
@@ -254,8 +254,9 @@ class Sampler:
                                       [k or 0] * n)
 
 
-def _argmax(x: torch.Tensor) -> torch.Tensor:
-    """Row-wise index of the first maximum. On a CPU through numpy: torch's argmax took
+def greedy_argmax(x: torch.Tensor) -> torch.Tensor:
+    """Row-wise index of the first maximum: the engine's greedy pick (the GPU benchmarks call
+    it too, to time what the engine runs). On a CPU through numpy: torch's argmax took
     112 us for one row of 49152 logits with one thread on the 2-core CI machine, numpy's
     4 us (a decode step of SmolLM2 int4 is ~8 ms, so this was ~1.4% of it per row)."""
     if x.device.type == "cpu" and x.dtype == torch.float32:

@@ -311,7 +311,7 @@ def test_chunked_argmax_at_llama3_vocab(rows):
     """Greedy sampling's argmax on the GPU (kernels/triton/argmax.py) == torch.argmax on a
     row of Llama 3's 128,256 bf16 logits, ties planted across chunks included."""
     from rustinfer.kernels.triton.argmax import argmax_rows
-    from rustinfer.runtime.sampling import _argmax
+    from rustinfer.runtime.sampling import greedy_argmax
 
     g = torch.Generator(device="cuda").manual_seed(rows)
     x = torch.randn(rows, 128256, device="cuda", generator=g).to(torch.bfloat16)
@@ -319,4 +319,4 @@ def test_chunked_argmax_at_llama3_vocab(rows):
     want = x.argmax(-1)
     assert want[0].item() == 4099
     assert torch.equal(argmax_rows(x), want)
-    assert torch.equal(_argmax(x), want)           # the sampler takes this path on a GPU
+    assert torch.equal(greedy_argmax(x), want)           # the sampler takes this path on a GPU
