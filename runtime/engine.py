@@ -11,8 +11,9 @@ target's), a pure-decode step does not wait for its sampled tokens. They stay on
 device as the next step's inputs, and the next `step()` launches that follow-up step
 before it reads them back, so the host's work of a step (reading tokens, stop rules,
 detokenizing, laying out the next batch) runs while the GPU computes the next one. A
-sequence that stops costs one discarded row; penalties, min_tokens, logprobs, waiting
-requests or a full KV cache end the overlap (their next step needs the host's tokens).
+sequence that stops costs one discarded row; penalties, min_tokens, logprobs, a request
+the scheduler could admit now, or a full KV cache end the overlap (their next step needs
+the host's tokens, or the scheduler).
 """
 from __future__ import annotations
 
@@ -164,8 +165,28 @@ class Engine:
         are read: nothing else waits for the scheduler, and their sampling needs no token the
         host has not seen yet."""
         return (self.overlap_decode and len(to_sample) == len(batch)
-                and not self.scheduler.waiting and len(batch) == len(self.scheduler.running)
-                and all(self._samples_without_host(s) for s in to_sample))
+                and not self._can_admit() and len(batch) == len(self.scheduler.running)
+                and all(self._samples_without_host(s) for s in to_sample)
+                and any(not self._last_by_length(s) for s in to_sample))
+
+    def _can_admit(self) -> bool:
+        """Whether the scheduler would start the first waiting request now. While it could
+        not anyway (every seat taken, too few free blocks, or an n > 1 sibling whose prompt
+        is still being computed), decoding goes on overlapped: admission waits one step at
+        most."""
+        waiting = self.scheduler.waiting
+        if not waiting or len(self.scheduler.running) >= self.scheduler.max_num_seqs:
+            return False
+        head = waiting[0]
+        if head.waits_for is not None and head.waits_for.in_prefill \
+                and head.waits_for.status != Status.FINISHED:
+            return False
+        return self.blocks.can_allocate(head.num_tokens)
+
+    def _last_by_length(self, seq: Sequence) -> bool:
+        """Whether the token seq is about to receive (still on the device) is its last."""
+        return (len(seq.output_token_ids) + 1 >= seq.params.max_tokens
+                or seq.num_tokens + 1 >= self.max_model_len)
 
     @staticmethod
     def _samples_without_host(seq: Sequence) -> bool:
@@ -188,15 +209,14 @@ class Engine:
     def _launch_follow_up(self, prev: _InFlight) -> _InFlight | None:
         """Launch the decode step that consumes prev's tokens straight from the device; None
         (nothing launched) when the host must see them first."""
-        if not self.overlap_decode or self.scheduler.waiting:
+        if not self.overlap_decode or self._can_admit():
             return None
         running = {id(s) for s in self.scheduler.running}
         if not running <= {id(s) for s in prev.seqs}:
             return None                       # a sequence outside prev needs the scheduler
         # Leave out the rows whose pending token is their last by length (no wasted row).
-        keep = [i for i, s in enumerate(prev.seqs) if id(s) in running
-                and len(s.output_token_ids) + 1 < s.params.max_tokens
-                and s.num_tokens + 1 < self.max_model_len]
+        keep = [i for i, s in enumerate(prev.seqs)
+                if id(s) in running and not self._last_by_length(s)]
         seqs = [prev.seqs[i] for i in keep]
         if not seqs or not all(self._samples_without_host(s) for s in seqs):
             return None

@@ -143,3 +143,43 @@ def test_overlap_with_a_cache_too_small_for_every_sequence(tmp_path, monkeypatch
     got, overlapped = _run(llm, True, lambda: _outputs(llm, ps, params))
     assert got == want and overlapped > 0
     assert llm.engine.scheduler.num_preempted > 0
+
+
+def test_overlap_goes_on_while_queued_requests_could_not_start_anyway(tmp_path, monkeypatch):
+    """More requests than seats: decoding stays overlapped while the queue waits for a seat
+    (admission is at most one step later), with the tokens of plain steps."""
+    monkeypatch.setenv("RUSTINFER_CACHE", str(tmp_path / "cache"))
+    make_llama(tmp_path / "m", **PARITY_CONFIGS["smollm2-like"])
+    llm = LLM(model=str(tmp_path / "m"), target="cpu-torch", max_model_len=96,
+              max_num_batched_tokens=32, max_num_seqs=2)
+    llm.engine.executor = _TakesDeviceTokens(llm.engine.executor)
+    eng = llm.engine
+    ps = _prompts(5, seed=5)
+    params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+    want, _ = _run(llm, False, lambda: _outputs(llm, ps, params))
+
+    def count_queued_overlaps():
+        for i, p in enumerate(ps):
+            eng.add_request(f"q{i}", p, params)
+        queued = 0
+        while eng.has_unfinished():
+            waiting, before = bool(eng.scheduler.waiting), eng.num_overlapped_steps
+            eng.step()
+            queued += waiting and eng.num_overlapped_steps > before
+        return queued
+
+    got, _ = _run(llm, True, lambda: _outputs(llm, ps, params))
+    assert got == want
+    eng.overlap_decode = True
+    assert count_queued_overlaps() > 0
+
+
+def test_a_last_token_is_not_left_in_flight(llm):
+    """A step whose rows all end by length returns its tokens at once: nothing would be
+    launched behind it, so holding them to the next step() would only delay them."""
+    eng = llm.engine
+    eng.overlap_decode = True
+    eng.add_request("last", [5, 6, 7], SamplingParams(max_tokens=1, temperature=0.0))
+    events = eng.step()
+    assert [e.finish_reason for e in events] == ["length"]
+    assert not eng.has_unfinished()
