@@ -26,7 +26,7 @@ from rustinfer.compiler.step_inputs import StepInputs, int64_tensor, padded_tabl
 
 from .block_manager import BlockManager, NoFreeBlocks
 from .engine_api import EngineStats, RequestError, RequestEvent
-from .sampling import Sampler, SamplingParams, SequenceSamplingState
+from .sampling import Sampler, SamplingParams, SequenceSamplingState, to_device
 from .scheduler import ScheduledSeq, Scheduler
 from .sequence import Sequence, Status
 from .stop import StopChecker
@@ -228,7 +228,7 @@ class Engine:
         except NoFreeBlocks:
             return None                       # the scheduler will preempt, after the read-back
         tokens = prev.tokens if len(keep) == len(prev.seqs) else \
-            prev.tokens[torch.tensor(keep, device=prev.tokens.device)]
+            prev.tokens[to_device(keep, torch.long, prev.tokens.device)]
         tables = [s.block_table for s in seqs]
         step = StepInputs(
             token_ids=tokens, positions=int64_tensor(positions),

@@ -201,11 +201,14 @@ class Sampler:
         x = self.process(logits, states)
         if not drawn:                               # all greedy: no row gathers (the common case)
             chosen = greedy_argmax(x)               # the first maximum: ties go to the lowest id
+        elif not greedy:                            # all drawn: no row gathers either
+            chosen = _draw(x, states)
         else:
+            # index tensors, not lists: a list index is copied to the GPU with a wait
+            g, d = _ids(greedy, x.device), _ids(drawn, x.device)
             chosen = torch.empty(len(states), dtype=torch.long, device=x.device)
-            if greedy:
-                chosen[greedy] = greedy_argmax(x[greedy])
-            chosen[drawn] = _draw(x[drawn], [states[i] for i in drawn])
+            chosen[g] = greedy_argmax(x[g])
+            chosen[d] = _draw(x[d], [states[i] for i in drawn])
         return x, chosen
 
     def process(self, logits: torch.Tensor, states: list[SequenceSamplingState]) -> torch.Tensor:
@@ -219,7 +222,7 @@ class Sampler:
         x = logits.to(torch.float32, copy=True)
         if bias:
             rows, cols, vals = zip(*bias)
-            x.index_put_((_ids(rows, dev), _ids(cols, dev)), torch.tensor(vals, device=dev),
+            x.index_put_((_ids(rows, dev), _ids(cols, dev)), to_device(vals, torch.float32, dev),
                          accumulate=True)
         if banned:
             rows, cols = zip(*banned)
@@ -268,8 +271,20 @@ def greedy_argmax(x: torch.Tensor) -> torch.Tensor:
     return x.argmax(-1)
 
 
+def to_device(values, dtype, device) -> torch.Tensor:
+    """A small host list (or CPU tensor) as a tensor on `device`. To a GPU through pinned
+    memory with a copy that does not wait: torch's copy from pageable memory synchronizes
+    the stream, which would make the engine wait for the step it has just launched
+    (overlapped decoding; the pinned block is not reused before the copy has run)."""
+    t = values if isinstance(values, torch.Tensor) else torch.tensor(values, dtype=dtype)
+    device = torch.device(device)
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def _ids(values, device) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.long, device=device)
+    return to_device(values, torch.long, device)
 
 
 def _penalize(x: torch.Tensor, rows: list[int], states: list[SequenceSamplingState]) -> None:
@@ -310,13 +325,14 @@ def _penalize(x: torch.Tensor, rows: list[int], states: list[SequenceSamplingSta
 def _draw(x: torch.Tensor, states: list[SequenceSamplingState]) -> torch.Tensor:
     """One token per row from softmax(x / temperature), filtered by top_k, top_p and min_p."""
     V, dev = x.shape[1], x.device
-    x = x / torch.tensor([[max(s.params.temperature, _MIN_TEMP)] for s in states], device=dev)
+    x = x / to_device([[max(s.params.temperature, _MIN_TEMP)] for s in states], torch.float32,
+                      dev)
     x = x.masked_fill(x < _keep_threshold(x, [s.params for s in states]), float("-inf"))
     # Inverse CDF in float64 with one uniform per row from the row's own stream: a token with
     # zero probability has an empty interval and is never picked.
     cdf = torch.exp((x - x.amax(-1, keepdim=True)).double()).cumsum(-1)
     u = torch.stack([torch.rand((), dtype=torch.float64, generator=s.generator) for s in states])
-    target = u.to(dev)[:, None] * cdf[:, -1:]
+    target = to_device(u, torch.float64, dev)[:, None] * cdf[:, -1:]
     return torch.searchsorted(cdf, target, right=True).clamp_(max=V - 1)[:, 0]
 
 
@@ -331,17 +347,24 @@ def _keep_threshold(x: torch.Tensor, params: list[SamplingParams]) -> torch.Tens
     if need:
         kt = _ids([[k[i]] for i in need], dev)
         # top_p off: a bound no cumulative sum reaches, even with rounding.
-        pt = torch.tensor([[p if (p := params[i].top_p) < 1.0 else 2.0] for i in need],
-                          device=dev)
+        pt = to_device([[p if (p := params[i].top_p) < 1.0 else 2.0] for i in need],
+                       torch.float32, dev)
+        every = len(need) == S
+        xs = x if every else x[_ids(need, dev)]
         # A full sort costs ~8 ms a row on CPU at V = 150k: decide from the best few first.
-        xs = x[need]
-        cut, decided = _cut(xs, kt, pt, min(V, max([_HEAD] + [k[i] for i in need if k[i] < V])))
-        if not bool(decided.all()):
+        head = min(V, max([_HEAD] + [k[i] for i in need if k[i] < V]))
+        cut, decided = _cut(xs, kt, pt, head)
+        # Rows whose top_k fits the head are decided by it, known here without reading the
+        # device (a read waits for the GPU, and the engine's overlapped step with it).
+        if not (head == V or all(k[i] <= head for i in need)) and not bool(decided.all()):
             rows = (~decided[:, 0]).nonzero()[:, 0]
             cut[rows] = _cut(xs[rows], kt[rows], pt[rows], V)[0]
-        thresh[need] = cut
+        if every:
+            thresh = cut
+        else:
+            thresh[_ids(need, dev)] = cut
     # min_p: keep p_i >= min_p * p_max, i.e. x_i >= x_max + log(min_p); log(0) = -inf: off.
-    min_p = torch.tensor([[p.min_p] for p in params], device=dev)
+    min_p = to_device([[p.min_p] for p in params], torch.float32, dev)
     return torch.maximum(thresh, x.amax(-1, keepdim=True) + torch.log(min_p))
 
 

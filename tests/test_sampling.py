@@ -397,3 +397,31 @@ def test_bf16_logits_sample_as_their_float32_copy():
         assert runs[0] == runs[1]
     assert Sampler().sample(x, [SequenceSamplingState(SamplingParams(temperature=0.0), [])
                                 for _ in range(6)])[0][2] == 17
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_sampling_of_an_overlapped_step_never_waits_for_the_gpu():
+    """sample_tokens on CUDA logits is what the engine's overlapped decoding calls right after
+    launching a step: a wait for the GPU there (a copy from pageable memory, a list index, a
+    read of a device value) would stall the host until that step ends and undo the overlap.
+    torch's sync debug mode raises on any such wait. (top_p without top_k may still read
+    the device when the best 256 logits do not decide the cut: not tested here.)"""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    logits = torch.randn(4, 128256, device="cuda", generator=g).to(torch.bfloat16)
+    cases = [[SamplingParams(temperature=0.0)] * 4,
+             [SamplingParams(temperature=0.8, seed=i) for i in range(4)],
+             [SamplingParams(temperature=0.8, top_k=40, top_p=0.9, seed=i) for i in range(4)],
+             [SamplingParams(temperature=0.0),
+              SamplingParams(temperature=0.7, top_k=20, min_p=0.05, seed=1)] * 2,
+             [SamplingParams(temperature=0.0, logit_bias={5: 2.0})] * 4]
+    sampler = Sampler()
+    for params in cases:
+        states = [SequenceSamplingState(p, [1, 2]) for p in params]
+        sampler.sample_tokens(logits, states)       # first calls allocate (pinned blocks)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            sampler.sample_tokens(logits, states)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
