@@ -52,6 +52,14 @@ class DeviceMeta:
     max_rows: int                 # host: the most rows one sequence has (1 = a decode step)
 
 
+def _host_to(t: torch.Tensor, dev) -> torch.Tensor:
+    """To a GPU from pinned memory, without the stream wait of a copy from pageable memory
+    (an eager step must not wait for the steps queued before it)."""
+    if torch.device(dev).type != "cuda" or t.device.type != "cpu":
+        return t.to(dev)
+    return t.pin_memory().to(dev, non_blocking=True)
+
+
 def device_meta(step) -> DeviceMeta:
     """The step's DeviceMeta: the one the executor attached (static buffers under CUDA
     graphs), else built once from the step's host lists on the device of its tensors."""
@@ -65,9 +73,9 @@ def device_meta(step) -> DeviceMeta:
             table = torch.tensor([t + [0] * (width - len(t)) for t in step.block_tables],
                                  dtype=torch.int64).reshape(len(step.block_tables), width)
         meta = DeviceMeta(
-            query_start=torch.tensor(qs, dtype=torch.int64, device=dev),
-            context_lens=torch.tensor(step.context_lens, dtype=torch.int64, device=dev),
-            block_table=table.to(dev).contiguous(),
+            query_start=_host_to(torch.tensor(qs, dtype=torch.int64), dev),
+            context_lens=_host_to(torch.tensor(step.context_lens, dtype=torch.int64), dev),
+            block_table=_host_to(table.contiguous(), dev),
             max_rows=max((qs[i + 1] - qs[i] for i in range(len(qs) - 1)), default=0))
         step.device_meta = meta
     return meta

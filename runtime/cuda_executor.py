@@ -224,10 +224,18 @@ class CudaExecutor:
     def _eager(self, step: StepInputs) -> torch.Tensor:
         dev = self.device
         rows = step.logit_rows if step.logit_rows is not None else torch.arange(step.num_tokens)
+
+        def to_dev(t):
+            # From pinned memory without a wait: a copy from pageable memory synchronizes the
+            # stream, and an overlapped decode step above the largest bucket comes here.
+            if dev.type != "cuda" or t.device.type != "cpu":
+                return t.to(dev)
+            return t.pin_memory().to(dev, non_blocking=True)
+
         on_dev = dataclasses.replace(
-            step, token_ids=step.token_ids.to(dev), positions=step.positions.to(dev),
-            slot_mapping=step.slot_mapping.to(dev), logit_rows=rows.to(dev),
+            step, token_ids=to_dev(step.token_ids), positions=to_dev(step.positions),
+            slot_mapping=to_dev(step.slot_mapping), logit_rows=to_dev(rows),
             block_table_tensor=None if step.block_table_tensor is None
-            else step.block_table_tensor.to(dev))
+            else to_dev(step.block_table_tensor))
         (logits,) = self._run(on_dev).values()
         return logits

@@ -53,14 +53,17 @@ class LLM:
                  block_size: int = 16, max_num_batched_tokens: int = 512,
                  max_num_seqs: int = 16, num_kv_blocks: int | None = None,
                  kv_cache_bytes: int = DEFAULT_KV_CACHE_BYTES,
-                 enable_prefix_caching: bool = True, **target_options):
+                 enable_prefix_caching: bool = True, overlap_decode: bool = True,
+                 **target_options):
         """target: "auto" (cuda with a GPU, else cpu), "cpu" (ONNX Runtime; options
         quant="int4"|"int8", threads=N), "cpu-torch" (the compiled plan on torch
         kernels), "cuda" (Triton + CUDA graphs) or "reference" (the IR interpreter,
         the oracle). max_num_batched_tokens bounds one step
         (longer prompts are prefilled in chunks); the KV cache has num_kv_blocks
         blocks of block_size tokens (default: as many as fit in kv_cache_bytes, and
-        at least one full-length sequence)."""
+        at least one full-length sequence). overlap_decode: on targets that keep tokens
+        on the device (cuda), launch each decode step before reading the last one's tokens
+        back (see runtime/engine.py)."""
         started = time.perf_counter()
         self.model_path = resolve_model(None if model is None else str(model))
         self.checkpoint = open_checkpoint(self.model_path)
@@ -93,7 +96,8 @@ class LLM:
                              max_num_seqs=max_num_seqs,
                              max_num_batched_tokens=max_num_batched_tokens,
                              enable_prefix_caching=enable_prefix_caching,
-                             model_name=_model_name(model, self.model_path))
+                             model_name=_model_name(model, self.model_path),
+                             overlap_decode=overlap_decode)
         self.max_step_tokens = self.engine.scheduler.max_tokens
         self._ids = itertools.count()
         self.load_seconds = time.perf_counter() - started

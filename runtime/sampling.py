@@ -278,7 +278,7 @@ def to_device(values, dtype, device) -> torch.Tensor:
     (overlapped decoding; the pinned block is not reused before the copy has run)."""
     t = values if isinstance(values, torch.Tensor) else torch.tensor(values, dtype=dtype)
     device = torch.device(device)
-    if device.type != "cuda":
+    if device.type != "cuda" or t.device.type != "cpu":
         return t.to(device)
     return t.pin_memory().to(device, non_blocking=True)
 
