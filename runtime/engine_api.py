@@ -8,8 +8,12 @@ over MessagePack as `dataclasses.asdict(...)`.
     engine.add_request(request_id, prompt_token_ids, params)   # may raise RequestError
     events = engine.step()          # list[RequestEvent]: new tokens / text / finish per request
     engine.abort(request_id)        # frees its KV blocks; emits a finish event "abort"
-    engine.has_unfinished()         # anything running or waiting
+    engine.has_unfinished()         # anything running, waiting, or a step still in flight
     engine.stats()                  # EngineStats
+
+With overlapped decoding (the cuda target) a decode step's tokens come back from the
+next `step()` call, which has launched the step after it: drive the engine until
+has_unfinished() is false, as LLM.generate and the server do.
 """
 from __future__ import annotations
 
