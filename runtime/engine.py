@@ -162,26 +162,13 @@ class Engine:
     # -- overlapped decoding ------------------------------------------------------------
     def _may_overlap(self, batch: list[ScheduledSeq], to_sample: list[Sequence]) -> bool:
         """Whether the next step can be these sequences' decode, launched before their tokens
-        are read: nothing else waits for the scheduler, and their sampling needs no token the
-        host has not seen yet."""
+        are read: no other sequence runs and no queued one could start (while every seat or
+        block is taken, admission waits one step at most), and their sampling needs no token
+        the host has not seen yet."""
         return (self.overlap_decode and len(to_sample) == len(batch)
-                and not self._can_admit() and len(batch) == len(self.scheduler.running)
+                and not self.scheduler.can_admit() and len(batch) == len(self.scheduler.running)
                 and all(self._samples_without_host(s) for s in to_sample)
                 and any(not self._last_by_length(s) for s in to_sample))
-
-    def _can_admit(self) -> bool:
-        """Whether the scheduler would start the first waiting request now. While it could
-        not anyway (every seat taken, too few free blocks, or an n > 1 sibling whose prompt
-        is still being computed), decoding goes on overlapped: admission waits one step at
-        most."""
-        waiting = self.scheduler.waiting
-        if not waiting or len(self.scheduler.running) >= self.scheduler.max_num_seqs:
-            return False
-        head = waiting[0]
-        if head.waits_for is not None and head.waits_for.in_prefill \
-                and head.waits_for.status != Status.FINISHED:
-            return False
-        return self.blocks.can_allocate(head.num_tokens)
 
     def _last_by_length(self, seq: Sequence) -> bool:
         """Whether the token seq is about to receive (still on the device) is its last."""
@@ -209,7 +196,7 @@ class Engine:
     def _launch_follow_up(self, prev: _InFlight) -> _InFlight | None:
         """Launch the decode step that consumes prev's tokens straight from the device; None
         (nothing launched) when the host must see them first."""
-        if not self.overlap_decode or self._can_admit():
+        if not self.overlap_decode or self.scheduler.can_admit():
             return None
         running = {id(s) for s in self.scheduler.running}
         if not running <= {id(s) for s in prev.seqs}:

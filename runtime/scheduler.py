@@ -60,15 +60,9 @@ class Scheduler:
             budget -= n
             i += 1
         # 2. Waiting sequences join, first come first served.
-        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+        while budget > 0 and self.can_admit():
             seq = self.waiting[0]
-            if seq.waits_for is not None and seq.waits_for.in_prefill \
-                    and seq.waits_for.status != Status.FINISHED:
-                break                                      # n > 1: share the first choice's prompt
-            tokens = seq.all_token_ids
-            if not self.blocks.can_allocate(len(tokens)):
-                break
-            table, cached = self.blocks.allocate_prompt(tokens)
+            table, cached = self.blocks.allocate_prompt(seq.all_token_ids)
             seq.block_table, seq.num_computed = table, cached
             seq.blocks_checked = 0
             seq.blocks_pending.clear()
@@ -79,6 +73,17 @@ class Scheduler:
             batch.append(ScheduledSeq(seq, n))
             budget -= n
         return batch
+
+    def can_admit(self) -> bool:
+        """Whether the first waiting sequence can start now: a seat, blocks for its tokens,
+        and (n > 1) the first choice's prompt computed, so that it is shared."""
+        if not self.waiting or len(self.running) >= self.max_num_seqs:
+            return False
+        seq = self.waiting[0]
+        if seq.waits_for is not None and seq.waits_for.in_prefill \
+                and seq.waits_for.status != Status.FINISHED:
+            return False
+        return self.blocks.can_allocate(seq.num_tokens)
 
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)
