@@ -68,6 +68,11 @@ class CudaExecutor:
                  max_model_len: int, max_batch: int = 32, cuda_graphs: bool = True,
                  device: str = "cuda", dtype=torch.bfloat16, target: str = "cuda"):
         self.target, self.device, self.dtype = target, torch.device(device), dtype
+        if self.device.type == "cuda" and self.device.index is not None:
+            # One GPU per engine process: make it the current device, so that streams,
+            # events (the engine's read-back of overlapped steps, this executor's copies)
+            # and graph capture all land where the tensors are.
+            torch.cuda.set_device(self.device)
         self.plan_file = Path(plan_file)
         self.plan = load_plan_module(self.plan_file)
         self.kernels = triton_ops
