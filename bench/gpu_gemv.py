@@ -264,6 +264,7 @@ def bench_batched(batches=(1, 8, 32), reps: int = 64) -> list[dict]:
     from rustinfer.compiler.build import CompileOptions, compile_model
     from rustinfer.compiler.spec import SPECS_DIR
     from rustinfer.compiler.step_inputs import StepInputs
+    from rustinfer.kernels import triton_ops
     from rustinfer.runtime.cuda_executor import CudaExecutor
 
     config = json.loads((REPO / "bench" / "models" / MODELS["1b"] / "config.json").read_text())
@@ -271,18 +272,26 @@ def bench_batched(batches=(1, 8, 32), reps: int = 64) -> list[dict]:
     max_len = CTX + 16
     blocks = -(-max_len // BLOCK)
     out = []
-    for disable in ((), ("fuse_norm_linear",)):
+    # (passes disabled, rows up to which GEMMs take the Triton GEMV): the default plan, the
+    # plan before fuse_norm_linear, and every bucket up to 32 rows on the GEMV (tensor cores
+    # above 4 rows: RUSTINFER_TRITON_GEMV_ROWS=32, the experiment this times)
+    saved = triton_ops.GEMV_MAX_ROWS
+    for disable, gemv_rows in (((), saved), (("fuse_norm_linear",), saved), ((), 32)):
         folder, _ = compile_model(SPECS_DIR / "llama3.yaml", config, ckpt,
                                   CompileOptions(target="cuda", max_tokens=1024,
                                                  disable=disable))
-        ex = CudaExecutor(folder / "plan.py", ckpt, num_blocks=blocks * max(batches) + 8,
-                          block_size=BLOCK, max_model_len=max_len, max_batch=max(batches))
-        row = dict(fused=not disable)
-        for b in batches:
-            tables = [list(range(i * blocks, (i + 1) * blocks)) for i in range(b)]
-            step = StepInputs.for_sequences([([1], CTX, t) for t in tables], BLOCK)
-            ex.forward_device(step)                    # fills the bucket's static inputs
-            row[f"replay_bs{b}_ms"] = replay_ms(ex.graphs[ex.bucket_for(step)], reps)
+        triton_ops.GEMV_MAX_ROWS = gemv_rows
+        try:
+            ex = CudaExecutor(folder / "plan.py", ckpt, num_blocks=blocks * max(batches) + 8,
+                              block_size=BLOCK, max_model_len=max_len, max_batch=max(batches))
+            row = dict(fused=not disable, gemv_rows=gemv_rows)
+            for b in batches:
+                tables = [list(range(i * blocks, (i + 1) * blocks)) for i in range(b)]
+                step = StepInputs.for_sequences([([1], CTX, t) for t in tables], BLOCK)
+                ex.forward_device(step)                    # fills the bucket's static inputs
+                row[f"replay_bs{b}_ms"] = replay_ms(ex.graphs[ex.bucket_for(step)], reps)
+        finally:
+            triton_ops.GEMV_MAX_ROWS = saved
         out.append(row)
         del ex
         gc.collect()
@@ -299,6 +308,8 @@ def batched_table(batched: list[dict]) -> str:
         "|---|" + "---|" * len(cols)]
     for r in batched:
         name = "with fuse_norm_linear" if r["fused"] else "without (add_rms_norm, swiglu)"
+        if r.get("gemv_rows", 1) > 1:
+            name += f", Triton GEMV up to {r['gemv_rows']} rows"
         rows.append(f"| {name} | " + " | ".join(f"{r[c]:.3f}" for c in cols) + " |")
     return "\n".join(rows)
 

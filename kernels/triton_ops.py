@@ -135,8 +135,12 @@ def embedding(ids, table, *, out):
 
 # On by default since measured (module docstring); RUSTINFER_TRITON_GEMV=0 turns it off.
 TRITON_GEMV = os.environ.get("RUSTINFER_TRITON_GEMV", "1") != "0"
-# Rows up to which a GEMM takes the GEMV: 1 measured faster than cuBLAS, 8 and 16 slower.
-GEMV_MAX_ROWS = 1
+# Rows up to which a GEMM takes the GEMV: 1 measured faster than cuBLAS, 8 and 16 slower
+# (on the FMA path then). RUSTINFER_TRITON_GEMV_ROWS=N (up to 32) sends decode buckets of up
+# to N rows to it, above 4 rows on its tensor-core path: an experiment until bench/gpu_gemv.py
+# --batched has timed it against cuBLAS + the separate norm / RoPE / SwiGLU kernels.
+GEMV_MAX_ROWS = max(1, min(_gemv.MAX_ROWS, int(os.environ.get("RUSTINFER_TRITON_GEMV_ROWS",
+                                                              "1"))))
 # Devices whose tensors take the GEMV ("meta" is added by the AOT check, which runs plans
 # on meta tensors to list the kernel specializations).
 GEMV_DEVICES = ("cuda",)

@@ -145,7 +145,7 @@ GEMV_1B = {"qkv": (3072, 2048), "o": (2048, 2048), "gate_up": (16384, 2048),
            "down": (2048, 8192), "lm_head": (128256, 2048)}
 
 
-@pytest.mark.parametrize("rows", [1, 8])
+@pytest.mark.parametrize("rows", [1, 8, 32])          # 8 and 32: the tensor-core (DOT) path
 @pytest.mark.parametrize("name", sorted(GEMV_1B))
 def test_gemv_matches_cublas(name, rows):
     from rustinfer.kernels.triton.gemv import gemv
@@ -190,18 +190,20 @@ GEMV_FUSED_1B = {"qkv+norm": (3072, 2048, True, False, False),
                  "lm_head+norm": (128256, 2048, True, False, False)}
 
 
+@pytest.mark.parametrize("rows", [1, 32])              # 32: the tensor-core (DOT) path
 @pytest.mark.parametrize("name", sorted(GEMV_FUSED_1B))
-def test_gemv_fused_matches_unfused_torch(name):
+def test_gemv_fused_matches_unfused_torch(name, rows):
     from rustinfer.kernels.triton.gemv import gemv
 
     n, k, norm, swiglu, residual = GEMV_FUSED_1B[name]
     eps = 1e-5
-    x = (3 * torch.randn(1, k, device="cuda")).to(BF16)           # a residual stream's scale
+    x = (3 * torch.randn(rows, k, device="cuda")).to(BF16)        # a residual stream's scale
     w = (0.02 * torch.randn(n, k, device="cuda")).to(BF16)
     nw = (1 + 0.1 * torch.randn(k, device="cuda")).to(BF16) if norm else None
     f = n // 2 if swiglu else n
-    r = torch.randn(1, f, device="cuda", dtype=BF16) if residual else None
-    out = r.clone() if residual else torch.full((1, f), float("nan"), device="cuda", dtype=BF16)
+    r = torch.randn(rows, f, device="cuda", dtype=BF16) if residual else None
+    out = r.clone() if residual else torch.full((rows, f), float("nan"), device="cuda",
+                                                dtype=BF16)
     gemv(x, w, out, norm_weight=nw, eps=eps, swiglu=swiglu, residual=out if residual else None)
     # the unfused computation in fp32 (the fused kernel keeps the normalized x in fp32)
     h = x.float()

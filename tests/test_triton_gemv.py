@@ -14,12 +14,15 @@ import torch.nn.functional as F
 
 from rustinfer.kernels import triton_ops
 from rustinfer.kernels.triton import next_pow2
-from rustinfer.kernels.triton.gemv import MAX_ROWS, GemvConfig, gemv, gemv_config
+from rustinfer.kernels.triton.gemv import (FMA_ROWS, MAX_ROWS, GemvConfig, gemv,
+                                           gemv_config)
 
 # Relative to the output's scale. bf16: the interpreter truncates the fp32 sum to bf16
 # (a GPU rounds), one ulp is 2^-7 relative.
 TOL = {torch.float32: 1e-6, torch.bfloat16: 1e-2}
 SMALL = GemvConfig(block_n=8, block_k=64, num_warps=4, num_stages=2)
+# the tensor-core path (above FMA_ROWS rows by default) at small shapes: any row count
+SMALL_DOT = GemvConfig(block_n=16, block_k=64, num_warps=4, num_stages=2, dot=True)
 
 
 def _rand(*shape, dtype, seed):
@@ -34,9 +37,10 @@ def _check(out, x, w, b, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("m", [1, 3, 16])
+@pytest.mark.parametrize("m", [1, 3, 16, 20, 32])
 @pytest.mark.parametrize("bias", [False, True])
-def test_gemv_matches_reference(dtype, m, bias):
+@pytest.mark.parametrize("config", [SMALL, SMALL_DOT], ids=["fma", "dot"])
+def test_gemv_matches_reference(dtype, m, bias, config):
     n, k = 21, 300                                  # 2 full + 1 ragged N block; 4 + 1 K tiles
     # x and out are column views of wider buffers (row strides != their widths), as a
     # plan's split views are.
@@ -44,7 +48,7 @@ def test_gemv_matches_reference(dtype, m, bias):
     w = _rand(n, k, dtype=dtype, seed=1)
     b = _rand(n, dtype=dtype, seed=2) if bias else None
     out = torch.full((m, n + 3), float("nan"), dtype=dtype)
-    gemv(x, w, out[:, :n], b, config=SMALL)
+    gemv(x, w, out[:, :n], b, config=config)
     _check(out[:, :n], x, w, b, dtype)
     assert out[:, n:].isnan().all()                 # nothing written past the view
 
@@ -74,8 +78,8 @@ def test_gemv_rejects_bad_arguments():
         gemv(x, w, out, torch.randn(4))
     with pytest.raises(ValueError, match=r"expected x \[M, K\]"):
         gemv(torch.randn(8), w, out)
-    with pytest.raises(ValueError, match=r"17 rows; the GEMV serves 1..16 \(use torch.mm\)"):
-        gemv(torch.randn(17, 8), w, torch.empty(17, 5))
+    with pytest.raises(ValueError, match=r"33 rows; the GEMV serves 1..32 \(use torch.mm\)"):
+        gemv(torch.randn(33, 8), w, torch.empty(33, 5))
 
 
 LLAMA_1B = [(3072, 2048), (2048, 2048), (16384, 2048), (2048, 8192), (128256, 2048)]
@@ -84,7 +88,7 @@ LLAMA_1B = [(3072, 2048), (2048, 2048), (16384, 2048), (2048, 8192), (128256, 20
 def test_gemv_config_is_small_deterministic_and_bounded():
     shapes = LLAMA_1B + [(1, 1), (13, 37), (21, 300), (960, 576), (49152, 576), (7, 100000)]
     for n, k in shapes:
-        for m in range(1, MAX_ROWS + 1):
+        for m in range(1, FMA_ROWS + 1):
             cfg = gemv_config(n, k, m)
             assert cfg == gemv_config(n, k, m)               # a pure function of the shape
             assert cfg.block_n <= next_pow2(n) and cfg.block_k <= next_pow2(k), (n, k, m, cfg)
@@ -97,12 +101,28 @@ def test_gemv_config_is_small_deterministic_and_bounded():
         gemv_config(2048, 2048, 0)
 
 
+def test_gemv_config_above_fma_rows_is_tensor_cores():
+    """Above FMA_ROWS rows the tl.dot path: tiles of >= 16 W rows (tl.dot's minimum) and
+    >= 16 K, pipelined; >= 256 programs where the weight has the rows for it."""
+    for n, k in LLAMA_1B + [(1, 1), (13, 37), (960, 576)]:
+        for m in (FMA_ROWS + 1, 16, 24, MAX_ROWS):
+            for swiglu in (False, True):
+                cfg = gemv_config(n, k, m, swiglu=swiglu)
+                assert cfg.dot and cfg.block_n >= 16 and cfg.block_k >= 16, (n, k, m, cfg)
+                assert cfg.block_k <= max(16, next_pow2(k)) and cfg.num_stages > 1
+                rows = 2 * n if swiglu else n
+                if rows >= 256 * 64:
+                    assert -(-rows // (cfg.block_n * (2 if swiglu else 1))) >= 256
+    assert not any(gemv_config(n, k, m).dot for n, k in LLAMA_1B
+                   for m in range(1, FMA_ROWS + 1))
+
+
 def test_gemv_config_swiglu_splits_the_unfused_tile():
     """swiglu: n is F and a program reads BLOCK_N gate + BLOCK_N up rows, so the config is the
     unfused [2F, K] GEMV's with BLOCK_K halved (as many weights per tile, twice the rows,
     half the programs; measured in a CUDA graph on an H200, see gemv_config)."""
     for f, k in [(8192, 2048), (4096, 4096), (7168, 2048), (1, 1), (19, 37), (1536, 576)]:
-        for m in (1, 5, 16):
+        for m in (1, 3, FMA_ROWS):
             fused, plain = gemv_config(f, k, m, swiglu=True), gemv_config(2 * f, k, m)
             assert fused == plain._replace(block_n=min(plain.block_n, next_pow2(f)),
                                            block_k=max(min(16, plain.block_k),
@@ -152,9 +172,10 @@ def _fused_reference(x, w, b, nw, offset, swiglu, r):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("m", [1, 3, 16])
+@pytest.mark.parametrize("m", [1, 3, 16, 25])
 @pytest.mark.parametrize("variant", sorted(FUSED))
-def test_gemv_fused_matches_reference(dtype, m, variant):
+@pytest.mark.parametrize("config", [SMALL, SMALL_DOT], ids=["fma", "dot"])
+def test_gemv_fused_matches_reference(dtype, m, variant, config):
     offset, swiglu, bias, residual = FUSED[variant]
     n, k = 37, 100                                 # odd: ragged N block (8) and K tile (64)
     rows_w = 2 * n if swiglu else n
@@ -179,7 +200,7 @@ def test_gemv_fused_matches_reference(dtype, m, variant):
             res_arg.copy_(r)
     gemv(x, w, out[:, :n], b, norm_weight=nw, eps=EPS if nw is not None else 0.0,
          offset=offset or 0.0, swiglu=swiglu, residual=None if r is None else res_arg,
-         config=SMALL)
+         config=config)
     want = _fused_reference(x, w, b, nw, offset, swiglu, r)
     err = (out[:, :n].double() - want).abs().max().item()
     assert err <= TOL[dtype] * want.abs().max().item(), f"max abs error {err}"
@@ -253,14 +274,22 @@ with record_launches() as rec:       # 1B: norm+qkv, norm+gate_up+swiglu, o / do
     # programmatic dependent launch: griddepcontrol and L2 prefetches (inline PTX)
     gemv(e(1, 2048), e(16384, 2048), e(1, 8192), norm_weight=e(2048), eps=1e-5, swiglu=True,
          pdl=True)
+    # 32 rows on tensor cores (DOT): norm + gate_up + SwiGLU, down + residual, qkv + RoPE
+    gemv(e(32, 2048), e(16384, 2048), e(32, 8192), norm_weight=e(2048), eps=1e-5,
+         swiglu=True)
+    gemv(e(32, 8192), e(2048, 8192), e(32, 2048), residual=e(32, 2048))
+    gemv_rope_kv(e(32, 2048), e(3072, 2048), e(32, 2048), i(32), i(32), f(600, 32),
+                 f(600, 32), e(40, 16, 8, 64), e(40, 16, 8, 64), heads=32, kv_heads=8,
+                 head_dim=64, norm_weight=e(2048), eps=1e-5)
 for key, seconds, size in compile_all(specializations(rec)):
     print("ok", key)
 """
 
 
 def test_gemv_fused_variants_compile_for_sm90(tmp_path):
-    """Each fused flag, at M = 1 and 16, through the GPU compiler (what the interpreter cannot
-    check); kernels/triton/aot.py's path, in a subprocess without TRITON_INTERPRET."""
+    """Each fused flag, at M = 1 (FMA) and 16 and 32 (tensor cores), through the GPU compiler
+    (what the interpreter cannot check); kernels/triton/aot.py's path, in a subprocess
+    without TRITON_INTERPRET."""
     import os
     import subprocess
     import sys
@@ -271,10 +300,11 @@ def test_gemv_fused_variants_compile_for_sm90(tmp_path):
                           env=env, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     lines = [line for line in done.stdout.splitlines() if line.startswith("ok gemv._gemv_kernel")]
-    assert len(lines) == 6, done.stdout
+    assert len(lines) == 9, done.stdout
     for flag in ("HAS_NORM=True", "SWIGLU=True", "HAS_RESIDUAL=True", "HAS_BIAS=True",
                  "PDL=True", "ROPE=True"):
         assert any(flag in line for line in lines), flag
+    assert sum("DOT=True" in line for line in lines) == 5, lines     # the 16- and 32-row ones
 
 
 # ---- gemv_rope_kv: the qkv GEMV with RoPE and the KV-cache append in its epilogue ----
@@ -289,8 +319,9 @@ def _rope_tables(head_dim, positions=32):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("heads,kv_heads,head_dim,m", [(4, 2, 16, 1), (3, 1, 12, 3),
-                                                       (2, 2, 8, 2)])
-def test_gemv_rope_kv_matches_reference(dtype, heads, kv_heads, head_dim, m):
+                                                       (2, 2, 8, 2), (2, 1, 32, 3)])
+@pytest.mark.parametrize("config", [None, SMALL_DOT], ids=["default", "dot"])
+def test_gemv_rope_kv_matches_reference(dtype, heads, kv_heads, head_dim, m, config):
     """q rotated into q_out; k rotated and v as is at each row's slot; a padded row (slot
     -1) writes no cache slot. Odd K, a head_dim whose half (6) is not a power of 2, GQA and
     MHA, the norm folded in with an offset, a bias, several rows at different positions."""
@@ -309,7 +340,8 @@ def test_gemv_rope_kv_matches_reference(dtype, heads, kv_heads, head_dim, m):
     v_cache = torch.zeros_like(k_cache)
     q = torch.full((m, heads * hd), float("nan"), dtype=dtype)
     gemv_rope_kv(x, w, q, positions, slots, cos, sin, k_cache, v_cache, heads=heads,
-                 kv_heads=kv_heads, head_dim=hd, bias=b, norm_weight=nw, eps=EPS, offset=1.0)
+                 kv_heads=kv_heads, head_dim=hd, bias=b, norm_weight=nw, eps=EPS, offset=1.0,
+                 config=config)
 
     xd = x.double()
     normed = xd * torch.rsqrt(xd.pow(2).mean(-1, keepdim=True) + EPS) * (nw.double() + 1.0)

@@ -160,6 +160,34 @@ def test_single_row_steps_on_the_fused_gemv(executors, monkeypatch):
     assert len(launched) == 4 * layers + 1
 
 
+def test_batched_decode_on_the_tensor_core_gemv(executors, monkeypatch):
+    """RUSTINFER_TRITON_GEMV_ROWS: a batched decode step's GEMMs on the GEMV's tensor-core
+    (tl.dot) path, norm / RoPE / KV append / SwiGLU / residual fused for every row, padded
+    bucket rows included, must compute what the plan on torch kernels computes."""
+    from rustinfer.kernels.triton import gemv
+
+    dot_rows = []
+
+    def spy(fn):
+        def call(x, *a, **kw):
+            dot_rows.append(gemv.gemv_config(8, 8, x.shape[0]).dot)
+            return fn(x, *a, **kw)
+        return call
+
+    monkeypatch.setattr(triton_ops, "TRITON_GEMV", True)
+    monkeypatch.setattr(triton_ops, "GEMV_DEVICES", ("cuda", "cpu"))
+    monkeypatch.setattr(triton_ops, "GEMV_MAX_ROWS", 4)
+    monkeypatch.setattr(gemv, "FMA_ROWS", 1)          # 3 rows (bucket 4) take tl.dot here
+    monkeypatch.setattr(gemv, "gemv", spy(gemv.gemv))
+    monkeypatch.setattr(gemv, "gemv_rope_kv", spy(gemv.gemv_rope_kv))
+    tables = [[3, 0], [5, 6], [7, 8]]
+    for i, t in enumerate(tables):
+        _both(executors, [(_ids(5 + i, 40 + i), 0, t)])
+    dot_rows.clear()
+    _both(executors, [(_ids(1, 50 + i), 5 + i, t) for i, t in enumerate(tables)])
+    assert dot_rows and all(dot_rows), dot_rows
+
+
 def test_fused_ops_off_the_gemv_say_what_is_wrong():
     """More rows than the GEMV takes: the fused ops run in parts through the workspace's
     scratch, which the plan sizes; a too-small one, a wrong act or residual is a clear error."""

@@ -1,7 +1,7 @@
 """Decode-sized GEMM (a GEMV with a few rows): out = x @ weight^T (+ bias), fp32 accumulation,
 with the ops around a decode step's linears optionally fused in.
 
-    x:      [M, K] with M <= 16 (a decode batch, or the LM head's last-token rows)
+    x:      [M, K] with M <= 32 (a decode batch, or the LM head's last-token rows)
     weight: [N, K] row-major, as torch.nn.Linear stores it
     out:    [M, N] in its own dtype (the fp32 sum is cast once, at the store)
 
@@ -51,7 +51,13 @@ import triton.language as tl
 
 from . import INTERPRET, check_rows, launch, next_pow2
 
-MAX_ROWS = 16
+MAX_ROWS = 32
+# Up to FMA_ROWS rows, each row of x is applied to the weight tile with FMAs (the measured
+# bs=1 path; at 8 and 16 rows it was 2-5x slower than cuBLAS); from FMA_ROWS + 1 rows on
+# tensor cores instead, tl.dot of the [BLOCK_N, BLOCK_K] tile with x's [BLOCK_K, 16..32]
+# (DOT configs). NOTE: the DOT path is new (2026-11-26) and not yet timed on a GPU; plans
+# route more than one row here only with RUSTINFER_TRITON_GEMV_ROWS (kernels/triton_ops.py).
+FMA_ROWS = 4
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # NOTE: measured on an H200, 2026-11-26 (bench/gpu_gemv.py --sweep, Llama-3.2-1B, rows=1):
 # these defaults beat cuBLAS 1.02-1.23x per linear; num_stages=1 was as fast or faster than
@@ -60,6 +66,7 @@ _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # flight. A tile of 8192 weights (16 KB of bf16) per iteration keeps each program's loads
 # wide without spilling registers.
 _MIN_PROGRAMS = 512
+_DOT_MIN_PROGRAMS = 256
 _TILE = 8192
 # Programmatic dependent launch (Hopper+): a GEMV may be scheduled while the kernel before
 # it drains and waits (gdc_wait) for its results only then. NOTE measured on H200s,
@@ -95,6 +102,7 @@ class GemvConfig(NamedTuple):
     block_k: int      # K elements per W tile
     num_warps: int
     num_stages: int   # software-pipelined K tiles in flight (1: no pipelining)
+    dot: bool = False  # tensor cores (tl.dot) instead of a per-row FMA loop
 
 
 def gemv_config(n: int, k: int, m: int, *, swiglu: bool = False) -> GemvConfig:
@@ -117,6 +125,8 @@ def gemv_config(n: int, k: int, m: int, *, swiglu: bool = False) -> GemvConfig:
     4 + 4 x 1024 against 8.6 with 2 + 2 x 2048."""
     if not 1 <= m <= MAX_ROWS:
         raise ValueError(f"gemv: {m} rows; the GEMV serves 1..{MAX_ROWS} (use torch.mm)")
+    if m > FMA_ROWS:
+        return _dot_config(n, k, swiglu)
     rows = 2 * n if swiglu else n          # W rows the grid covers
     block_n = 16
     while block_n > 1 and triton.cdiv(rows, block_n) < _MIN_PROGRAMS:
@@ -131,6 +141,19 @@ def gemv_config(n: int, k: int, m: int, *, swiglu: bool = False) -> GemvConfig:
     return GemvConfig(block_n, block_k, num_warps, 1)
 
 
+def _dot_config(n: int, k: int, swiglu: bool) -> GemvConfig:
+    """More than FMA_ROWS rows, on tensor cores: tiles of >= 16 W rows (tl.dot's minimum), halved from 64
+    until the grid has >= 256 programs (2 per SM on an H100 / H200), K in steps of 128,
+    3 tiles in flight. Unmeasured first guesses (see FMA_ROWS)."""
+    rows = 2 * n if swiglu else n
+    block_n = 64
+    while block_n > 16 and triton.cdiv(rows, block_n) < _DOT_MIN_PROGRAMS:
+        block_n //= 2
+    if swiglu:
+        block_n = max(16, block_n // 2)   # per half: the unfused program count
+    return GemvConfig(block_n, min(128, max(16, next_pow2(k))), 4, 3, dot=True)
+
+
 @triton.jit
 def _gemv_kernel(x_ptr, w_ptr, b_ptr, nw_ptr, res_ptr, out_ptr, M, N, K, stride_x, stride_w,
                  stride_res, stride_out, eps, offset,
@@ -141,8 +164,10 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, nw_ptr, res_ptr, out_ptr, M, N, K, stride_
                  HEADS: tl.constexpr = 1, KV_HEADS: tl.constexpr = 1,
                  HEAD_DIM: tl.constexpr = 2, PDL: tl.constexpr = False,
                  PREFETCH: tl.constexpr = False, LINES: tl.constexpr = 1,
-                 LINE_ELEMS: tl.constexpr = 64):
-    # x:    [M, K], row stride stride_x, columns contiguous; M <= BLOCK_M <= 16
+                 LINE_ELEMS: tl.constexpr = 64, DOT: tl.constexpr = False,
+                 DOT_FP32: tl.constexpr = False):
+    # x:    [M, K], row stride stride_x, columns contiguous; M <= BLOCK_M <= 32 (DOT:
+    #       BLOCK_M >= 16; operands cast to fp32 when DOT_FP32, i.e. interpreting)
     # w:    [N, K] row stride stride_w, columns contiguous (nn.Linear's layout); SWIGLU:
     #       [2N, K], gate rows then up rows; ROPE: the fused qkv [2N, K], N = its row pairs
     # b:    w's rows (HAS_BIAS only); nw: [K] norm weight (HAS_NORM only)
@@ -193,27 +218,47 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, nw_ptr, res_ptr, out_ptr, M, N, K, stride_
         k = k0 + tl.arange(0, BLOCK_K)
         kmask = k < K
         wmask = nmask[:, None] & kmask[None, :]
-        w = tl.load(w_ptr + row[:, None] * stride_w + k[None, :], mask=wmask,
-                    other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + row[:, None] * stride_w + k[None, :], mask=wmask, other=0.0)
         if PAIRED:
             w2 = tl.load(w_ptr + (row + pair)[:, None] * stride_w + k[None, :], mask=wmask,
-                         other=0.0).to(tl.float32)
+                         other=0.0)
         if HAS_NORM:
             # the norm's per-column scale (w + offset) goes into x; its per-row scale
             # rsqrt(mean(x^2) + eps) needs all of K, so it is applied after the loop
             gamma = tl.load(nw_ptr + k, mask=kmask, other=0.0).to(tl.float32) + offset
-        # x is tiny (<= 16 rows, L1/L2 resident): one row at a time against the tile in registers
-        for m in tl.static_range(BLOCK_M):
-            xm = tl.load(x_ptr + m * stride_x + k, mask=kmask & (m < M), other=0.0)
-            xm = xm.to(tl.float32)
+        if DOT:
+            # all rows at once on tensor cores, W in its own dtype, x (scaled by the norm's
+            # gamma) rounded to it as the unfused path rounds the normalized x
+            xt = tl.load(x_ptr + rows[:, None] * stride_x + k[None, :],
+                         mask=(rows < M)[:, None] & kmask[None, :], other=0.0).to(tl.float32)
             if HAS_NORM:
-                sumsq = tl.where(rows == m, sumsq + tl.sum(xm * xm, axis=0), sumsq)
-                xm = xm * gamma
-            part = tl.sum(w * xm[None, :], axis=1)                          # [BLOCK_N]
-            acc = tl.where(rows[None, :] == m, acc + part[:, None], acc)
+                sumsq += tl.sum(xt * xt, axis=1)
+                xt = xt * gamma[None, :]
+            if DOT_FP32:
+                acc += tl.dot(w.to(tl.float32), tl.trans(xt), input_precision="ieee")
+                if PAIRED:
+                    acc2 += tl.dot(w2.to(tl.float32), tl.trans(xt), input_precision="ieee")
+            else:
+                xo = xt.to(w.dtype)
+                acc += tl.dot(w, tl.trans(xo), input_precision="ieee")    # [BLOCK_N, BLOCK_M]
+                if PAIRED:
+                    acc2 += tl.dot(w2, tl.trans(xo), input_precision="ieee")
+        else:
+            wf = w.to(tl.float32)
             if PAIRED:
-                part2 = tl.sum(w2 * xm[None, :], axis=1)
-                acc2 = tl.where(rows[None, :] == m, acc2 + part2[:, None], acc2)
+                w2f = w2.to(tl.float32)
+            # x is tiny (L1/L2 resident): one row at a time against the tile in registers
+            for m in tl.static_range(BLOCK_M):
+                xm = tl.load(x_ptr + m * stride_x + k, mask=kmask & (m < M), other=0.0)
+                xm = xm.to(tl.float32)
+                if HAS_NORM:
+                    sumsq = tl.where(rows == m, sumsq + tl.sum(xm * xm, axis=0), sumsq)
+                    xm = xm * gamma
+                part = tl.sum(wf * xm[None, :], axis=1)                     # [BLOCK_N]
+                acc = tl.where(rows[None, :] == m, acc + part[:, None], acc)
+                if PAIRED:
+                    part2 = tl.sum(w2f * xm[None, :], axis=1)
+                    acc2 = tl.where(rows[None, :] == m, acc2 + part2[:, None], acc2)
     if PDL:
         # Only now let the next kernel's programs be scheduled: signalled at the start
         # (measured on an H200), their waiting programs took SM slots from this GEMV's
@@ -307,19 +352,20 @@ def _launch(cfg: GemvConfig, n: int, x, weight, out, bias, norm_weight, residual
            res, out, m, n, k, x.stride(0), weight.stride(0), res.stride(0), out.stride(0),
            float(eps), float(offset), r.get("positions", x), r.get("slots", x),
            r.get("cos", x), r.get("sin", x), r.get("k_cache", x), r.get("v_cache", x),
-           BLOCK_M=next_pow2(m), BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+           BLOCK_M=max(16, next_pow2(m)) if cfg.dot else next_pow2(m),
+           BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
            STAGES=cfg.num_stages, HAS_BIAS=bias is not None, HAS_NORM=norm_weight is not None,
            SWIGLU=bool(swiglu), HAS_RESIDUAL=residual is not None, ROPE=rope is not None,
            HEADS=r.get("heads", 1), KV_HEADS=r.get("kv_heads", 1),
            HEAD_DIM=r.get("head_dim", 2), num_warps=cfg.num_warps, launch_pdl=pdl, PDL=pdl,
            PREFETCH=prefetch, LINES=next_pow2(triton.cdiv(k, line_elems)) if prefetch else 1,
-           LINE_ELEMS=line_elems)
+           LINE_ELEMS=line_elems, DOT=cfg.dot, DOT_FP32=INTERPRET)
 
 
 def gemv(x, weight, out, bias=None, *, norm_weight=None, eps: float = 0.0,
          offset: float = 0.0, swiglu: bool = False, residual=None,
          config: GemvConfig | None = None, pdl: bool | None = None) -> None:
-    """out = x @ weight^T (+ bias) for x with <= 16 rows, with optional fusions:
+    """out = x @ weight^T (+ bias) for x with <= 32 rows, with optional fusions:
 
     norm_weight [K]: x is RMS-normalized first, x * rsqrt(mean(x^2) + eps) *
         (norm_weight + offset) per row (fp32 math; x itself is not modified);
@@ -394,6 +440,8 @@ def gemv_rope_kv(x, weight, q_out, positions, slots, cos, sin, k_cache, v_cache,
     block_n = min(cfg.block_n, next_pow2(half))
     while half % block_n:
         block_n //= 2
+    if cfg.dot and block_n < 16:            # tl.dot needs 16 rows: the FMA loop instead
+        cfg = cfg._replace(dot=False, num_stages=1)
     rope = dict(positions=positions, slots=slots, cos=cos, sin=sin, k_cache=k_cache,
                 v_cache=v_cache, heads=heads, kv_heads=kv_heads, head_dim=head_dim)
     _launch(cfg._replace(block_n=block_n), pairs, x, weight, q_out, bias, norm_weight, None,
