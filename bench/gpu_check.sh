@@ -18,7 +18,8 @@
 # STAGES="tests gemv bench engine profile" (the default) picks stages, for a short lease;
 # STAGES=gemvgraph runs bench/gpu_gemv_graph.py (the GEMV configs timed inside a graph),
 # STAGES=attention bench/gpu_attention.py (decode attention's split counts, in a graph);
-# GEMV_ARGS (default --sweep --batched), BENCH_ARGS, PROFILE_ARGS and GEMV_TIMEOUT tune them.
+# GEMV_ARGS (default --sweep --batched --rows 1,8,32), BENCH_ARGS, PROFILE_ARGS and
+# GEMV_TIMEOUT tune them.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 stages=" ${STAGES:-tests gemv bench engine profile} "
@@ -57,7 +58,7 @@ tests_rc=${PIPESTATUS[0]}; }
 
 # Before gpu.py: its time budget below shrinks by this stage's ~1-2 minutes (it saves each
 # model as it finishes) so the whole check's bound does not grow.
-want gemv && { timeout ${GEMV_TIMEOUT:-90} $py bench/gpu_gemv.py --out "$out" ${GEMV_ARGS:---sweep --batched} 2>&1 | tee "$out/gemv.log"
+want gemv && { timeout ${GEMV_TIMEOUT:-90} $py bench/gpu_gemv.py --out "$out" ${GEMV_ARGS:---sweep --batched --rows 1,8,32} 2>&1 | tee "$out/gemv.log"
 gemv_rc=${PIPESTATUS[0]}; }
 
 # Tests, GEMV and gpu.py together get at most 300 s (gpu.py the rest, at least 60), then

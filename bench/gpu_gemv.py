@@ -389,7 +389,8 @@ def table(device: str, bandwidth: float, linears: list[dict], tpot: list[dict],
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=".")
-    p.add_argument("--rows", default="1", help="comma-separated row counts (<= 16)")
+    p.add_argument("--rows", default="1", help="comma-separated row counts (<= 32; above 4 the "
+                   "GEMV runs on tensor cores)")
     p.add_argument("--iters", type=int, default=200)
     p.add_argument("--steps", type=int, default=256)
     p.add_argument("--sweep", action="store_true", help="also time each default's neighbours "
