@@ -52,13 +52,13 @@ export PYTHONSAFEPATH=1 TRITON_INTERPRET=0 RUSTINFER_CACHE=/tmp/rustinfer-cache 
 cat "$out/env.txt"
 
 tests_rc=skipped gemv_rc=skipped bench_rc=skipped
-want tests && { timeout 150 $py -m pytest -m cuda -q -p no:cacheprovider --durations=8 \
+want tests && { timeout 120 $py -m pytest -m cuda -q -p no:cacheprovider --durations=8 \
   tests/test_cuda_kernels.py tests/test_cuda_graphs.py tests/test_sampling.py 2>&1 | tee "$out/pytest.log"
 tests_rc=${PIPESTATUS[0]}; }
 
 # Before gpu.py: its time budget below shrinks by this stage's ~1-2 minutes (it saves each
 # model as it finishes) so the whole check's bound does not grow.
-want gemv && { timeout ${GEMV_TIMEOUT:-90} $py bench/gpu_gemv.py --out "$out" ${GEMV_ARGS:---sweep --batched --rows 1,8,32} 2>&1 | tee "$out/gemv.log"
+want gemv && { timeout ${GEMV_TIMEOUT:-120} $py bench/gpu_gemv.py --out "$out" ${GEMV_ARGS:---sweep --batched --rows 1,8,32} 2>&1 | tee "$out/gemv.log"
 gemv_rc=${PIPESTATUS[0]}; }
 
 # Tests, GEMV and gpu.py together get at most 300 s (gpu.py the rest, at least 60), then

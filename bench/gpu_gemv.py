@@ -417,6 +417,23 @@ def main(argv=None) -> int:
 
     linears += bench_linears([int(m) for m in args.rows.split(",")], args.iters, args.sweep)
     write()
+    if not args.no_tpot:
+        (off, ref), (on, got) = bench_tpot(False, args.steps), bench_tpot(True, args.steps)
+        tpot += [off, on]
+        for prefetch in (True, False):  # opt-in until measured: a failure must not lose the rest
+            try:
+                pdl, got_pdl = bench_tpot(True, args.steps, pdl=True, prefetch=prefetch)
+                pdl["max_abs_vs_gemv"] = (got_pdl - got).abs().max().item()
+                tpot.append(pdl)
+            except Exception as err:   # noqa: BLE001 (reported in the table)
+                tpot.append(dict(gemv=True, pdl=True, prefetch=prefetch,
+                                 error=f"{type(err).__name__}: {err}"[:300]))
+        diff = dict(max_abs=(got - ref).abs().max().item(), scale=ref.abs().max().item(),
+                    same_argmax=bool(got.argmax() == ref.argmax()))
+        print(json.dumps(dict(tpot=tpot, logits_diff=diff)), flush=True)
+        write()
+    # Last: three plans captured at every bucket (the longest part; a stage timeout then
+    # loses only this table).
     if args.batched:
         try:
             batched += bench_batched()
@@ -424,26 +441,8 @@ def main(argv=None) -> int:
             print(f"bench_batched failed: {type(err).__name__}: {err}", file=sys.stderr)
         print(json.dumps(dict(batched=batched)), flush=True)
         write()
-    if args.no_tpot:
-        print(table(device, bandwidth, linears, tpot, diff) + batched_table(batched))
-        return 0
-    (off, ref), (on, got) = bench_tpot(False, args.steps), bench_tpot(True, args.steps)
-    tpot += [off, on]
-    for prefetch in (True, False):  # opt-in until measured: a failure must not lose the rest
-        try:
-            pdl, got_pdl = bench_tpot(True, args.steps, pdl=True, prefetch=prefetch)
-            pdl["max_abs_vs_gemv"] = (got_pdl - got).abs().max().item()
-            tpot.append(pdl)
-        except Exception as err:   # noqa: BLE001 (reported in the table)
-            tpot.append(dict(gemv=True, pdl=True, prefetch=prefetch,
-                             error=f"{type(err).__name__}: {err}"[:300]))
-    diff = dict(max_abs=(got - ref).abs().max().item(), scale=ref.abs().max().item(),
-                same_argmax=bool(got.argmax() == ref.argmax()))
-    print(json.dumps(dict(tpot=tpot, logits_diff=diff)), flush=True)
-    write()
     print(table(device, bandwidth, linears, tpot, diff) + batched_table(batched))
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
