@@ -164,7 +164,7 @@ def test_batched_decode_on_the_tensor_core_gemv(executors, monkeypatch):
     """RUSTINFER_TRITON_GEMV_ROWS: a batched decode step's GEMMs on the GEMV's tensor-core
     (tl.dot) path, norm / RoPE / KV append / SwiGLU / residual fused for every row, padded
     bucket rows included, must compute what the plan on torch kernels computes."""
-    from rustinfer.kernels.triton import gemv
+    from rustinfer.kernels.triton import gemv, gemv_config
 
     dot_rows = []
 
@@ -177,7 +177,7 @@ def test_batched_decode_on_the_tensor_core_gemv(executors, monkeypatch):
     monkeypatch.setattr(triton_ops, "TRITON_GEMV", True)
     monkeypatch.setattr(triton_ops, "GEMV_DEVICES", ("cuda", "cpu"))
     monkeypatch.setattr(triton_ops, "GEMV_MAX_ROWS", 4)
-    monkeypatch.setattr(gemv, "FMA_ROWS", 1)          # 3 rows (bucket 4) take tl.dot here
+    monkeypatch.setattr(gemv_config, "FMA_ROWS", 1)   # 3 rows (bucket 4) take tl.dot here
     monkeypatch.setattr(gemv, "gemv", spy(gemv.gemv))
     monkeypatch.setattr(gemv, "gemv_rope_kv", spy(gemv.gemv_rope_kv))
     tables = [[3, 0], [5, 6], [7, 8]]

@@ -10,7 +10,7 @@ the files here hold the kernels and their launchers:
     decode_attention.py   paged GQA decode attention, split-K with an LSE merge
     prefill_attention.py  varlen causal flash attention over the paged cache
     gemv.py               decode-sized GEMM (1-row GEMMs by default) with fused norm,
-                          SwiGLU and residual variants
+                          SwiGLU and residual variants; gemv_config.py its block sizes
     argmax.py             row-wise argmax of the logits (greedy sampling, outside the plan)
 
 Every launch goes through `launch()` below, so a dry run can record each
