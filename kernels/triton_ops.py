@@ -32,6 +32,8 @@ from dataclasses import dataclass
 
 import torch
 
+from rustinfer.compiler.step_inputs import to_device
+
 from . import torch_ops as _torch_ops
 from .rope_tables import inv_freq
 from .triton import decode_attention as _decode
@@ -52,14 +54,6 @@ class DeviceMeta:
     max_rows: int                 # host: the most rows one sequence has (1 = a decode step)
 
 
-def _host_to(t: torch.Tensor, dev) -> torch.Tensor:
-    """To a GPU from pinned memory, without the stream wait of a copy from pageable memory
-    (an eager step must not wait for the steps queued before it)."""
-    if torch.device(dev).type != "cuda" or t.device.type != "cpu":
-        return t.to(dev)
-    return t.pin_memory().to(dev, non_blocking=True)
-
-
 def device_meta(step) -> DeviceMeta:
     """The step's DeviceMeta: the one the executor attached (static buffers under CUDA
     graphs), else built once from the step's host lists on the device of its tensors."""
@@ -73,9 +67,9 @@ def device_meta(step) -> DeviceMeta:
             table = torch.tensor([t + [0] * (width - len(t)) for t in step.block_tables],
                                  dtype=torch.int64).reshape(len(step.block_tables), width)
         meta = DeviceMeta(
-            query_start=_host_to(torch.tensor(qs, dtype=torch.int64), dev),
-            context_lens=_host_to(torch.tensor(step.context_lens, dtype=torch.int64), dev),
-            block_table=_host_to(table.contiguous(), dev),
+            query_start=to_device(qs, dev),
+            context_lens=to_device(step.context_lens, dev),
+            block_table=to_device(table.contiguous(), dev),
             max_rows=max((qs[i + 1] - qs[i] for i in range(len(qs) - 1)), default=0))
         step.device_meta = meta
     return meta

@@ -28,11 +28,13 @@ On a machine without a GPU the executor runs on CPU tensors with graphs off
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from rustinfer.compiler import step_inputs
 from rustinfer.compiler.step_inputs import StepInputs
 from rustinfer.kernels import triton_ops
 
@@ -230,17 +232,13 @@ class CudaExecutor:
         dev = self.device
         rows = step.logit_rows if step.logit_rows is not None else torch.arange(step.num_tokens)
 
-        def to_dev(t):
-            # From pinned memory without a wait: a copy from pageable memory synchronizes the
-            # stream, and an overlapped decode step above the largest bucket comes here.
-            if dev.type != "cuda" or t.device.type != "cpu":
-                return t.to(dev)
-            return t.pin_memory().to(dev, non_blocking=True)
-
+        # pinned, non-blocking copies: an overlapped decode step above the largest bucket
+        # comes here, and must not wait for the steps queued before it
+        to_device = functools.partial(step_inputs.to_device, device=dev)
         on_dev = dataclasses.replace(
-            step, token_ids=to_dev(step.token_ids), positions=to_dev(step.positions),
-            slot_mapping=to_dev(step.slot_mapping), logit_rows=to_dev(rows),
+            step, token_ids=to_device(step.token_ids), positions=to_device(step.positions),
+            slot_mapping=to_device(step.slot_mapping), logit_rows=to_device(rows),
             block_table_tensor=None if step.block_table_tensor is None
-            else to_dev(step.block_table_tensor))
+            else to_device(step.block_table_tensor))
         (logits,) = self._run(on_dev).values()
         return logits

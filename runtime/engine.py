@@ -22,11 +22,11 @@ from dataclasses import dataclass
 
 import torch
 
-from rustinfer.compiler.step_inputs import StepInputs, int64_tensor, padded_table
+from rustinfer.compiler.step_inputs import StepInputs, int64_tensor, padded_table, to_device
 
 from .block_manager import BlockManager, NoFreeBlocks
 from .engine_api import EngineStats, RequestError, RequestEvent
-from .sampling import Sampler, SamplingParams, SequenceSamplingState, to_device
+from .sampling import Sampler, SamplingParams, SequenceSamplingState
 from .scheduler import ScheduledSeq, Scheduler
 from .sequence import Sequence, Status
 from .stop import StopChecker
@@ -215,13 +215,14 @@ class Engine:
         except NoFreeBlocks:
             return None                       # the scheduler will preempt, after the read-back
         tokens = prev.tokens if len(keep) == len(prev.seqs) else \
-            prev.tokens[to_device(keep, torch.long, prev.tokens.device)]
+            prev.tokens[to_device(keep, prev.tokens.device)]
         tables = [s.block_table for s in seqs]
         step = StepInputs(
             token_ids=tokens, positions=int64_tensor(positions),
             query_start=list(range(len(seqs) + 1)), context_lens=[p + 1 for p in positions],
             block_tables=[list(t) for t in tables],
-            slot_mapping=int64_tensor([t[p // bs] * bs + p % bs for t, p in zip(tables, positions)]),
+            slot_mapping=int64_tensor([t[p // bs] * bs + p % bs
+                                       for t, p in zip(tables, positions)]),
             block_size=bs, logit_rows=int64_tensor(range(len(seqs))),
             block_table_tensor=padded_table(tables))
         logits = self.executor.forward_device(step)

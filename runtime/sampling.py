@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from rustinfer.compiler.step_inputs import to_device
+
 from .engine_api import TokenLogprob
 
 
@@ -222,7 +224,8 @@ class Sampler:
         x = logits.to(torch.float32, copy=True)
         if bias:
             rows, cols, vals = zip(*bias)
-            x.index_put_((_ids(rows, dev), _ids(cols, dev)), to_device(vals, torch.float32, dev),
+            x.index_put_((_ids(rows, dev), _ids(cols, dev)),
+                         to_device(vals, dev, torch.float32),
                          accumulate=True)
         if banned:
             rows, cols = zip(*banned)
@@ -271,20 +274,8 @@ def greedy_argmax(x: torch.Tensor) -> torch.Tensor:
     return x.argmax(-1)
 
 
-def to_device(values, dtype, device) -> torch.Tensor:
-    """A small host list (or CPU tensor) as a tensor on `device`. To a GPU through pinned
-    memory with a copy that does not wait: torch's copy from pageable memory synchronizes
-    the stream, which would make the engine wait for the step it has just launched
-    (overlapped decoding; the pinned block is not reused before the copy has run)."""
-    t = values if isinstance(values, torch.Tensor) else torch.tensor(values, dtype=dtype)
-    device = torch.device(device)
-    if device.type != "cuda" or t.device.type != "cpu":
-        return t.to(device)
-    return t.pin_memory().to(device, non_blocking=True)
-
-
 def _ids(values, device) -> torch.Tensor:
-    return to_device(values, torch.long, device)
+    return to_device(values, device)
 
 
 def _penalize(x: torch.Tensor, rows: list[int], states: list[SequenceSamplingState]) -> None:
@@ -325,14 +316,14 @@ def _penalize(x: torch.Tensor, rows: list[int], states: list[SequenceSamplingSta
 def _draw(x: torch.Tensor, states: list[SequenceSamplingState]) -> torch.Tensor:
     """One token per row from softmax(x / temperature), filtered by top_k, top_p and min_p."""
     V, dev = x.shape[1], x.device
-    x = x / to_device([[max(s.params.temperature, _MIN_TEMP)] for s in states], torch.float32,
-                      dev)
+    x = x / to_device([[max(s.params.temperature, _MIN_TEMP)] for s in states], dev,
+                      torch.float32)
     x = x.masked_fill(x < _keep_threshold(x, [s.params for s in states]), float("-inf"))
     # Inverse CDF in float64 with one uniform per row from the row's own stream: a token with
     # zero probability has an empty interval and is never picked.
     cdf = torch.exp((x - x.amax(-1, keepdim=True)).double()).cumsum(-1)
     u = torch.stack([torch.rand((), dtype=torch.float64, generator=s.generator) for s in states])
-    target = to_device(u, torch.float64, dev)[:, None] * cdf[:, -1:]
+    target = to_device(u, dev, torch.float64)[:, None] * cdf[:, -1:]
     return torch.searchsorted(cdf, target, right=True).clamp_(max=V - 1)[:, 0]
 
 
@@ -347,8 +338,8 @@ def _keep_threshold(x: torch.Tensor, params: list[SamplingParams]) -> torch.Tens
     if need:
         kt = _ids([[k[i]] for i in need], dev)
         # top_p off: a bound no cumulative sum reaches, even with rounding.
-        pt = to_device([[p if (p := params[i].top_p) < 1.0 else 2.0] for i in need],
-                       torch.float32, dev)
+        pt = to_device([[p if (p := params[i].top_p) < 1.0 else 2.0] for i in need], dev,
+                       torch.float32)
         every = len(need) == S
         xs = x if every else x[_ids(need, dev)]
         # A full sort costs ~8 ms a row on CPU at V = 150k: decide from the best few first.
@@ -364,7 +355,7 @@ def _keep_threshold(x: torch.Tensor, params: list[SamplingParams]) -> torch.Tens
         else:
             thresh[_ids(need, dev)] = cut
     # min_p: keep p_i >= min_p * p_max, i.e. x_i >= x_max + log(min_p); log(0) = -inf: off.
-    min_p = to_device([[p.min_p] for p in params], torch.float32, dev)
+    min_p = to_device([[p.min_p] for p in params], dev, torch.float32)
     return torch.maximum(thresh, x.amax(-1, keepdim=True) + torch.log(min_p))
 
 
