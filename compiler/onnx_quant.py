@@ -132,8 +132,9 @@ def transcode(qtype: str, raw: np.ndarray, k: int) -> NBitsWeight:
         blocks = raw.reshape(n, nb, 34)
         d = blocks[..., :2].copy().view(np.float16)[..., 0].astype(np.float32)
         q = (blocks[..., 2:].view(np.int8).astype(np.int16) + 128).astype(np.uint8)
-        return NBitsWeight(8, k, n, q, d, np.full((n, nb), 128, np.uint8),
-                           origin="transcoded from Q8_0")
+        # zero point 128 for every block: MatMulNBits' default for 8 bits, so none is
+        # stored (a byte per block less to read)
+        return NBitsWeight(8, k, n, q, d, None, origin="transcoded from Q8_0")
     raise ValueError(f"no transcoding from GGUF {qtype} to MatMulNBits")
 
 

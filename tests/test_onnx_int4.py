@@ -84,3 +84,25 @@ def test_smollm2_int4_transcoded_equals_fp32(smollm2_gguf, tmp_path, monkeypatch
     blocks = list(range(math.ceil(48 / BS)))
     assert close(score(int4, tokens, blocks), score(fp32, tokens, blocks))
     assert greedy(int4, tokens[:8], 16, blocks) == greedy(fp32, tokens[:8], 16, blocks)
+
+
+@pytest.mark.slow
+def test_smollm2_int4_int8_activations_track_fp32(smollm2_gguf, tmp_path, monkeypatch):
+    """The default int4 (int8 activations, Q4_1's offsets by the correction MatMul) on real
+    text: its next-token choice agrees with fp32 at >= 90% of the positions (measured:
+    97%; without the correction 80%)."""
+    from rustinfer.runtime.tokenizer import Tokenizer
+
+    monkeypatch.setenv("RUSTINFER_CACHE", str(tmp_path))
+    kw = dict(max_model_len=256, max_tokens=64)
+    fp32 = load(smollm2_gguf, "cpu", **kw)
+    int4 = load(smollm2_gguf, "cpu", quant="int4", **kw)
+    text = ("The river rose slowly through the night, and by morning the old stone bridge "
+            "stood alone in a wide brown lake. People came down from the hills to look at it, "
+            "and the children threw sticks into the current to see how fast it ran.")
+    tokens = Tokenizer.from_gguf(smollm2_gguf).encode(text)
+    blocks = list(range(math.ceil(len(tokens) / BS) + 1))
+    want, got = score(fp32, tokens, blocks), score(int4, tokens, blocks)
+    agree = float((want.argmax(-1) == got.argmax(-1)).mean())
+    assert agree >= 0.9, agree
+    assert not close(got, want, tol=1e-4)          # int8 activations really were used
