@@ -11,6 +11,8 @@ from pathlib import Path
 
 from .errors import SpecError
 
+DEFAULT_MAX_TOKENS = 2048
+
 
 def _model_source(model: str | None):
     """(config, checkpoint-or-None, description) for --model.
@@ -28,16 +30,38 @@ def _model_source(model: str | None):
     return ckpt.config, ckpt, str(path)
 
 
+PLAN_TARGETS = ("cpu-torch", "cuda")   # the targets that write plan.py + a memory plan
+
+
+def check_options(args) -> None:
+    """Refuse options the chosen target would silently ignore (as `rustinfer generate` does):
+    --quant lowers weights for ONNX Runtime (cpu only); --max-tokens, --no-memory-plan and
+    --no-verify shape plan.py (cpu-torch, cuda), which the cpu target does not write."""
+    if args.target != "cpu" and args.quant != "none":
+        raise ValueError(f"--quant applies to --target cpu (this run: {args.target}); add "
+                         "--target cpu to compile an ONNX model with quantized weights")
+    if args.target not in PLAN_TARGETS:
+        given = [flag for flag, value in (("--max-tokens", args.max_tokens is not None),
+                                          ("--no-memory-plan", args.no_memory_plan),
+                                          ("--no-verify", args.no_verify)) if value]
+        if given:
+            raise ValueError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to "
+                             f"the plan.py targets ({', '.join(PLAN_TARGETS)}); "
+                             f"--target {args.target} writes an ONNX model")
+
+
 def compile_command(args) -> int:
     from .bind import select_spec
     from .build import CompileOptions, compile_model
 
+    check_options(args)
     started = time.perf_counter()
     config, ckpt, described = _model_source(args.model)
     spec_file = args.spec or select_spec(config)
     if args.target == "cpu":
         return _compile_onnx(args, config, ckpt, described, spec_file, started)
-    options = CompileOptions(target=args.target, max_tokens=args.max_tokens,
+    max_tokens = DEFAULT_MAX_TOKENS if args.max_tokens is None else args.max_tokens
+    options = CompileOptions(target=args.target, max_tokens=max_tokens,
                              plan_memory=not args.no_memory_plan, verify=not args.no_verify)
     folder, cached = compile_model(spec_file, config, ckpt, options, out_dir=args.out,
                                    use_cache=not args.force)
@@ -45,11 +69,16 @@ def compile_command(args) -> int:
     out = Path(args.out)
     if args.dump:
         shutil.copytree(out / "passes", args.dump, dirs_exist_ok=True)
-    print((out / "report.txt").read_text(), end="")
+    _print_report(out)
     print(f"model         {described}")
     print(f"{'cache hit' if cached else 'compiled'}     {folder} ({elapsed * 1000:.0f} ms in all)")
     print(f"wrote         {out}/plan.py, report.txt, memory.txt, memory.json, passes/")
     return 0
+
+
+def _print_report(out: Path) -> None:
+    text = (out / "report.txt").read_text()
+    print(text, end="" if text.endswith("\n") else "\n")
 
 
 def _compile_onnx(args, config, ckpt, described, spec_file, started) -> int:
@@ -73,7 +102,9 @@ def _compile_onnx(args, config, ckpt, described, spec_file, started) -> int:
         os.link(folder / "weights.bin", out / "weights.bin")
     except OSError:
         shutil.copy2(folder / "weights.bin", out / "weights.bin")
-    print((out / "report.txt").read_text(), end="")
+    if args.dump:
+        shutil.copytree(out / "passes", args.dump, dirs_exist_ok=True)
+    _print_report(out)
     print(f"model         {described}")
     print(f"{'cache hit' if cached else 'compiled'}     {folder} "
           f"({(time.perf_counter() - started) * 1000:.0f} ms in all)")
@@ -100,11 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "without a GPU)")
     p.add_argument("--quant", default="none", choices=["none", "int4", "int8"],
                    help="cpu target: weight quantization (default none = float32)")
-    p.add_argument("--max-tokens", type=int, default=2048,
-                   help="largest step (tokens) the workspace is planned for (default 2048)")
+    p.add_argument("--max-tokens", type=int,
+                   help=f"cpu-torch and cuda targets: largest step (tokens) the workspace is "
+                        f"planned for (default {DEFAULT_MAX_TOKENS})")
     p.add_argument("--no-memory-plan", action="store_true",
-                   help="give every value its own buffer (to bisect a planning bug)")
-    p.add_argument("--no-verify", action="store_true", help="skip the IR verifier between passes")
+                   help="cpu-torch and cuda targets: give every value its own buffer (to "
+                        "bisect a planning bug)")
+    p.add_argument("--no-verify", action="store_true",
+                   help="cpu-torch and cuda targets: skip the IR verifier between passes")
     p.add_argument("--force", action="store_true", help="recompile even if a cached plan exists")
     p.add_argument("--dump", metavar="DIR", help="also copy the IR after each pass "
                    "(00-parsed.txt, 01-fuse_qkv.txt, ...) into DIR")
@@ -112,13 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from rustinfer.runtime.checkpoint import CheckpointError
+
     args = build_parser().parse_args(argv)
     try:
         return compile_command(args)
-    except SpecError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, ValueError) as err:
+    except (SpecError, CheckpointError, ValueError, OSError) as err:
+        # the user's to fix (a bad --model, spec or option): one line, no traceback
         print(f"error: {err}", file=sys.stderr)
         return 2
 

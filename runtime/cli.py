@@ -1,4 +1,8 @@
-"""`rustinfer generate | chat | inspect`: the command-line front door."""
+"""`rustinfer serve | generate | chat | bench | inspect`: the command-line front door.
+
+Errors the user can fix (a bad --model, an option the target does not take, a target
+this machine cannot run) print one `error: ...` line and exit 2, without a traceback.
+"""
 from __future__ import annotations
 
 import argparse
@@ -43,15 +47,37 @@ def _params(args):
                           seed=args.seed, stop=args.stop)
 
 
+def cuda_problem() -> str | None:
+    """Why the cuda target cannot run on this machine (None: it can). Checked before a
+    model loads, so `--target cuda` without a GPU fails in one line, not deep in torch."""
+    import importlib.util
+
+    import torch
+
+    missing = []
+    if not torch.cuda.is_available():
+        missing.append(f"torch {torch.__version__} is a CPU-only build" if torch.version.cuda
+                       is None else f"torch {torch.__version__} sees no CUDA GPU")
+    if importlib.util.find_spec("triton") is None:
+        missing.append("triton is not installed")
+    if not missing:
+        return None
+    return ("the cuda target needs an NVIDIA GPU visible to torch, and triton (here "
+            f"{' and '.join(missing)}); use --target cpu")
+
+
 def _load(args, **llm_kwargs):
-    """The LLM the model arguments describe; cpu-only options are refused elsewhere."""
+    """The LLM the model arguments describe, after refusing options its target ignores."""
     from .llm import LLM
     from .targets import resolve_target
 
     target = resolve_target(args.target)
-    options = {k: v for k, v in (("quant", args.quant), ("threads", args.threads)) if v}
+    options = {k: v for k, v in (("quant", args.quant), ("threads", args.threads))
+               if v and v != "none"}
     if options and target != "cpu":
         raise ValueError(f"--quant and --threads apply to --target cpu (this run: {target})")
+    if target == "cuda" and (problem := cuda_problem()):
+        raise ValueError(problem)
     llm_kwargs.setdefault("max_model_len", args.max_model_len)
     return LLM(model=args.model, target=target, spec=args.spec, **llm_kwargs, **options)
 
@@ -130,17 +156,38 @@ def cmd_inspect(args) -> int:
         print(f"error: {folder} holds no compile output (report.txt); run "
               "`rustinfer-compile SPEC --model M --out DIR` first", file=sys.stderr)
         return 2
-    print(report.read_text(), end="")
-    if args.memory:
-        print((folder / "memory.txt").read_text(), end="")
-    if args.plan:
-        print((folder / "plan.py").read_text(), end="")
+    wanted = [name for name, flag in (("memory.txt", args.memory), ("plan.py", args.plan)) if flag]
+    if wanted and not (folder / "plan.py").exists() and (folder / "model.onnx").exists():
+        # rustinfer-compile --target cpu writes an ONNX model, not plan.py + memory.txt
+        print(f"error: {folder} holds a --target cpu (ONNX) compile: --plan and --memory apply "
+              "to plan.py targets (--target cpu-torch or cuda); here see "
+              f"{folder / 'graph.txt'} (the ONNX graph, node by node) and "
+              f"{folder / 'weights.txt'} (each weight's storage and quantization)",
+              file=sys.stderr)
+        return 2
+    missing = [name for name in wanted if not (folder / name).exists()]
+    if missing:
+        print(f"error: {folder} has no {' or '.join(missing)}; recompile it with "
+              "`rustinfer-compile SPEC --model M --out DIR`", file=sys.stderr)
+        return 2
+    for name in ("report.txt", *wanted):
+        text = (folder / name).read_text()
+        print(text, end="" if text.endswith("\n") else "\n")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rustinfer", description="Run LLMs from YAML specs.")
+    parser = argparse.ArgumentParser(
+        prog="rustinfer", description="Run LLMs from YAML specs.",
+        epilog="`rustinfer COMMAND --help` lists a command's options. ./run.sh with no "
+               "arguments runs `rustinfer serve`; rustinfer-compile compiles a spec.")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    # Parsed by rustinfer-serve itself (main() hands it the arguments); listed here for --help.
+    serve = sub.add_parser("serve", add_help=False,
+                           help="serve a model: OpenAI API + chat page on http://127.0.0.1:8000 "
+                                "(the same as rustinfer-serve; see `rustinfer serve --help`)")
+    serve.set_defaults(func=lambda args: _serve([]))
 
     gen = sub.add_parser("generate", help="answer one prompt, streaming the text",
                          description="Answer one prompt, streaming the text. Instruct models "
@@ -176,15 +223,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _serve(argv: list[str]) -> int:
+    from rustinfer.server.cli import serve_main
+
+    return serve_main(argv, prog="rustinfer serve")
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:
+        return _serve(argv[1:])
     args = build_parser().parse_args(argv)
     from rustinfer.compiler.errors import SpecError
 
+    from .checkpoint import CheckpointError
+
     try:
         return args.func(args)
-    except (SpecError, ValueError, FileNotFoundError) as err:
+    except (SpecError, CheckpointError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -89,6 +89,7 @@ def engine_main(argv: list[str] | None = None) -> int:
 
     directory = private_dir(args.socket_dir or default_socket_dir())
     try:
+        _check_target(args)
         model_path = resolve_model(args.model)
         log.info("engine: loading %s", model_path)
         # The name as given (an alias, or None for the default) lets the engine name the
@@ -155,18 +156,26 @@ async def _serve_http(args, address: str, process: subprocess.Popen | None) -> i
     failed = False
 
     async def watch_startup():
-        # An engine that dies while loading makes this server useless: stop it.
+        # An engine that dies while loading makes this server useless: stop it. Once the
+        # engine and the tokenizer are up and uvicorn listens, say that it is ready.
         nonlocal failed
-        while process is not None and not client.ever_ready:
-            if process.poll() is not None:
+        while not (state.ready and server.started):
+            if process is not None and not client.ever_ready and process.poll() is not None:
                 log.error("the engine exited while starting (code %s)", process.returncode)
                 failed = True
                 server.should_exit = True
                 return
             await asyncio.sleep(0.2)
+        log.info("ready on http://%s:%d", args.host, args.port)
 
     watcher = asyncio.create_task(watch_startup())
-    log.info("listening on http://%s:%d (engine: %s)", args.host, args.port, address)
+    # Not ready yet: the engine (under rustinfer-serve, a child still loading the model)
+    # answers later, and then this side loads the tokenizer; until then /health and the
+    # API say 503. watch_startup logs "ready on ..." once requests can be served.
+    log.info("starting on http://%s:%d (engine: %s); %s: the server answers 503 until it "
+             "logs 'ready on http://%s:%d'", args.host, args.port, address,
+             "loading the model" if process is not None else "waiting for the engine",
+             args.host, args.port)
     await server.serve()
     watcher.cancel()
     return 1 if failed or not server.started else 0
@@ -183,14 +192,52 @@ def _die_with_parent() -> None:
         pass  # not Linux: the engine's orphan checks still stop it
 
 
-def serve_main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="rustinfer-serve",
+def _check_target(args) -> None:
+    """Refuse, before any model loads, a --target that does not exist or that this machine
+    cannot run, and --quant / --threads with a target other than cpu (as `rustinfer
+    generate` does). "auto" is left to the engine: resolving it would initialize CUDA here."""
+    from rustinfer.runtime.targets import resolve_target
+
+    if args.target == "auto":
+        return
+    target = resolve_target(args.target)            # unknown names raise ValueError
+    if target != "cpu" and (args.quant not in (None, "none") or args.threads):
+        raise ValueError(f"--quant and --threads apply to --target cpu (this run: {target})")
+    if target == "cuda":
+        from rustinfer.runtime.cli import cuda_problem
+
+        if problem := cuda_problem():
+            raise ValueError(problem)
+
+
+def _preflight(args) -> None:
+    """What the engine child would fail on first, checked here so that rustinfer-serve
+    stops with one line before it starts anything: the target and a --model path (opened,
+    which reads only its header). An alias, or no --model, is left to the engine, which
+    fetches it once (with progress) into $RUSTINFER_CACHE."""
+    from rustinfer.runtime.checkpoint import open_checkpoint
+    from rustinfer.runtime.model_resolver import ALIASES, resolve_model
+
+    _check_target(args)
+    if args.model is not None and args.model.lower() not in ALIASES:
+        open_checkpoint(resolve_model(args.model)).close()
+
+
+def serve_main(argv: list[str] | None = None, prog: str = "rustinfer-serve") -> int:
+    p = argparse.ArgumentParser(prog=prog,
                                 description="Serve a model over the OpenAI API: starts the "
                                             "engine process and the HTTP server.")
     _engine_args(p)
     _http_args(p)
     _common(p)
     args = p.parse_args(argv)
+    from rustinfer.runtime.checkpoint import CheckpointError
+
+    try:
+        _preflight(args)
+    except (CheckpointError, OSError, ValueError) as e:   # the user's to fix: one line
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     _logging(args.log_level)
     directory = make_private_tempdir()
     cmd = [sys.executable, "-m", "rustinfer.server.cli", "engine", "--socket-dir", str(directory),

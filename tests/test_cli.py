@@ -53,8 +53,9 @@ def test_compile_for_the_cuda_target_needs_no_gpu(tiny_model, tmp_path, capsys):
 def test_compile_for_the_onnx_cpu_target(tiny_model, tmp_path, capsys):
     out = tmp_path / "onnx"
     assert compile_cli.main(["--model", str(tiny_model), "--target", "cpu", "--quant", "int4",
-                             "--out", str(out)]) == 0
+                             "--out", str(out), "--dump", str(tmp_path / "dump")]) == 0
     assert "MatMulNBits" in capsys.readouterr().out
+    assert (tmp_path / "dump" / "00-parsed.txt").exists()     # --dump works for cpu too
     import onnx
 
     import onnxruntime
@@ -63,6 +64,14 @@ def test_compile_for_the_onnx_cpu_target(tiny_model, tmp_path, capsys):
     assert any(n.op_type == "GroupQueryAttention" for n in model.graph.node)
     onnxruntime.InferenceSession(str(out / "model.onnx"))     # the folder stands on its own
     assert rustinfer_cli.main(["inspect", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "compile time" in shown and shown.endswith("\n")
+    # no plan.py / memory.txt here: inspect says where to look instead of a raw errno
+    assert rustinfer_cli.main(["inspect", str(out), "--plan"]) == 2
+    err = capsys.readouterr().err
+    assert "--plan and --memory apply to plan.py targets" in err
+    assert (out / "graph.txt").exists() and (out / "weights.txt").exists()
+    assert str(out / "graph.txt") in err and str(out / "weights.txt") in err
 
 
 def test_compile_reports_spec_errors_with_file_and_line(tiny_model, tmp_path, capsys):
@@ -110,6 +119,16 @@ def test_bench_reports_prefill_decode_and_batches(tiny_model, capsys):
              re.findall(r"^(prefill|decode|batch)\s.*?([\d.]+) tok/s", out, re.M)}
     assert set(rates) == {"prefill", "decode", "batch"} and min(rates.values()) > 0
     assert "over 5 steps" in out                              # 6 tokens: 1 from the prefill
+
+
+def test_compile_refuses_quant_for_a_plan_target(tiny_model, tmp_path, capsys):
+    """--quant lowers weights for ONNX Runtime: with the default target (cpu-torch) it would
+    be ignored, so it is refused, as `rustinfer generate` refuses it."""
+    out = tmp_path / "out"
+    assert compile_cli.main(["--model", str(tiny_model), "--quant", "int4", "--out",
+                             str(out)]) == 2
+    assert "--quant applies to --target cpu" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_bench_refuses_cpu_options_elsewhere(tiny_model, capsys):

@@ -1,0 +1,236 @@
+"""The CLIs' error paths, as a new user meets them: one `error: ...` line, exit 2, no
+traceback, before any model loads. Fast: no test here loads or compiles a model."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from rustinfer.compiler import cli as compile_cli
+from rustinfer.runtime import cli as rustinfer_cli
+from rustinfer.server import cli as server_cli
+
+BAD_MODELS = {
+    "missing path": ("/nonexistent/model", "no such file or folder"),
+    "alias unknown": ("no-such-alias", "one of the aliases: smollm2-135m-instruct"),
+    "folder without config": ("{tmp}", "this folder has no config.json"),
+    "file not gguf": ("{tmp}/notes.txt", "not a GGUF file"),
+}
+
+
+def _no_engine(*args, **kwargs):
+    raise AssertionError(f"an engine was started: {args}")
+
+
+def _one_error_line(err: str, *wanted: str) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for text in wanted:
+        assert text in err, (text, err)
+
+
+@pytest.fixture()
+def bad_model(request, tmp_path):
+    (tmp_path / "notes.txt").write_text("not a model\n")
+    model, message = BAD_MODELS[request.param]
+    return model.format(tmp=tmp_path), message
+
+
+@pytest.fixture()
+def no_gpu(monkeypatch):
+    """This machine as one without a CUDA GPU or triton, whatever it really has."""
+    import importlib.util
+
+    import torch
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "triton" else find_spec(name, *a))
+
+
+# ----------------------------------------------------------------- --model ---
+@pytest.mark.parametrize("bad_model", list(BAD_MODELS), indirect=True)
+@pytest.mark.parametrize("command", ["generate", "chat", "bench"])
+def test_a_bad_model_is_one_error_line(command, bad_model, capsys):
+    model, message = bad_model
+    argv = [command, "--model", model] + (["Hi"] if command == "generate" else [])
+    assert rustinfer_cli.main(argv) == 2
+    _one_error_line(capsys.readouterr().err, message, model)
+
+
+@pytest.mark.parametrize("bad_model", list(BAD_MODELS), indirect=True)
+def test_compile_a_bad_model_is_one_error_line(bad_model, tmp_path, capsys):
+    model, message = bad_model
+    assert compile_cli.main(["--model", model, "--out", str(tmp_path / "out")]) == 2
+    _one_error_line(capsys.readouterr().err, message)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("tool", ["rustinfer.runtime.cli", "rustinfer.compiler.cli"])
+def test_the_installed_commands_print_no_traceback(tool, tmp_path):
+    argv = ["generate", "Hi"] if tool.endswith("runtime.cli") else ["--out", str(tmp_path)]
+    out = subprocess.run([sys.executable, "-m", tool, *argv, "--model", "/nonexistent/model"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stdout == ""
+    _one_error_line(out.stderr, "/nonexistent/model: no such file or folder")
+
+
+# ------------------------------------------------------------------ --target ---
+def test_cuda_without_a_gpu_is_one_error_line_before_the_model_loads(no_gpu, capsys):
+    # the model does not exist either: the target is checked first, in a second
+    assert rustinfer_cli.main(["generate", "--target", "cuda", "--model", "/nonexistent",
+                               "Hi"]) == 2
+    _one_error_line(capsys.readouterr().err, "the cuda target needs an NVIDIA GPU visible to "
+                    "torch, and triton", "triton is not installed", "use --target cpu")
+
+
+def test_cuda_problem_names_what_is_missing(monkeypatch):
+    import importlib.util
+
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
+    assert rustinfer_cli.cuda_problem() is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert f"torch {torch.__version__}" in rustinfer_cli.cuda_problem()
+    assert "triton" not in rustinfer_cli.cuda_problem().split("(here")[1]
+
+
+# ---------------------------------------------------- rustinfer-compile options ---
+@pytest.mark.parametrize("argv, message", [
+    (["--quant", "int4"], "--quant applies to --target cpu (this run: cpu-torch)"),
+    (["--target", "cuda", "--quant", "int8"], "--quant applies to --target cpu (this run: cuda)"),
+    (["--target", "cpu", "--max-tokens", "64"], "--max-tokens applies to the plan.py targets"),
+    (["--target", "cpu", "--no-memory-plan", "--no-verify"],
+     "--no-memory-plan, --no-verify apply to the plan.py targets"),
+])
+def test_compile_refuses_options_its_target_ignores(argv, message, tmp_path, capsys):
+    # checked before the model is even resolved: /nonexistent is never looked at
+    assert compile_cli.main([*argv, "--model", "/nonexistent", "--out",
+                             str(tmp_path / "out")]) == 2
+    _one_error_line(capsys.readouterr().err, message)
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------ inspect ---
+def _fake_compile_output(folder, onnx: bool):
+    folder.mkdir()
+    (folder / "report.txt").write_text("passes        fuse_qkv x2\ncompile time  12 ms")  # no \n
+    if onnx:
+        for name in ("model.onnx", "graph.txt", "weights.txt"):
+            (folder / name).write_text("")
+    else:
+        (folder / "plan.py").write_text("# plan\n")
+    return folder
+
+
+def test_inspect_ends_the_report_with_a_newline(tmp_path, capsys):
+    folder = _fake_compile_output(tmp_path / "onnx", onnx=True)
+    assert rustinfer_cli.main(["inspect", str(folder)]) == 0
+    assert capsys.readouterr().out.endswith("compile time  12 ms\n")
+
+
+@pytest.mark.parametrize("flag", ["--plan", "--memory"])
+def test_inspect_plan_or_memory_of_an_onnx_folder_points_at_its_files(flag, tmp_path, capsys):
+    folder = _fake_compile_output(tmp_path / "onnx", onnx=True)
+    assert rustinfer_cli.main(["inspect", str(folder), flag]) == 2
+    captured = capsys.readouterr()
+    _one_error_line(captured.err, "--plan and --memory apply to plan.py targets",
+                    str(folder / "graph.txt"), str(folder / "weights.txt"))
+    assert "Errno" not in captured.err
+
+
+def test_inspect_names_a_missing_file_instead_of_an_errno(tmp_path, capsys):
+    folder = _fake_compile_output(tmp_path / "plan", onnx=False)
+    assert rustinfer_cli.main(["inspect", str(folder), "--plan", "--memory"]) == 2
+    _one_error_line(capsys.readouterr().err, "has no memory.txt")
+    assert rustinfer_cli.main(["inspect", str(folder), "--plan"]) == 0
+    assert capsys.readouterr().out == "passes        fuse_qkv x2\ncompile time  12 ms\n# plan\n"
+
+
+# -------------------------------------------------------------------- serve ---
+def test_rustinfer_help_lists_serve(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        rustinfer_cli.main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "{serve,generate,chat,bench,inspect}" in out and "rustinfer-serve" in out
+
+
+def test_rustinfer_serve_is_rustinfer_serves_parser(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        rustinfer_cli.main(["serve", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: rustinfer serve") and "--port" in out and "--api-key" in out
+
+
+@pytest.mark.parametrize("bad_model", list(BAD_MODELS), indirect=True)
+@pytest.mark.parametrize("entry", ["rustinfer serve", "rustinfer-serve"])
+def test_serve_a_bad_model_fails_before_starting(entry, bad_model, monkeypatch, capsys):
+    model, message = bad_model
+    monkeypatch.setattr(server_cli.subprocess, "Popen", _no_engine)
+    argv = ["--model", model, "--port", "1"]
+    code = (rustinfer_cli.main(["serve", *argv]) if entry == "rustinfer serve"
+            else server_cli.serve_main(argv))
+    assert code == 2
+    captured = capsys.readouterr()
+    _one_error_line(captured.err, message)
+    assert "starting on" not in captured.err + captured.out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--target", "bogus"], "unknown target 'bogus'"),
+    (["--target", "cpu-torch", "--quant", "int4"], "--quant and --threads apply to --target cpu"),
+    (["--target", "cuda"], "the cuda target needs an NVIDIA GPU"),
+])
+def test_serve_refuses_a_target_it_cannot_run(argv, message, no_gpu, monkeypatch, capsys):
+    monkeypatch.setattr(server_cli.subprocess, "Popen", _no_engine)
+    assert server_cli.serve_main([*argv, "--port", "1"]) == 2
+    _one_error_line(capsys.readouterr().err, message)
+
+
+def test_serve_subprocess_bad_model_exits_at_once_without_listening():
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "rustinfer.server.cli", "serve", "--model",
+                          "/nonexistent/model", "--port", "1"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stdout == ""
+    _one_error_line(out.stderr, "/nonexistent/model: no such file or folder")
+    assert time.monotonic() - started < 60
+
+
+def test_http_side_says_starting_then_ready(tmp_path, smollm2_gguf):
+    """The first line does not read as ready; 'ready on' comes once requests are served."""
+    import httpx
+    from test_server_support import FakeStack, free_port, wait_healthy
+
+    stack = FakeStack(tmp_path, smollm2_gguf)
+    port = free_port()
+    log = tmp_path / "server.log"
+    proc = subprocess.Popen([sys.executable, "-m", "rustinfer.server.cli", "server",
+                             "--socket-dir", str(tmp_path / "sock"), "--port", str(port)],
+                            stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                            env={**os.environ})
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", 120, proc)
+        deadline = time.monotonic() + 10
+        while "ready on" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        text = log.read_text()
+        assert "listening on" not in text
+        starting = text.index(f"starting on http://127.0.0.1:{port}")
+        assert "answers 503 until it logs 'ready on" in text[starting:].splitlines()[0]
+        assert text.index(f"ready on http://127.0.0.1:{port}") > starting
+        assert httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        stack.close()
