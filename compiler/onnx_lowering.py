@@ -67,6 +67,7 @@ class _Lowering:
         self.emitted_splits: set[str] = set()
         self.rotated: dict[str, dict] = {}                 # rope_kv_write output -> pending GQA
         self.uses_positions = False
+        self.rows_only: set[str] = set()   # IR values that are [R, D] (after gather_rows), not [B, S, D]
         # "logits" names the graph output; an IR value of that name that is not the output
         # (Gemma 2's logits before their soft-cap) is renamed inside the ONNX graph.
         out = graph.outputs[0]
@@ -280,6 +281,8 @@ def lower(graph: Graph, store: WeightStore) -> onnx.ModelProto:
             raise UnsupportedOp(f"op '{node.op}' (node {node.name}) with attribute(s) "
                                 f"{sorted(unknown)} has no ONNX lowering")
         getattr(low, node.op)(node)
+        if node.op == "gather_rows" or any(i in low.rows_only for i in node.inputs):
+            low.rows_only.update(o for o in node.outputs if o)
     if low.rotated:
         raise UnsupportedOp(f"rope_kv_write without cached_attention: {sorted(low.rotated)}")
 

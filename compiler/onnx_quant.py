@@ -1,33 +1,32 @@
 """Weights for ONNX Runtime's MatMulNBits: quantize float matrices, or transcode GGUF blocks.
 
 MatMulNBits (com.microsoft) computes A @ dequant(B).T where B is [N, K] in
-blocks of 32 along K:
+blocks of `block` (32, or 16 for Q6_K) along K:
 
-    B           uint8 [N, nb, 32 * bits / 8]   element 2i in the low nibble of byte i (4-bit)
+    B           uint8 [N, nb, block * bits / 8]   element 2i in the low nibble of byte i (4-bit)
     scales      float [N, nb]
     zero_points uint8 [N, ceil(nb * bits / 8)] (4-bit: two per byte, low nibble first)
     value       = scale * (q - zero_point)
 
-GGUF blocks are the same 32 elements along the row, so a row of Q4_0 / Q8_0
-blocks maps onto MatMulNBits blocks one to one, bit-exactly:
-
-    Q4_0  [d fp16][16 bytes: element j low nibble, element j+16 high]  value d * (q - 8)
-    Q8_0  [d fp16][32 x int8]                                          value d * q
-    Q4_1  [d fp16][m fp16][16 bytes like Q4_0]                         value d * q + m
-
-Q4_1's offset m is not an integer multiple of d, and MatMulNBits' CPU fast path
-takes only integer zero points (NOTE, measured with onnxruntime 1.32 on 2
-threads, a 576 x 12288 matrix: uint8 zero points 110 us, float zero points
-7,000 us). `transcode` therefore returns Q4_1 as its 4-bit codes with the
-nearest integer zero point z = round(-m / d), plus the residual offsets
-r = m + d * z [N, nb] (|r| <= d / 2); the lowering adds the exact correction
-sum_b r[n, b] * sum(A[k in block b]) with one small MatMul.
+GGUF blocks (gguf_blocks.py decodes each type to value = scale * code + offset)
+run along the row too, so a row of blocks maps onto MatMulNBits blocks one to
+one: 4-bit codes (Q4_0, Q4_1, Q4_K) as 4-bit, 5- to 8-bit codes (Q5_0, Q5_1,
+Q5_K, Q6_K, Q8_0) as 8-bit, with the zero point z = round(-offset / scale).
+Where the offset is not an integer multiple of the scale (Q4_1, Q5_1, and the
+K-quants' mins), the residual r = offset + scale * z (|r| <= scale / 2) is kept
+as `offsets`, and the lowering adds the exact correction sum_b r[n, b] *
+sum(A[k in block b]) with one small MatMul: MatMulNBits' CPU fast path takes
+only integer zero points (NOTE, measured with onnxruntime 1.32 on 2 threads, a
+576 x 12288 matrix: uint8 zero points 110 us, float zero points 7,000 us).
+Nothing is rounded: dequantize() equals gguf's decoder up to float32 rounding.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+
+from .gguf_blocks import decode
 
 BLOCK = 32
 
@@ -38,26 +37,29 @@ class NBitsWeight:
     bits: int
     k: int                              # logical K (the last block may be padded)
     n: int
-    packed: np.ndarray                  # uint8 [N, nb, BLOCK * bits // 8]
+    packed: np.ndarray                  # uint8 [N, nb, block * bits // 8]
     scales: np.ndarray                  # float32 [N, nb]
     zero_points: np.ndarray | None      # uint8, packed as MatMulNBits wants; None: 2**(bits-1)
-    offsets: np.ndarray | None = None   # float32 [N, nb]: Q4_1's m, added by a correction MatMul
+    offsets: np.ndarray | None = None   # float32 [N, nb]: residual offsets, added by a correction MatMul
     origin: str = ""                    # "quantized from float32", "transcoded from Q4_0", ...
+    block: int = BLOCK                  # elements per block along K (MatMulNBits' block_size)
 
     def dequantize(self) -> np.ndarray:
         """float32 [N, K]: what MatMulNBits computes with (for tests and reports)."""
-        q = unpack(self.packed, self.bits).astype(np.float32)            # [N, nb, 32]
-        nb = q.shape[1]
-        if self.zero_points is None:
-            zp = np.full((self.n, nb), 2 ** (self.bits - 1), np.float32)
-        elif self.bits == 4:
-            zp = unpack(self.zero_points[:, :, None], 4).reshape(self.n, -1)[:, :nb]
-        else:
-            zp = self.zero_points.astype(np.float32)
-        w = (q - zp[..., None].astype(np.float32)) * self.scales[..., None]
+        q = unpack(self.packed, self.bits).astype(np.float32)            # [N, nb, block]
+        w = (q - self.zero_point_values()[..., None].astype(np.float32)) * self.scales[..., None]
         if self.offsets is not None:
             w = w + self.offsets[..., None]
         return w.reshape(self.n, -1)[:, :self.k]
+
+    def zero_point_values(self) -> np.ndarray:
+        """uint8 [N, nb]: every block's zero point, unpacked (the default where none is stored)."""
+        nb = self.scales.shape[1]
+        if self.zero_points is None:
+            return np.full((self.n, nb), 2 ** (self.bits - 1), np.uint8)
+        if self.bits == 4:
+            return unpack(self.zero_points[:, :, None], 4).reshape(self.n, -1)[:, :nb]
+        return self.zero_points
 
 
 def unpack(packed: np.ndarray, bits: int) -> np.ndarray:
@@ -109,39 +111,54 @@ def quantize(w: np.ndarray, bits: int) -> NBitsWeight:
 
 def transcode(qtype: str, raw: np.ndarray, k: int) -> NBitsWeight:
     """GGUF blocks of one [N, K] matrix (uint8 [N, bytes per row], HF row order) -> NBitsWeight."""
-    n = raw.shape[0]
-    nb = k // BLOCK
-    if qtype == "Q4_0":
-        blocks = raw.reshape(n, nb, 18)
-        d = blocks[..., :2].copy().view(np.float16)[..., 0].astype(np.float32)
-        return NBitsWeight(4, k, n, _gguf_nibbles(blocks[..., 2:]), d, None,
-                           origin="transcoded from Q4_0")
-    if qtype == "Q4_1":
-        blocks = raw.reshape(n, nb, 20)
-        d = blocks[..., :2].copy().view(np.float16)[..., 0].astype(np.float32)
-        m = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32)
-        # The nearest integer zero point centres the codes (so int8 activations do not
-        # lose the result to cancellation); the residual offset |r| <= d/2 stays exact.
-        zp = np.clip(np.rint(-m / np.where(d == 0, 1, d)), 0, 15).astype(np.uint8)
-        residual = (m + d * zp).astype(np.float32)
-        if nb % 2:
-            zp = np.concatenate([zp, np.zeros((n, 1), np.uint8)], axis=1)
-        return NBitsWeight(4, k, n, _gguf_nibbles(blocks[..., 4:]), d, _pack4(zp),
-                           offsets=residual, origin="transcoded from Q4_1")
-    if qtype == "Q8_0":
-        blocks = raw.reshape(n, nb, 34)
-        d = blocks[..., :2].copy().view(np.float16)[..., 0].astype(np.float32)
-        q = (blocks[..., 2:].view(np.int8).astype(np.int16) + 128).astype(np.uint8)
-        # zero point 128 for every block: MatMulNBits' default for 8 bits, so none is
-        # stored (a byte per block less to read)
-        return NBitsWeight(8, k, n, q, d, None, origin="transcoded from Q8_0")
-    raise ValueError(f"no transcoding from GGUF {qtype} to MatMulNBits")
+    a = decode(qtype, raw, k)
+    bits = 4 if a.bits <= 4 else 8
+    safe = np.where(a.scale == 0, 1, a.scale)
+    # The nearest integer zero point centres the codes (so int8 activations do not lose
+    # the result to cancellation); the residual offset |r| <= scale / 2 stays exact.
+    zp = np.clip(np.rint(-a.offset / safe), 0, 2 ** bits - 1).astype(np.uint8)
+    residual = (a.offset + a.scale * zp).astype(np.float32)
+    n = a.codes.shape[0]
+    return _build(bits, k, a.codes.reshape(n, -1, a.block), a.scale, zp, residual, a.block,
+                  f"transcoded from {qtype}")
 
 
-TRANSCODABLE = {"Q4_0": 4, "Q4_1": 4, "Q8_0": 8}
+def _build(bits, k, codes, scales, zp, residual, block, origin) -> NBitsWeight:
+    """NBitsWeight from unpacked codes [N, nb, block] and zero points [N, nb]: stores no
+    zero points when all are the default, no offsets when every residual is 0."""
+    n, nb = scales.shape
+    packed = _pack4(codes) if bits == 4 else codes.astype(np.uint8)
+    if (zp == 2 ** (bits - 1)).all():
+        zero_points = None
+    elif bits == 4:
+        zero_points = _pack4(zp if nb % 2 == 0 else np.concatenate([zp, np.zeros((n, 1), np.uint8)], 1))
+    else:
+        zero_points = zp.astype(np.uint8)
+    offsets = residual if residual is not None and residual.any() else None
+    return NBitsWeight(bits, k, n, np.ascontiguousarray(packed), scales.astype(np.float32),
+                       zero_points, offsets, origin, block)
 
 
-def _gguf_nibbles(qs: np.ndarray) -> np.ndarray:
-    """GGUF's 16 bytes (element j low, j+16 high) -> MatMulNBits' (element 2i low, 2i+1 high)."""
-    values = np.concatenate([qs & 0x0F, qs >> 4], axis=-1)   # [N, nb, 32] in element order
-    return _pack4(values)
+def concat_rows(parts: list[NBitsWeight]) -> NBitsWeight:
+    """Stack matrices with the same K along N (a fused q|k|v or gate|up), exactly: parts
+    stored differently (Q4_K next to Q6_K) are widened to the most bits and the
+    smallest block, which represent every part's values unchanged."""
+    bits, block = max(p.bits for p in parts), min(p.block for p in parts)
+    codes, scales, zps, residuals = [], [], [], []
+    for p in parts:
+        c, z, r = unpack(p.packed, p.bits), p.zero_point_values(), p.offsets
+        r = np.zeros_like(p.scales) if r is None else r
+        split = p.block // block                    # 32 -> 16: each block becomes two
+        codes.append(c.reshape(p.n, -1, block))
+        scales.append(np.repeat(p.scales, split, axis=1))
+        zps.append(np.repeat(z, split, axis=1))
+        residuals.append(np.repeat(r, split, axis=1))
+    origins = "+".join(dict.fromkeys(p.origin.removeprefix("transcoded from ") for p in parts))
+    return _build(bits, parts[0].k, np.concatenate(codes), np.concatenate(scales),
+                  np.concatenate(zps), np.concatenate(residuals), block, f"transcoded from {origins}")
+
+
+# MatMulNBits bits each GGUF block type is stored with
+TRANSCODABLE = {"Q4_0": 4, "Q4_1": 4, "Q4_K": 4, "Q5_0": 8, "Q5_1": 8, "Q5_K": 8, "Q6_K": 8,
+                "Q8_0": 8}
+

@@ -9,8 +9,10 @@ small ones stay inline. The protobuf never holds the weights, so models past
 protobuf's 2 GB limit lower the same way.
 
 Quant modes for linear weights: "none" (float32), "int4", "int8". With a GGUF
-checkpoint whose blocks are Q4_0 / Q4_1 / Q8_0, the blocks are transcoded (see
-onnx_quant) rather than dequantized and quantized again.
+checkpoint whose blocks are Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0 / Q4_K / Q5_K / Q6_K,
+the blocks are transcoded (see onnx_quant) rather than dequantized and quantized
+again; a fused weight whose parts differ in type (Q4_K q|k next to a Q6_K v) is
+widened to one form that holds every part exactly.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from onnx import TensorProto, numpy_helper
 from rustinfer.kernels.rope_tables import cos_sin
 
 from .ir import Graph, Node
-from .onnx_quant import TRANSCODABLE, NBitsWeight, quantize, transcode
+from .onnx_quant import TRANSCODABLE, NBitsWeight, concat_rows, quantize, transcode
 
 MS = "com.microsoft"
 _INLINE_BYTES = 1024
@@ -136,21 +138,28 @@ class WeightStore:
         self.report.append(f"{name:<56} MatMulNBits {nbits.bits}-bit [{n}, {k}] {nbits.origin}")
         main = low.tmp(node.name, "MatMulNBits") if nbits.offsets is not None else y
         low.emit("MatMulNBits", ins, [main], node.name, domain=MS, K=k, N=n, bits=nbits.bits,
-                 block_size=32, accuracy_level=self.accuracy_level)
+                 block_size=nbits.block, accuracy_level=self.accuracy_level)
         if nbits.offsets is not None:
             self._offset_correction(low, node, x, nbits, main, y)
 
     def _offset_correction(self, low, node: Node, x: str, w: NBitsWeight, main: str, y: str):
-        """Q4_1's per-block offsets m, exactly: y = main + blocksum(x) @ m.T.
+        """The residual per-block offsets r (Q4_1's m, a K-quant's mins), exactly:
+        y = main + blocksum(x) @ r.T.
 
-            x [B,S,K] -> Reshape [B,S,nb,32] -> ReduceSum(-1) -> [B,S,nb] -> MatMul m.T [nb,N]
-                                                                              -> Add(main)
+            x [B,S,K] -> Reshape [B,S,nb,block] -> ReduceSum(-1) -> [B,S,nb] -> MatMul r.T [nb,N]
+            (the LM head's x is [R,K]: the same without S)
+                                                                                 -> Add(main)
+        NOTE measured (SmolLM2 Q4_1 int4, one decode step, A/B in one process, 2 threads):
+        these 4 ops per linear cost ~15% of the step. Not faster: block sums as one
+        MatMul with a 0/1 matrix; the graph in 2-D with Gemm(sums, r.T, main) (2 ops per
+        linear); r.T as an 8-bit MatMulNBits (perplexity +0.5%).
         """
         nb = w.offsets.shape[1]
-        base = f"{node.name}/q4_1_offsets"
-        shape = self.int64(f"{base}/shape", [0, 0, nb, 32])
+        base = f"{node.name}/block_offsets"
+        lead = 1 if node.inputs[0] in low.rows_only else 2      # the head's [R] or [B, S]
+        shape = self.int64(f"{base}/shape", [0] * lead + [nb, w.block])
         axes = self.int64(f"{base}/axes", [-1])
-        m_t = self.add(f"{node.inputs[1]}/q4_1_offsets/T", np.ascontiguousarray(w.offsets.T))
+        m_t = self.add(f"{node.inputs[1]}/block_offsets/T", np.ascontiguousarray(w.offsets.T))
         self.bytes_per_token += w.offsets.nbytes
         blocks = low.emit("Reshape", [x, shape], [low.tmp(base, "Reshape")], base)
         sums = low.emit("ReduceSum", [blocks, axes], [low.tmp(base, "ReduceSum")], base, keepdims=0)
@@ -163,10 +172,12 @@ class WeightStore:
         value = self.g.values[name]
         sources = [value.source] if value.derive is None else list(value.derive[1])
         whole_rows = value.derive is None or value.derive[:1] + value.derive[2:] == ("concat", 0)
-        types = {self.ckpt.dtype(s) for s in sources}
-        if self.ckpt.format == "gguf" and len(types) == 1 and whole_rows:
-            qtype = types.pop()
-            if qtype in TRANSCODABLE and (self.quant == "int4" or TRANSCODABLE[qtype] == 8):
-                raw = np.concatenate([self.ckpt.raw(s)[1] for s in sources], axis=0)
-                return transcode(qtype, raw, value.shape[1])
+        types = [self.ckpt.dtype(s) for s in sources]
+        if self.ckpt.format == "gguf" and whole_rows and all(t in TRANSCODABLE for t in types):
+            # int4 keeps every GGUF block as it is (4-bit codes in 4 bits, wider ones in 8);
+            # int8 only the 8-bit ones (anything else is quantized again below)
+            if self.quant == "int4" or all(TRANSCODABLE[t] == 8 for t in types):
+                parts = [transcode(t, self.ckpt.raw(s)[1], value.shape[1])
+                         for t, s in zip(types, sources)]
+                return parts[0] if len(parts) == 1 else concat_rows(parts)
         return quantize(self.f32(name), 4 if self.quant == "int4" else 8)

@@ -106,3 +106,57 @@ def test_smollm2_int4_int8_activations_track_fp32(smollm2_gguf, tmp_path, monkey
     agree = float((want.argmax(-1) == got.argmax(-1)).mean())
     assert agree >= 0.9, agree
     assert not close(got, want, tol=1e-4)          # int8 activations really were used
+
+
+def test_gguf_kquants_and_mixed_blocks_transcoded_exactly(tmp_path, monkeypatch):
+    """A GGUF as llama.cpp's Q4_K_M / Q5_K_M files are: K-quants next to Q5_0 / Q5_1 / Q8_0,
+    and a fused q|k|v or gate|up whose parts differ in type. int4 keeps every block (none
+    is quantized again): with float32 activations it computes the fp32 (dequantized)
+    model's logits."""
+    import numpy as np
+    from gguf import GGMLQuantizationType as Q
+
+    from test_checkpoint_gguf import random_kquant_blocks, random_state_dict, tiny_config, write_gguf
+
+    monkeypatch.setenv("RUSTINFER_CACHE", str(tmp_path / "cache"))
+    cfg = tiny_config(hidden_size=256, intermediate_size=256, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=64)
+    kinds = [{"q_proj": Q.Q4_K, "k_proj": Q.Q4_K, "v_proj": Q.Q6_K, "o_proj": Q.Q4_K,
+              "gate_proj": Q.Q5_0, "up_proj": Q.Q5_1, "down_proj": Q.Q6_K},
+             {"q_proj": Q.Q5_K, "k_proj": Q.Q5_K, "v_proj": Q.Q8_0, "o_proj": Q.Q5_1,
+              "gate_proj": Q.Q4_K, "up_proj": Q.Q4_K, "down_proj": Q.Q4_0}]
+    glob = {"embed_tokens": Q.Q6_K, "lm_head": Q.Q5_K}
+
+    def qtype(hf):
+        if hf.startswith("model.layers."):
+            layer = kinds[int(hf.split(".")[2])]
+            return next((q for part, q in layer.items() if f".{part}." in hf), Q.F32)
+        return next((q for part, q in glob.items() if part in hf), Q.F32)
+
+    rng = np.random.default_rng(0)
+    sd = random_state_dict(cfg)
+    tensors = {hf: random_kquant_blocks(rng, *v.shape, qtype(hf)) if qtype(hf).name.endswith("_K")
+               else v for hf, v in sd.items()}
+    path = tmp_path / "mixed.gguf"
+    write_gguf(path, cfg, tensors, lambda hf, v: qtype(hf) if v.ndim == 2 else Q.F32)
+
+    fp32 = load(path, "cpu")
+    int4 = load(path, "cpu", quant="int4", accuracy_level=0)
+    report = dict(line.split(None, 1) for line in (int4.plan_dir / "weights.txt").read_text()
+                  .splitlines())
+    stored = {name: (desc.split()[1], desc.rsplit(" ", 1)[1]) for name, desc in report.items()}
+    layer = "model.layers.{}.{}.weight".format
+    assert stored == {
+        layer(0, "self_attn.q+k+v_proj"): ("8-bit", "Q4_K+Q6_K"),   # widened to hold the Q6_K v
+        layer(0, "self_attn.o_proj"): ("4-bit", "Q4_K"),
+        layer(0, "mlp.gate+up_proj"): ("8-bit", "Q5_0+Q5_1"),
+        layer(0, "mlp.down_proj"): ("8-bit", "Q6_K"),
+        layer(1, "self_attn.q+k+v_proj"): ("8-bit", "Q5_K+Q8_0"),
+        layer(1, "self_attn.o_proj"): ("8-bit", "Q5_1"),
+        layer(1, "mlp.gate+up_proj"): ("4-bit", "Q4_K"),
+        layer(1, "mlp.down_proj"): ("4-bit", "Q4_0"),
+        "lm_head.weight": ("8-bit", "Q5_K")}
+    tokens = ids(64, 30, 9)
+    got, want = score(int4, tokens, [0, 1]), score(fp32, tokens, [0, 1])
+    assert close(got, want)
+    assert greedy(int4, tokens[:5], 10, [0, 1]) == greedy(fp32, tokens[:5], 10, [0, 1])
