@@ -3,11 +3,20 @@
 Generation routes live in chat.py and completions.py; this file wires them up
 with the small routes (models, health, metrics, tokenizer endpoints for
 lm-evaluation-harness) and the static chat page.
+
+When the engine process this server started dies (after it was ready), the
+server shuts down, as vLLM's does, so that a supervisor (systemd, Kubernetes)
+restarts the whole service rather than leaving it answering 503 forever: the
+in-flight requests have already ended with an error (engine_client.py), then
+`on_engine_lost` runs, by default stopping uvicorn as a Ctrl-C would.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import signal
+import threading
 import time
 from importlib.resources import files
 
@@ -22,24 +31,30 @@ from .completions import create_completion
 from .errors import OpenAIError, error_response, install_error_handlers, invalid
 from .metrics import CONTENT_TYPE
 from .middleware import ApiKeyMiddleware, BodyLimitMiddleware, read_body
-from .openai_types import DetokenizeRequest, TokenizeRequest, parse_body
+from .openai_types import DetokenizeRequest, TokenizeRequest, check_messages, parse_body
 from .state import ServerState, decode, encode
 
+log = logging.getLogger("rustinfer.server")
 WEB_DIR = files("rustinfer.server") / "web"
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 
 
 def create_app(state: ServerState, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-               on_shutdown=None) -> FastAPI:
+               on_shutdown=None, on_engine_lost=None) -> FastAPI:
+    """`on_engine_lost()`: called once when the engine process this server started has
+    died after being ready; it should stop the server with a non-zero exit status.
+    None: stop uvicorn as SIGINT does (when it runs in the main thread)."""
     started = int(time.time())
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
         await state.client.start()
         loader = asyncio.create_task(state.load_tokenizer_when_ready())
+        watcher = asyncio.create_task(_stop_when_engine_lost(state, on_engine_lost))
         try:
             yield
         finally:
+            watcher.cancel()
             loader.cancel()
             await state.client.close()
             state.pool.shutdown(wait=False, cancel_futures=True)
@@ -108,6 +123,7 @@ def create_app(state: ServerState, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYT
         if req.prompt is not None:
             ids = await state.run_blocking(encode, tok, req.prompt, req.add_special_tokens)
         else:
+            check_messages(req.messages)
             messages = [m.model_dump(exclude_none=True) for m in req.messages]
             try:
                 text = await state.run_blocking(tok.apply_chat_template, messages,
@@ -147,3 +163,30 @@ def create_app(state: ServerState, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYT
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
     app.add_middleware(ApiKeyMiddleware, api_key=state.api_key)  # outermost: checked first
     return app
+
+
+async def _stop_when_engine_lost(state: ServerState, on_engine_lost) -> None:
+    client = state.client
+    await client.lost.wait()
+    if not client.ever_ready:
+        return   # died while loading: the command that started it reports that (cli.py)
+    log.error("the engine process is gone (%s): shutting the server down so that its "
+              "supervisor can restart it", client.dead_reason)
+    (on_engine_lost or _interrupt_uvicorn)()
+
+
+def _interrupt_uvicorn() -> None:
+    """Stop the uvicorn server of this process as Ctrl-C does: it drains, then the
+    SIGINT reaches the previous handler (KeyboardInterrupt), and the process exits
+    with a non-zero status. Only when uvicorn owns SIGINT here (it runs in the main
+    thread); an embedding that runs it elsewhere must pass on_engine_lost."""
+    handler = signal.getsignal(signal.SIGINT)
+    owner = getattr(handler, "__self__", None)
+    if (threading.current_thread() is not threading.main_thread()
+            or not type(owner).__module__.startswith("uvicorn")):
+        log.error("cannot stop this server by itself (uvicorn does not handle SIGINT "
+                  "here): pass create_app(on_engine_lost=...)")
+        return
+    if getattr(owner, "should_exit", False):
+        return   # already shutting down (a SIGTERM that stopped the engine too): let it drain
+    signal.raise_signal(signal.SIGINT)

@@ -8,6 +8,12 @@ no choices when stream_options.include_usage; `data: [DONE]`. With tools on,
 a choice's output is held back until its first characters say whether it is a
 tool call: content is then streamed as usual, a call is sent as tool_calls
 when complete (its arguments must parse as a whole).
+
+A forced call (tool_choice "required" or named) is started in the prompt
+(tools.py): the chosen start's tokens become the end of the prompt, and its
+text the start of the answer. A choice whose calls are complete ends there
+(finish_reason "tool_calls"); the engine request is aborted once every choice
+has ended, instead of generating whatever the model would write after a call.
 """
 from __future__ import annotations
 
@@ -21,15 +27,16 @@ from rustinfer.runtime.chat_template import ChatTemplateError
 from . import sse, tools
 from .completions import engine_failure, respond
 from .engine_client import EngineDead
-from .errors import invalid
+from .errors import OpenAIError, invalid
 from .middleware import read_body
 from .logprobs import chat_logprobs
-from .openai_types import ChatCompletionRequest, build_params, context_error, parse_body
-from .state import ServerState, encode
+from .openai_types import (ChatCompletionRequest, build_params, check_chat_request, context_error,
+                           parse_body, pick_params)
+from .state import ServerState, encode_many
 
 
-def render_chat(tokenizer, req: ChatCompletionRequest, prefix: str) -> list[int]:
-    """Prompt token ids for the conversation (runs on the tokenization pool)."""
+def render_chat(tokenizer, req: ChatCompletionRequest) -> str:
+    """The prompt text for the conversation (runs on the tokenization pool)."""
     messages = [m.model_dump(exclude_none=True) for m in req.messages]
     use_tools = [t.model_dump(exclude_none=True) for t in req.tools or []]
     if req.tool_choice == "none":
@@ -39,51 +46,97 @@ def render_chat(tokenizer, req: ChatCompletionRequest, prefix: str) -> list[int]
     if req.continue_final_message:
         kwargs["continue_final_message"] = True
     try:
-        text = tokenizer.apply_chat_template(
+        return tokenizer.apply_chat_template(
             messages, add_generation_prompt=req.add_generation_prompt and not req.continue_final_message,
             tools=template_tools, **kwargs)
     except ChatTemplateError as e:
         raise invalid(f"the chat template refused these messages: {e}", "messages") from None
     except (TypeError, KeyError) as e:
         raise invalid(f"the messages do not fit the chat template: {e}", "messages") from None
+
+
+def render_prompts(tokenizer, req: ChatCompletionRequest, starts: list[str]) -> list[list[int]]:
+    """Prompt token ids, one list per possible start of the answer."""
+    text = render_chat(tokenizer, req)
     # No special tokens added: the template already wrote BOS (as encode_chat does).
-    return encode(tokenizer, text + prefix, add_special_tokens=False)
+    return encode_many(tokenizer, [text + s for s in starts], add_special_tokens=False)
 
 
 async def create_chat_completion(state: ServerState, request: Request):
     req = parse_body(await read_body(request), ChatCompletionRequest)
     state.check_model(req.model)
     state.require_ready()
+    check_chat_request(req)
     if req.top_logprobs is not None and not req.logprobs:
         raise invalid("top_logprobs needs logprobs: true", "top_logprobs")
-    if req.max_tokens == 0:
-        raise invalid("max_tokens must be at least 1", "max_tokens")
     fmt = (req.response_format or {}).get("type", "text")
     if fmt != "text":
         raise invalid(f"response_format {fmt!r} is not supported (only 'text')", "response_format")
     tool_list = [t.model_dump(exclude_none=True) for t in req.tools or []]
     if req.tool_choice not in (None, "none", "auto") and not tool_list:
         raise invalid("tool_choice needs tools", "tool_choice")
-    prefix = tools.tool_prefix(tool_list, req.tool_choice)
+    tools.check_tools(tool_list)
+    forced = tools.forced_names(tool_list, req.tool_choice)
+    starts = tools.call_starts(tool_list, forced) if forced else [(None, "")]
     slot = state.admit()
     streams = []
     try:
-        ids = await state.run_blocking(render_chat, state.tokenizer, req, prefix)
+        run_id = f"chatcmpl-{uuid.uuid4().hex}"
+        prompts = await state.run_blocking(render_prompts, state.tokenizer, req,
+                                           [text for _, text in starts])
         limit = state.max_model_len
-        if len(ids) >= limit:
-            raise context_error(len(ids), limit, "messages")
+        longest = max(len(p) for p in prompts)
+        if longest >= limit:
+            raise context_error(longest, limit, "messages")
+        k = 0 if len(prompts) == 1 else await _pick(state, req, run_id, prompts)
+        ids, (forced_name, prefix) = prompts[k], starts[k]
         wanted = req.max_completion_tokens or req.max_tokens or limit
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
         params = build_params(req, max_tokens=max(1, min(wanted, limit - len(ids))),
                               vocab_size=state.vocab_size, logprobs=logprobs)
-        run = _Chat(state, req, len(ids), prefix,
-                    tools_on=bool(tool_list) and req.tool_choice != "none")
+        tools_on = bool(tool_list) and req.tool_choice != "none"
+        declared = {t["function"]["name"]: t["function"].get("parameters") for t in tool_list}
+        one_call = isinstance(req.tool_choice, dict) or not req.parallel_tool_calls
+        run = _Chat(state, req, run_id, len(ids), prefix, tools_on, declared,
+                    max_calls=1 if one_call else None, forced_name=forced_name)
         streams = await state.submit(run.id, [ids], params)
     except BaseException:
         state.abort_soon(streams)
         slot.release()
         raise
     return await respond(state, request, req.stream, run, streams, slot)
+
+
+async def _pick(state: ServerState, req: ChatCompletionRequest, run_id: str,
+                prompts: list[list[int]]) -> int:
+    """Which forced start the model chooses (tools.pick_start), one engine request per
+    token it has to decide. One choice for all n choices of the request."""
+    steps = 0
+
+    async def sample(prefix_ids: list[int], allowed: set[int]) -> int:
+        nonlocal steps
+        steps += 1
+        streams = await state.submit(f"{run_id}-pick{steps}", [prefix_ids],
+                                     pick_params(req, allowed))
+        got: list[int] = []
+        try:
+            async for _, ev in state.merged(streams):
+                if ev["finished"] and ev.get("finish_reason") in ("error", "abort"):
+                    raise engine_failure(ev)
+                got += ev.get("new_token_ids", [])
+        except EngineDead as e:
+            raise engine_failure(None, e) from None
+        finally:
+            state.abort_soon(streams)
+        if not got:
+            raise OpenAIError(500, "choosing the tool call: the engine returned no token",
+                              code="engine_error")
+        return got[0]
+
+    try:
+        return await tools.pick_start(prompts, sample)
+    except RuntimeError as e:
+        raise OpenAIError(500, f"choosing the tool call: {e}", code="engine_error") from None
 
 
 class _Choice:
@@ -93,20 +146,32 @@ class _Choice:
         self.unsent_lps: list = []
         self.mode = "content" if not tools_on else ("tool" if prefix else None)
         self.generated = 0
-        self.finish = None
+        self.finish = None            # set once the choice has ended (here or in the engine)
         self.stop_reason = None
         self.calls = None
         self.lps: list = []
+        self.sent_finish = False
 
 
 class _Chat:
-    def __init__(self, state: ServerState, req: ChatCompletionRequest, prompt_len: int, prefix: str,
-                 tools_on: bool):
+    def __init__(self, state: ServerState, req: ChatCompletionRequest, run_id: str,
+                 prompt_len: int, prefix: str, tools_on: bool, declared: dict[str, dict],
+                 max_calls: int | None, forced_name: str | None = None):
         self.state, self.req, self.prompt_len = state, req, prompt_len
-        self.id = f"chatcmpl-{uuid.uuid4().hex}"
+        self.id = run_id
         self.created = int(time.time())
         self.top_n = req.top_logprobs or 0
+        self.declared, self.max_calls = declared, max_calls
+        self.forced_name = forced_name     # the function the prompt started a call to
         self.choices = {i: _Choice(prefix, tools_on) for i in range(req.n)}
+
+    @property
+    def all_done(self) -> bool:
+        return all(c.finish is not None for c in self.choices.values())
+
+    def skip(self, ev: dict) -> bool:
+        """An event for a choice that has already ended here (its call was complete)."""
+        return self.choices[ev["index"]].finish is not None
 
     def _apply(self, ev: dict) -> tuple[int, str, list]:
         """Fold one event in; returns (index, content to send now, logprob entries to send)."""
@@ -121,6 +186,15 @@ class _Chat:
             decided = tools.looks_like_call(c.text)
             if decided is not None:
                 c.mode = "tool" if decided else "content"
+        calls, scanned = [], None
+        if c.mode == "tool":
+            closed = None if self.forced_name is None else \
+                tools.close_forced_call(c.text, self.declared[self.forced_name])
+            calls, scanned = tools.scan_calls(closed or c.text, self.declared, self.max_calls)
+            if closed is not None and calls:
+                scanned = tools.DONE          # the model left the call's shape: it ends here
+            if scanned == tools.NOT_A_CALL:   # not a call after all: it is content
+                c.mode = "content"
         if c.mode == "content":
             out, out_lps = c.unsent + delta, c.unsent_lps + lps
             c.unsent, c.unsent_lps = "", []
@@ -128,16 +202,20 @@ class _Chat:
             c.unsent += delta
             c.unsent_lps += lps
             out, out_lps = "", []
+        if c.mode == "tool" and (ev["finished"] or scanned == tools.DONE):
+            if calls:
+                # Complete calls (and nothing more to come): the answer ends here.
+                c.calls = tools.openai_calls(calls)
+                c.finish, c.stop_reason = "tool_calls", None
+                self.state.metrics.finished(ev.get("finish_reason") if ev["finished"] else "stop")
+                c.unsent, c.unsent_lps = "", []
+                return ev["index"], out, out_lps
+            # A call cut short or malformed: what there is, as content.
+            out, out_lps = c.unsent, c.unsent_lps
+            c.unsent, c.unsent_lps = "", []
         if ev["finished"]:
             c.finish, c.stop_reason = ev.get("finish_reason"), ev.get("stop_reason")
             self.state.metrics.finished(c.finish)
-            if c.mode != "content":
-                c.calls = tools.parse_tool_calls(c.text)
-                if c.calls:
-                    c.finish = "tool_calls"
-                else:  # not a well-formed call after all: it is content
-                    out, out_lps = c.unsent + out, c.unsent_lps + out_lps
-                c.unsent, c.unsent_lps = "", []
         return ev["index"], out, out_lps
 
     def _usage(self) -> dict:
@@ -152,9 +230,13 @@ class _Chat:
     async def collect(self, streams) -> dict:
         try:
             async for _, ev in self.state.merged(streams):
+                if self.skip(ev):
+                    continue
                 if ev["finished"] and ev.get("finish_reason") in ("error", "abort"):
                     raise engine_failure(ev)
                 self._apply(ev)
+                if self.all_done:
+                    break   # respond() aborts what the engine still runs
         except EngineDead as e:
             raise engine_failure(None, e) from None
         choices = []
@@ -182,6 +264,8 @@ class _Chat:
             yield chunk(i, {"role": "assistant", "content": ""})
         try:
             async for _, ev in self.state.merged(streams):
+                if self.skip(ev):
+                    continue
                 if ev["finished"] and ev.get("finish_reason") in ("error", "abort"):
                     yield sse.event(engine_failure(ev).body())
                     yield sse.DONE
@@ -190,15 +274,17 @@ class _Chat:
                 if text or lps:
                     yield chunk(i, {"content": text}, lps)
                 c = self.choices[i]
-                if ev["finished"]:
-                    if c.calls:
-                        for j, call in enumerate(c.calls):
-                            yield chunk(i, {"tool_calls": [{
-                                "index": j, "id": call["id"], "type": "function",
-                                "function": {"name": call["function"]["name"], "arguments": ""}}]})
-                            yield chunk(i, {"tool_calls": [{
-                                "index": j, "function": {"arguments": call["function"]["arguments"]}}]})
+                if c.finish is not None and not c.sent_finish:
+                    c.sent_finish = True
+                    for j, call in enumerate(c.calls or []):
+                        yield chunk(i, {"tool_calls": [{
+                            "index": j, "id": call["id"], "type": "function",
+                            "function": {"name": call["function"]["name"], "arguments": ""}}]})
+                        yield chunk(i, {"tool_calls": [{
+                            "index": j, "function": {"arguments": call["function"]["arguments"]}}]})
                     yield chunk(i, {}, finish=c.finish)
+                if self.all_done:
+                    break   # the response's cleanup aborts what the engine still runs
         except EngineDead as e:
             yield sse.event(engine_failure(None, e).body())
             yield sse.DONE

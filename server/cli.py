@@ -148,12 +148,22 @@ async def _serve_http(args, address: str, process: subprocess.Popen | None) -> i
     client = EngineClient(address, process=process)
     state = ServerState(client, served_model_name=args.served_model_name,
                         max_pending=args.max_pending_requests, api_key=args.api_key)
-    app = create_app(state, max_body_bytes=args.max_request_bytes)
+    failed = False
+
+    def engine_lost():
+        # rustinfer-serve's own engine died after it was ready: fail the in-flight
+        # requests (the app does), then exit non-zero so a supervisor restarts us
+        nonlocal failed
+        if not server.should_exit:                  # not already stopping on SIGTERM
+            failed = True
+            server.should_exit = True
+
+    app = create_app(state, max_body_bytes=args.max_request_bytes,
+                     on_engine_lost=engine_lost if process is not None else None)
     config = uvicorn.Config(app, host=args.host, port=args.port, loop="asyncio", http="h11",
                             log_level=args.log_level, timeout_graceful_shutdown=30,
                             lifespan="on")
     server = uvicorn.Server(config)
-    failed = False
 
     async def watch_startup():
         # An engine that dies while loading makes this server useless: stop it. Once the

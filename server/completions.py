@@ -18,7 +18,8 @@ from .engine_client import EngineDead
 from .errors import OpenAIError, invalid
 from .middleware import read_body
 from .logprobs import CompletionLogprobs
-from .openai_types import CompletionRequest, build_params, context_error, parse_body
+from .openai_types import (CompletionRequest, build_params, check_stream_options, context_error,
+                           parse_body)
 from .state import ServerState, decode, encode
 
 
@@ -53,6 +54,7 @@ async def create_completion(state: ServerState, request: Request):
     req = parse_body(await read_body(request), CompletionRequest)
     state.check_model(req.model)
     state.require_ready()
+    check_stream_options(req)
     if req.suffix:
         raise invalid("suffix is not supported", "suffix")
     if req.best_of not in (None, req.n):

@@ -8,6 +8,10 @@ it), when the socket reports a disconnect, or when no message came for
 `dead_after` seconds; every in-flight request then gets an error and new ones
 are refused with 503 until the engine says `ready` again (a restarted
 standalone engine is picked up by ZeroMQ's automatic reconnect).
+
+An engine we started ourselves (`process`, under rustinfer-serve) cannot come
+back: when it exits, or stops answering, `lost` is set as well, and the app
+shuts the HTTP server down (app.py) so that a supervisor restarts the service.
 """
 from __future__ import annotations
 
@@ -70,6 +74,7 @@ class EngineClient:
         self.ready = asyncio.Event()
         self.dead_reason: str | None = f"waiting for the engine at {address}"
         self.ever_ready = False
+        self.lost = asyncio.Event()     # set when our own engine process is gone for good
         self._streams: dict[str, RequestStream] = {}
         self._pending: dict[str, asyncio.Future] = {}
         self._stats_waiters: list[asyncio.Future] = []
@@ -199,7 +204,7 @@ class EngineClient:
             elif kind == "ready":
                 self.info = msg
                 if not self.ready.is_set():
-                    log.info("engine ready: %s (pid %s)", msg["model_name"], msg.get("pid"))
+                    log.info("engine up: %s loaded (pid %s)", msg["model_name"], msg.get("pid"))
                 self.dead_reason = None
                 self.ever_ready = True
                 self.ready.set()
@@ -213,9 +218,11 @@ class EngineClient:
                 pass  # not connected (yet, or any more): the checks below decide
             await asyncio.sleep(PING_INTERVAL_S)
             if self.process is not None and self.process.poll() is not None:
-                self._declare_dead(f"the engine process exited with code {self.process.returncode}")
+                self._declare_dead(f"the engine process exited with code {self.process.returncode}",
+                                   permanent=True)
             elif self.ready.is_set() and time.monotonic() - self._last_heard > self.dead_after:
-                self._declare_dead(f"no word from the engine for {self.dead_after:.0f} s")
+                self._declare_dead(f"no word from the engine for {self.dead_after:.0f} s",
+                                   permanent=self.process is not None)
 
     async def _watch(self) -> None:
         """Socket events: a disconnect means the engine process closed its end (it died
@@ -230,11 +237,13 @@ class EngineClient:
                 except OpenAIError:
                     pass
 
-    def _declare_dead(self, reason: str) -> None:
+    def _declare_dead(self, reason: str, permanent: bool = False) -> None:
         if self.ready.is_set() or self.dead_reason != reason:
             log.error("engine unavailable: %s", reason)
         self.ready.clear()
         self.dead_reason = reason
+        if permanent:
+            self.lost.set()
         error = EngineDead(reason)
         for stream in self._streams.values():
             stream.queue.put_nowait(error)

@@ -5,6 +5,9 @@ OpenAI-shaped 400 naming the offending field: malformed JSON, NaN / Infinity
 (not JSON, though Python's json accepts them), wrong types, out-of-range values.
 Unknown fields are ignored, as OpenAI and vLLM do: clients send `user`,
 `metadata` and vLLM-only extras (top_k, min_p, ignore_eos, ...) in one body.
+Known fields that would change the answer in a way this server cannot honour
+are refused instead of ignored: the legacy `functions` / `function_call`,
+`modalities` / `audio` other than text, non-text content parts.
 """
 from __future__ import annotations
 
@@ -101,7 +104,10 @@ class Tool(_Body):
 
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    # >= 1, checked by check_chat_request (one message for -1 and 0 alike); the
+    # completions endpoint keeps max_tokens >= 0 (0 scores the prompt).
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
     tools: list[Tool] | None = None
@@ -111,6 +117,60 @@ class ChatCompletionRequest(SamplingFields):
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     chat_template_kwargs: dict[str, Any] | None = None
+    # Refused when given (see check_chat_request), not silently ignored.
+    functions: Any = None
+    function_call: Any = None
+    modalities: list[str] | None = None
+    audio: Any = None
+
+
+TEXT_PART_TYPES = ("text", "input_text", "output_text")
+
+
+def check_stream_options(req: SamplingFields) -> None:
+    if req.stream_options is not None and not req.stream:
+        raise invalid("stream_options can only be given with stream: true", "stream_options")
+
+
+def check_messages(messages: list[ChatMessage]) -> None:
+    """Content the chat template can render: text (a string, or text parts) for every
+    message; only an assistant message that carries tool_calls may have no content."""
+    for i, m in enumerate(messages):
+        where = f"messages[{i}]"
+        if isinstance(m.content, list):
+            for j, part in enumerate(m.content):
+                kind = part.get("type")
+                if kind not in TEXT_PART_TYPES:
+                    raise invalid(f"{where}.content[{j}] has type {kind!r}: this model accepts "
+                                  "only text content parts (type 'text')", "messages")
+                if not isinstance(part.get("text"), str):
+                    raise invalid(f"{where}.content[{j}].text must be a string", "messages")
+        elif m.content is None and not (m.role == "assistant" and m.tool_calls):
+            needs = "content or tool_calls" if m.role == "assistant" else "content"
+            raise invalid(f"{where}.content is missing or null: a {m.role!r} message needs {needs}",
+                          "messages")
+
+
+def check_chat_request(req: "ChatCompletionRequest") -> None:
+    """What the field types alone do not say about a chat request."""
+    if req.functions is not None:
+        raise invalid("functions is deprecated and not supported: declare them in tools "
+                      '([{"type": "function", "function": {...}}]) instead', "functions")
+    if req.function_call is not None:
+        raise invalid("function_call is deprecated and not supported: use tool_choice "
+                      '("none", "auto", "required" or {"type": "function", "function": '
+                      '{"name": ...}}) instead', "function_call")
+    if req.modalities is not None and any(m != "text" for m in req.modalities):
+        raise invalid(f"modalities {req.modalities} are not supported: this model outputs only "
+                      'text (["text"])', "modalities")
+    if req.audio is not None:
+        raise invalid("audio output is not supported: this model outputs only text", "audio")
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = getattr(req, name)
+        if value is not None and value < 1:
+            raise invalid(f"{name} must be at least 1, got {value}", name)
+    check_stream_options(req)
+    check_messages(req.messages)
 
 
 class TokenizeRequest(_Body):
@@ -139,7 +199,10 @@ def parse_body(raw: bytes, cls: type[BaseModel]) -> BaseModel:
     except ValidationError as e:
         first = e.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
-        return _raise(invalid(f"{loc or 'body'}: {first['msg']}", loc.split(".")[0] or None))
+        msg = first["msg"]
+        if first.get("type") == "value_error" and "error" in first.get("ctx", {}):
+            msg = str(first["ctx"]["error"])  # our own validators' words, no "Value error, "
+        return _raise(invalid(f"{loc or 'body'}: {msg}", loc.split(".")[0] or None))
 
 
 def _raise(err: OpenAIError):
@@ -173,6 +236,18 @@ def build_params(req: SamplingFields, *, max_tokens: int, vocab_size: int, logpr
         return dataclasses.asdict(SamplingParams(**fields))
     except SamplingParamsError as e:
         raise invalid(str(e), e.param) from None
+
+
+def pick_params(req: SamplingFields, allowed: set[int]) -> dict:
+    """SamplingParams for one token restricted to `allowed` (tools.pick_start): the
+    request's temperature / top_p / top_k / min_p / seed, a +100 logit_bias on the
+    allowed tokens (nothing else can win), no stop rules."""
+    fields = dict(max_tokens=1, n=1, ignore_eos=True, seed=req.seed,
+                  logit_bias={t: 100.0 for t in allowed})
+    for name in ("temperature", "top_p", "top_k", "min_p"):
+        if getattr(req, name) is not None:
+            fields[name] = getattr(req, name)
+    return dataclasses.asdict(SamplingParams(**fields))
 
 
 def context_error(prompt_len: int, max_model_len: int, param: str) -> OpenAIError:

@@ -161,6 +161,14 @@ def encode(tokenizer, text: str, add_special_tokens: bool = True) -> list[int]:
     return backend.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
 
 
+def encode_many(tokenizer, texts: list[str], add_special_tokens: bool = True) -> list[list[int]]:
+    """encode() of several texts in one call (in parallel, without the GIL)."""
+    backend = getattr(tokenizer, "backend", None)
+    if backend is None or not hasattr(backend, "encode_batch"):
+        return [tokenizer.encode(t, add_special_tokens) for t in texts]
+    return [e.ids for e in backend.encode_batch(list(texts), add_special_tokens=add_special_tokens)]
+
+
 def decode(tokenizer, ids: list[int], skip_special_tokens: bool = False) -> str:
     """tokenizer.decode(ids), releasing the GIL in the same way."""
     backend = getattr(tokenizer, "backend", None)

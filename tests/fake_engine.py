@@ -5,6 +5,13 @@ by markers in the prompt, one token per step, detokenized by the real tokenizer:
 
     (default)      "The quick brown fox jumps over the lazy dog. " repeated
     [[tool]]       a Llama 3.x JSON tool call for get_weather(city="Paris"), then EOS
+    [[args]]       a small model's answer to a started tool call, by how the prompt ends
+                   (see ARGS_SCRIPTS), as SmolLM2 does: after a forced key its value,
+                   then the schema's "type" as another argument, the call's end and
+                   some chatter; after `"parameters":` or `{"name": "` the JSON schema
+                   copied from the tool list; then EOS
+    [[prefer:X]]   with a logit_bias that allows some tokens only (a forced choice), pick
+                   the allowed token whose text is in X (else the lowest allowed id)
     [[short]]      "Hi there!" then EOS
     [[fail]]       three tokens, then the choice fails (finish_reason "error")
     [[slow]]       each step of this request sleeps 50 ms (for disconnect tests)
@@ -24,6 +31,13 @@ from rustinfer.runtime.sampling import SamplingParams
 
 DEFAULT_TEXT = "The quick brown fox jumps over the lazy dog. "
 TOOL_TEXT = '{"name": "get_weather", "parameters": {"city": "Paris"}}'
+_SCHEMA = '{"type": "object", "properties": {"city": {"type": "string"}}}'
+# (how the prompt ends, what follows) for [[args]]
+ARGS_SCRIPTS = [('{"name": "', 'Paris", "parameters": ' + _SCHEMA + '}'),
+                ('"parameters":', ' ' + _SCHEMA + '}'),
+                ('": "', 'Paris", "type": "string"}}\n\nThe weather in Paris is sunny and warm.'),
+                ('":', ' "Paris"}}\n\nThe weather in Paris is sunny and warm today.'),
+                ('', TOOL_TEXT)]
 
 
 @dataclass
@@ -36,6 +50,7 @@ class _Choice:
     eos_after_script: bool
     fail_after: int | None
     slow: bool
+    prefer: str = ""
     detok: object = None
     generated: list[int] = field(default_factory=list)
     text: str = ""
@@ -72,7 +87,10 @@ class FakeEngine:
             raise RequestError("token id out of range", "invalid_request", "prompt")
         prompt_text = self.tokenizer.decode(prompt_token_ids)
         text, eos = DEFAULT_TEXT * 200, False
-        if "[[tool]]" in prompt_text:
+        if "[[args]]" in prompt_text:
+            text = next(t for end, t in ARGS_SCRIPTS if prompt_text.endswith(end))
+            eos = True
+        elif "[[tool]]" in prompt_text:
             text, eos = TOOL_TEXT, True
         elif "[[short]]" in prompt_text:
             text, eos = "Hi there!", True
@@ -81,7 +99,7 @@ class FakeEngine:
             self.waiting.append(_Choice(
                 request_id, i, list(prompt_token_ids), params, script, eos,
                 fail_after=3 if "[[fail]]" in prompt_text else None,
-                slow="[[slow]]" in prompt_text,
+                slow="[[slow]]" in prompt_text, prefer=_marker(prompt_text, "prefer"),
                 detok=self.tokenizer.new_detokenizer(prompt_token_ids, skip_special_tokens=True)))
         self.totals.prompt_tokens_total += len(prompt_token_ids)
 
@@ -137,6 +155,9 @@ class FakeEngine:
         token = self._eos if (script_done and c.eos_after_script) else c.script[pos % len(c.script)]
         if script_done and c.eos_after_script and p.ignore_eos:
             token = c.script[pos % len(c.script)]
+        forced = self._forced_choice(c)
+        if forced is not None:
+            token = forced
         c.generated.append(token)
         self.totals.generation_tokens_total += 1
         if c.last_token is None:
@@ -172,8 +193,28 @@ class FakeEngine:
         self.totals.e2e_seconds.append(time.monotonic() - c.arrived)
         return ev
 
+    def _forced_choice(self, c: _Choice) -> int | None:
+        """A logit_bias of +100 on some tokens: no other token can be sampled."""
+        bias = c.params.logit_bias
+        if not bias or max(bias.values()) < 50:
+            return None
+        allowed = sorted(t for t, b in bias.items() if b == max(bias.values()))
+        for t in allowed:
+            piece = self.tokenizer.decode([t]).strip(' "_{}:,')
+            if piece and piece in c.prefer:
+                return t
+        return allowed[0]
+
     @staticmethod
     def _logprob(token: int, k: int) -> TokenLogprob:
         # Deterministic, plausible values: the chosen token is the best one.
         top = [(token, -0.25)] + [((token + j) % 1000, -1.0 - j) for j in range(1, k)]
         return TokenLogprob(token, -0.25, top[:k])
+
+
+def _marker(text: str, name: str) -> str:
+    start = text.find(f"[[{name}:")
+    if start < 0:
+        return ""
+    start += len(name) + 3
+    return text[start:text.find("]]", start)]

@@ -5,6 +5,7 @@ One server for the module; every request is short (a few tokens) so the module
 stays quick on a 2-core CPU.
 """
 import asyncio
+import json
 import shutil
 import threading
 import time
@@ -205,19 +206,33 @@ def test_tokenizer_endpoints(server):
     assert info["model_max_length"] > 0 and info["eos_token_ids"]
 
 
-def test_forced_tool_call(client):
-    tools = [{"type": "function", "function": {
+def test_forced_tool_calls(client):
+    """tool_choice "required" / named: always a call to a declared function, with a JSON
+    object as arguments (the bug report: {"name": "Paris", "arguments": <the schema>})."""
+    weather = {"type": "function", "function": {
         "name": "get_weather", "description": "Get the weather for a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
-    r = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Weather in Paris?"}], tools=tools,
-        tool_choice={"type": "function", "function": {"name": "get_weather"}}, temperature=0,
-        max_tokens=30)
-    choice = r.choices[0]
-    if choice.finish_reason == "tool_calls":
-        assert choice.message.tool_calls[0].function.name == "get_weather"
-    else:  # a 135M model may not close its JSON: then it is plain content
-        assert choice.message.content.startswith('{"name": "get_weather"')
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                       "required": ["city"]}}}
+    clock = {"type": "function", "function": {
+        "name": "get_time", "description": "Get the current time in a timezone",
+        "parameters": {"type": "object", "properties": {"timezone": {"type": "string"}}}}}
+    asks = [([weather], "required", "What is the weather in Paris?"),
+            ([clock, weather], {"type": "function", "function": {"name": "get_weather"}},
+             "What is the weather in Paris?"),
+            ([weather, clock], "required", "What time is it in Tokyo?")]
+    for tools, choice, question in asks:
+        r = client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": question}], tools=tools,
+            tool_choice=choice, temperature=0, max_tokens=40, parallel_tool_calls=False)
+        c = r.choices[0]
+        assert c.finish_reason == "tool_calls" and c.message.content is None, c
+        (call,) = c.message.tool_calls
+        declared = {t["function"]["name"]: t["function"]["parameters"] for t in tools}
+        assert call.function.name in declared
+        if isinstance(choice, dict):
+            assert call.function.name == choice["function"]["name"]
+        args = json.loads(call.function.arguments)
+        assert isinstance(args, dict) and set(args) <= set(declared[call.function.name]["properties"])
 
 
 @pytest.mark.skipif(not (shutil.which("chromium") and shutil.which("chromedriver")),

@@ -137,3 +137,25 @@ def test_engine_exits_when_the_http_process_dies(tmp_path, smollm2_gguf):
         assert not sock_dir.exists()      # the engine removed it on its way out
     finally:
         stop(proc)
+
+
+def test_serve_exits_non_zero_when_its_engine_dies(tmp_path, smollm2_gguf):
+    """As vLLM does: a dead engine is not coming back, so rustinfer-serve fails the
+    in-flight request, shuts down and exits non-zero for its supervisor to restart it."""
+    proc, url, log = start_serve(tmp_path)
+    try:
+        (engine_pid,) = children(proc.pid)
+        cmdline = Path(f"/proc/{engine_pid}/cmdline").read_bytes().split(b"\0")
+        sock_dir = Path(cmdline[cmdline.index(b"--socket-dir") + 1].decode())
+        with httpx.stream("POST", url + "/v1/chat/completions", json=LONG, timeout=60) as r:
+            lines = (line for line in r.iter_lines() if line)
+            next(lines), next(lines)
+            os.kill(engine_pid, signal.SIGKILL)
+            rest = list(lines)
+        assert rest[-1] == "data: [DONE]" and "error" in json.loads(rest[-2][len("data: "):])
+        code = proc.wait(30)
+        assert code == 1, log.read_text()[-3000:]      # failed, not interrupted (130)
+        assert "engine process is gone" in log.read_text()
+        assert children(proc.pid) == [] and not sock_dir.exists()
+    finally:
+        stop(proc)

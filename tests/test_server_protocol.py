@@ -8,7 +8,6 @@ import pytest
 from rustinfer.runtime.engine_api import RequestEvent, TokenLogprob
 from rustinfer.server import protocol
 from rustinfer.server.ipc import address_for, private_dir, socket_in_use, socket_path
-from rustinfer.server.tools import looks_like_call, parse_tool_calls, tool_prefix
 
 
 def test_round_trip_generate_and_events():
@@ -62,17 +61,3 @@ def test_private_dir(tmp_path):
     with pytest.raises(ValueError, match="ipc"):
         socket_path("tcp://0.0.0.0:5555")
 
-
-def test_tool_call_parsing():
-    calls = parse_tool_calls('<|python_tag|>{"name": "f", "parameters": {"x": 1}}; '
-                             '{"name": "g", "arguments": {}}')
-    assert [c["function"]["name"] for c in calls] == ["f", "g"]
-    assert calls[0]["function"]["arguments"] == '{"x": 1}'
-    assert parse_tool_calls("The answer is 4.") is None
-    assert parse_tool_calls('{"name": "f", "parameters": {') is None  # truncated
-    assert looks_like_call("  ") is None and looks_like_call("<|py") is None
-    assert looks_like_call(' {"na') is True and looks_like_call("Sure") is False
-    tools = [{"type": "function", "function": {"name": "f"}}]
-    assert tool_prefix(tools, "auto") == ""
-    assert tool_prefix(tools, {"type": "function", "function": {"name": "f"}}) == \
-        '{"name": "f", "parameters": '

@@ -57,15 +57,18 @@ class FakeStack:
 
     def http(self, address: str | None = None, wait: bool = True, **kw) -> str:
         """Start an HTTP app on this engine (or on `address`, where maybe none listens);
-        returns its base URL, once /health says 200 unless wait is False."""
+        returns its base URL, once /health says 200 unless wait is False. `kw`: the
+        ServerState's, create_app's max_body_bytes / on_engine_lost, and `process`
+        (a Popen the client watches as if it were the engine's)."""
         import uvicorn
 
         from rustinfer.server.app import create_app
         from rustinfer.server.engine_client import EngineClient
         from rustinfer.server.state import ServerState
 
-        app_kw = {k: kw.pop(k) for k in ("max_body_bytes",) if k in kw}
-        state = ServerState(EngineClient(address or self.address), **kw)
+        app_kw = {k: kw.pop(k) for k in ("max_body_bytes", "on_engine_lost") if k in kw}
+        client = EngineClient(address or self.address, process=kw.pop("process", None))
+        state = ServerState(client, **kw)
         port = free_port()
         server = uvicorn.Server(uvicorn.Config(create_app(state, **app_kw), host="127.0.0.1",
                                                port=port, log_level="warning", loop="asyncio",
