@@ -21,7 +21,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         "plan on torch kernels; cuda, Triton kernels + CUDA graphs; reference, "
                         "the IR interpreter (the oracle)")
     p.add_argument("--quant", choices=["none", "int4", "int8"],
-                   help="cpu target: weight quantization (default none = float32)")
+                   help="cpu target: weight quantization (default: none = float32, or int4 "
+                        "when float32 weights would take over half the available memory)")
     p.add_argument("--threads", type=int, help="cpu target: ONNX Runtime threads "
                    "(default: physical cores)")
     p.add_argument("--spec", help="spec file (default: chosen from config.json)")
@@ -72,10 +73,12 @@ def _load(args, **llm_kwargs):
     from .targets import resolve_target
 
     target = resolve_target(args.target)
-    options = {k: v for k, v in (("quant", args.quant), ("threads", args.threads))
-               if v and v != "none"}
-    if options and target != "cpu":
+    if target != "cpu" and (args.quant not in (None, "none") or args.threads):
         raise ValueError(f"--quant and --threads apply to --target cpu (this run: {target})")
+    # an explicit --quant none stays (the cpu target's default may pick int4 for a model
+    # whose float32 weights would not fit in memory)
+    options = {k: v for k, v in (("quant", args.quant), ("threads", args.threads))
+               if v and target == "cpu"}
     if target == "cuda" and (problem := cuda_problem()):
         raise ValueError(problem)
     llm_kwargs.setdefault("max_model_len", args.max_model_len)

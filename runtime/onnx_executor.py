@@ -289,6 +289,33 @@ def _lazy_zeros(n: int) -> np.ndarray:
     return np.frombuffer(buf, np.float32, count=n)     # the array keeps the mapping alive
 
 
+def available_memory() -> int | None:
+    """Bytes of memory the kernel says a new allocation can get (MemAvailable), or None."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def default_quant(graph) -> str:
+    """The cpu target's weights when the user chose none: float32 (the checkpoint's own
+    values, dequantized), unless float32 would take more than half of the memory
+    available: then int4 (a GGUF's blocks kept as they are), saying so. An 8B model is
+    32 GB in float32; a Q4_K_M user expects it to load, not to swap or be killed."""
+    need = 4 * sum(math.prod(v.shape) for v in graph.weights())
+    avail = available_memory()
+    if avail is None or need <= avail / 2:
+        return "none"
+    print(f"rustinfer: float32 weights would take {need / 2**30:.1f} GiB, more than half of "
+          f"the {avail / 2**30:.1f} GiB available; using --quant int4 (int8 activations; a "
+          "GGUF's blocks are kept exactly). Pass --quant none to force float32.",
+          file=sys.stderr)
+    return "int4"
+
+
 def load(ctx) -> object:
     """The "cpu" target factory: compile (or reuse) the ONNX model and wrap it.
 
@@ -300,7 +327,7 @@ def load(ctx) -> object:
     if unknown:
         raise ValueError(f"unknown cpu target option(s) {unknown}; known: {', '.join(OPTIONS)}")
     opts = ctx.options
-    onnx_options = OnnxOptions(quant=opts.get("quant", "none") or "none",
+    onnx_options = OnnxOptions(quant=opts.get("quant") or default_quant(ctx.graph),
                                accuracy_level=int(opts.get("accuracy_level", 4)),
                                quantize_lm_head=bool(opts.get("quantize_lm_head", True)))
     try:

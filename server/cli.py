@@ -35,8 +35,9 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
                    help="where the model runs: auto (default: cuda with a GPU, else cpu = ONNX "
                         "Runtime), cpu, cpu-torch, cuda or reference")
     g.add_argument("--quant", choices=["none", "int4", "int8"],
-                   help="cpu target: weight quantization (default none = float32; int4 keeps a "
-                        "GGUF's Q4_0/Q4_1 blocks exactly)")
+                   help="cpu target: weight quantization (default: none = float32, or int4 "
+                        "when float32 weights would take over half the available memory; int4 "
+                        "keeps a GGUF's blocks exactly)")
     g.add_argument("--threads", type=int, help="cpu target: ONNX Runtime threads "
                    "(default: physical cores)")
     g.add_argument("--max-model-len", type=int, help="context length to size the KV cache for")

@@ -160,3 +160,21 @@ def test_gguf_kquants_and_mixed_blocks_transcoded_exactly(tmp_path, monkeypatch)
     got, want = score(int4, tokens, [0, 1]), score(fp32, tokens, [0, 1])
     assert close(got, want)
     assert greedy(int4, tokens[:5], 10, [0, 1]) == greedy(fp32, tokens[:5], 10, [0, 1])
+
+
+def test_default_is_float32_unless_it_would_not_fit(tmp_path, monkeypatch, capsys):
+    """No --quant: float32, unless float32 weights would take over half the available
+    memory; then int4, said on stderr. An explicit quant="none" is kept either way."""
+    from rustinfer.runtime import onnx_executor
+
+    here = onnx_executor.available_memory()           # this machine's, from /proc/meminfo
+    assert here is None or here > 2**20
+    monkeypatch.setenv("RUSTINFER_CACHE", str(tmp_path / "cache"))
+    make_llama(tmp_path / "m", seed=3, **PARITY_CONFIGS["mqa"])
+    monkeypatch.setattr(onnx_executor, "available_memory", lambda: 64 * 2**30)
+    assert load(tmp_path / "m", "cpu").meta["quant"] == "none"
+    assert "quant int4" not in capsys.readouterr().err
+    monkeypatch.setattr(onnx_executor, "available_memory", lambda: 2**16)   # 64 KiB left
+    assert load(tmp_path / "m", "cpu").meta["quant"] == "int4"
+    assert "using --quant int4" in capsys.readouterr().err
+    assert load(tmp_path / "m", "cpu", quant="none").meta["quant"] == "none"
