@@ -16,9 +16,10 @@ from rustinfer.compiler.pipeline import run_pipeline
 from rustinfer.compiler.spec import SPECS_DIR, load_spec, parse_spec
 from rustinfer.compiler.step_inputs import StepInputs
 
-ARCH = {"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
-        "mistral": "MistralForCausalLM", "phi3": "Phi3ForCausalLM",
-        "gemma2": "Gemma2ForCausalLM"}
+# Each family's architecture name, as its spec declares it (`matches.architectures`): a
+# family added to FAMILY_CONFIGS needs nothing here.
+ARCH = {family: load_spec(SPECS_DIR / f"{family}.yaml").architectures[0]
+        for family in FAMILY_CONFIGS}
 
 
 def _config(family: str, name: str) -> dict:
