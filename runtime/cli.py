@@ -85,11 +85,18 @@ def _load(args, **llm_kwargs):
     return LLM(model=args.model, target=target, spec=args.spec, **llm_kwargs, **options)
 
 
+def _no_tokenizer(llm) -> int:
+    print(f"error: {llm.model_path} has no tokenizer: a folder needs tokenizer.json (and "
+          "tokenizer_config.json for its chat template) next to config.json; a GGUF carries "
+          "its own. Without one, the Python API takes token ids (LLM.generate([[1, 2, 3]]))",
+          file=sys.stderr)
+    return 2
+
+
 def cmd_generate(args) -> int:
     llm = _load(args)
     if llm.tokenizer is None:
-        print("error: this model has no tokenizer", file=sys.stderr)
-        return 2
+        return _no_tokenizer(llm)
     if args.raw:
         ids = llm.tokenizer.encode(args.prompt)
     else:
@@ -104,8 +111,7 @@ def cmd_generate(args) -> int:
 def cmd_chat(args) -> int:
     llm = _load(args)
     if llm.tokenizer is None:
-        print("error: this model has no tokenizer", file=sys.stderr)
-        return 2
+        return _no_tokenizer(llm)
     messages = [{"role": "system", "content": args.system}] if args.system else []
     print("Chatting with", llm.model_path.name, "- /reset clears the history, /exit or Ctrl-D "
           "quits.", file=sys.stderr)

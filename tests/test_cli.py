@@ -89,7 +89,8 @@ def test_inspect_explains_a_folder_without_compile_output(tmp_path, capsys):
 
 def test_generate_without_tokenizer_says_so(tiny_model, capsys):
     assert rustinfer_cli.main(["generate", "hi", "--model", str(tiny_model)]) == 2
-    assert "no tokenizer" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no tokenizer" in err and "tokenizer.json" in err and "token ids" in err
 
 
 @pytest.mark.slow
