@@ -43,6 +43,13 @@ class Node:
     attrs: dict[str, Any] = field(default_factory=dict)
     name: str = ""             # hierarchical, e.g. layers.3/attn/q
     loc: Loc | None = None     # where the spec wrote it
+    # A node a pass made: where the spec wrote each node it replaced (in spec order;
+    # empty for a node as the spec wrote it). plan.py cites them; errors use `loc`.
+    fused_locs: tuple = ()
+
+    def spec_locs(self) -> tuple:
+        """Every spec location this node stands for: `fused_locs`, else (`loc`,)."""
+        return self.fused_locs or ((self.loc,) if self.loc is not None else ())
 
 
 @dataclass

@@ -60,8 +60,9 @@ def _align(n: int, alignment: int) -> int:
     return -(-n // alignment) * alignment
 
 
-def _mib(n: int) -> str:
-    return f"{n / 2**20:.2f}"
+def mib(n: int) -> str:
+    """Bytes as MiB, rounded as report.txt rounds them (one decimal)."""
+    return f"{n / 2**20:.1f} MiB"
 
 
 def value_bytes(value: Value, dims: dict[str, int], act_bytes: int) -> int:
@@ -138,24 +139,49 @@ class MemoryPlan:
     peak_live_bytes: int        # lower bound: most bytes live at any one step
     alignment: int
     enabled: bool
+    max_tokens: int = 0         # the step size (T) every size is computed for
+    act_bytes: int = 4          # bytes per arena element (plan.py's ACT_BYTES)
 
     def summary(self) -> str:
-        return (f"memory reduced from {_mib(self.naive_bytes)} MiB (naive) to "
-                f"{_mib(self.arena_bytes)} MiB (planned; lower bound "
-                f"{_mib(self.peak_live_bytes)} MiB)")
+        """The totals, each defined, in bytes and in MiB rounded as report.txt does."""
+        width = len(str(self.naive_bytes))
+        off = "" if self.enabled else " [planning OFF: every value has its own bytes]"
+        return "\n".join([
+            f"memory plan for MAX_TOKENS = {self.max_tokens} tokens per step (all sizes are "
+            f"for a step that large){off}",
+            f"  planned      {self.arena_bytes:>{width}} bytes ({mib(self.arena_bytes)}): "
+            "the arena (plan.py's ARENA_BYTES)",
+            f"  naive        {self.naive_bytes:>{width}} bytes ({mib(self.naive_bytes)}): "
+            "one buffer per value, no sharing",
+            f"  lower bound  {self.peak_live_bytes:>{width}} bytes "
+            f"({mib(self.peak_live_bytes)}): the peak of simultaneously live bytes",
+        ])
 
     def to_json(self) -> dict:
         return {"naive_bytes": self.naive_bytes, "planned_bytes": self.arena_bytes,
                 "arena_bytes": self.arena_bytes, "peak_live_bytes": self.peak_live_bytes,
                 "alignment": self.alignment, "enabled": self.enabled,
+                "max_tokens": self.max_tokens, "act_bytes": self.act_bytes,
                 "values": {n: {k: v for k, v in asdict(s).items() if v or k in
                                ("offset", "size", "start", "end")}
                            for n, s in self.slots.items()},
                 "pinned": {n: {"size": b} for n, b in self.pinned.items()}}
 
     def table(self) -> str:
-        """Slots grouped by byte range: the values of a group share bytes over time."""
-        lines = [self.summary(), f"{'offset':>12} {'size':>12}  {'live':<12} value"]
+        """Slots grouped by arena range: the values of a group share bytes over time.
+        Offsets are in arena elements, as plan.py slices its arena; sizes in bytes."""
+        e = self.act_bytes
+        lines = [
+            f"Slot table: each group's values take turns in its bytes (sizes at MAX_TOKENS = "
+            f"{self.max_tokens} tokens).",
+            f"  offset  in arena elements of ACT_BYTES = {e} bytes, as plan.py slices its arena: "
+            "arena[offset:...]",
+            "  bytes   the value's size",
+            "  live    [a, b): written by step a, last read by step b - 1 (plan.py's `# [n]` "
+            "comments);",
+            "          values whose live ranges overlap never share bytes",
+            f"{'offset':>10} {'bytes':>12}  {'live':<10} value",
+        ]
         views: dict[str, list[str]] = {}
         for n, s in self.slots.items():
             if s.view_of:
@@ -169,17 +195,20 @@ class MemoryPlan:
             groups[-1][1] = max(groups[-1][1], offset + self.slots[n].size)
             groups[-1][2].append(n)
         for lo, hi, names in groups:
-            lines.append(f"-- bytes [{lo}, {hi}) shared by {len(names)} value(s)")
+            count = f"{len(names)} value{'s' if len(names) != 1 else ''}"
+            lines.append(f"-- arena[{lo // e}:{-(-hi // e)}] = bytes [{lo}, {hi}): {count}")
             for n in names:
                 s = self.slots[n]
-                lines.append(f"{s.offset:>12} {s.size:>12}  {f'[{s.start}, {s.end})':<12} {n}")
+                lines.append(f"{s.offset // e:>10} {s.size:>12}  {f'[{s.start}, {s.end})':<10} {n}")
                 for v in views.get(n, []):
                     vs = self.slots[v]
                     kind = ("written in place" if vs.in_place else
                             "strided view" if vs.strided else "view")
-                    lines.append(f"{'':>27}{f'[{vs.start}, {vs.end})':<12} {v} ({kind} of {n})")
+                    lines.append(f"{'':>25}{f'[{vs.start}, {vs.end})':<10} {v} ({kind} of {n})")
+        if self.pinned:
+            lines.append("-- pinned: graph outputs, each in its own buffer outside the arena")
         for n, b in self.pinned.items():
-            lines.append(f"{'pinned':>12} {b:>12}  {'':<12} {n}")
+            lines.append(f"{'pinned':>10} {b:>12}  {'':<10} {n}")
         return "\n".join(lines)
 
 
@@ -215,4 +244,4 @@ def plan_memory(graph: Graph, *, max_tokens: int, max_seqs: int = 256, act_bytes
     pinned = {n: value_bytes(graph.values[n], dims, act_bytes)
               for n in sorted(outputs & acts) if n not in root}
     return MemoryPlan(slots, pinned, arena, naive, max(accumulate(delta), default=0),
-                      alignment, enabled)
+                      alignment, enabled, max_tokens, act_bytes)

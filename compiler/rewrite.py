@@ -126,9 +126,20 @@ class Rewriter:
 
     def node(self, op: str, inputs: list, outputs: list[str], attrs: dict | None = None,
              name: str | None = None) -> Node:
-        """A node that keeps the anchor's spec location (errors still name the spec line)."""
+        """A node that keeps the anchor's spec location (errors still name the spec line)
+        and, in `fused_locs`, the locations of every matched node it helps replace."""
         label = name or next((o for o in outputs if o), op)
-        return Node(op, list(inputs), list(outputs), dict(attrs or {}), label, self.anchor.loc)
+        return Node(op, list(inputs), list(outputs), dict(attrs or {}), label, self.anchor.loc,
+                    self._matched_locs())
+
+    def _matched_locs(self) -> tuple:
+        """The spec locations of the matched nodes (of the nodes they were fused from),
+        in file and line order, each once."""
+        seen = {}
+        for node in self.match.nodes:
+            for loc in node.spec_locs():
+                seen.setdefault((loc.file or "", loc.line or 0, loc.field or ""), loc)
+        return tuple(seen[k] for k in sorted(seen))
 
 
 RewriteFn = Callable[[Match, Rewriter], list[Node]]

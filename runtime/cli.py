@@ -179,8 +179,21 @@ def cmd_inspect(args) -> int:
         print(f"error: {folder} has no {' or '.join(missing)}; recompile it with "
               "`rustinfer-compile SPEC --model M --out DIR`", file=sys.stderr)
         return 2
+    shown = {}
     for name in ("report.txt", *wanted):
-        text = (folder / name).read_text()
+        text = shown[name] = (folder / name).read_text()
+        if name == "plan.py":
+            # plan.py's docstring repeats the report's header and memory.txt (codegen's
+            # MEMORY_HEADING section): print each once
+            import re
+
+            header = shown["report.txt"].split("\n\n")[0].strip("\n")
+            if "\n" in header and header in text:
+                text = text.replace(header, "(spec, model, target, passes, memory: the report "
+                                    "above)", 1)
+            if "memory.txt" in shown:
+                text = re.sub(r'(?ms)^Memory plan \(as in memory\.txt\):\n.*?(?=^""")',
+                              "Memory plan: memory.txt, above.\n", text, count=1)
         print(text, end="" if text.endswith("\n") else "\n")
     return 0
 

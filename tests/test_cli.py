@@ -36,6 +36,33 @@ def test_compile_writes_plan_dumps_memory_and_report_then_hits_cache(tiny_model,
     assert "fuse_rope_kv x2" in shown and "offset" in shown
 
 
+def test_memory_numbers_and_inspect_print_each_thing_once(tiny_model, tmp_path, capsys):
+    """memory.txt states its totals once, rounded as report.txt rounds them; `inspect --plan
+    --memory` prints the slot table and the report's header once each (plan.py's docstring
+    repeats both)."""
+    import re
+
+    out = tmp_path / "out"
+    assert compile_cli.main(["specs/llama3.yaml", "--model", str(tiny_model), "--out", str(out),
+                             "--max-tokens", "64"]) == 0
+    capsys.readouterr()
+    report, memory = (out / "report.txt").read_text(), (out / "memory.txt").read_text()
+    assert memory.count("memory plan for MAX_TOKENS = 64 tokens per step") == 1
+    planned = re.search(r"planned (\d+\.\d) MiB", report).group(1)
+    assert f"bytes ({planned} MiB): the arena" in memory
+    bound = re.search(r"lower bound (\d+\.\d) MiB", report).group(1)
+    assert f"bytes ({bound} MiB): the peak of simultaneously live bytes" in memory
+
+    assert rustinfer_cli.main(["inspect", str(out), "--plan", "--memory"]) == 0
+    shown = capsys.readouterr().out
+    assert shown.count("Slot table:") == 1 and shown.count("lower bound") == 2   # report, memory
+    assert shown.count("passes        fuse_qkv x2") == 1
+    assert "Memory plan: memory.txt, above." in shown and "def run(step" in shown
+    assert rustinfer_cli.main(["inspect", str(out), "--plan"]) == 0
+    alone = capsys.readouterr().out                      # without --memory: plan.py's table
+    assert alone.count("Slot table:") == 1 and alone.count("passes        fuse_qkv x2") == 1
+
+
 def test_compile_for_the_cuda_target_needs_no_gpu(tiny_model, tmp_path, capsys):
     """The cuda plan, with the norms, residual adds, SwiGLU and RoPE in its GEMMs, is
     readable on any machine: compiling it needs no GPU."""

@@ -10,7 +10,8 @@ import pytest
 
 from rustinfer.compiler.bind import bind
 from rustinfer.compiler.ir import Graph, Node, Value
-from rustinfer.compiler.memory_plan import plan_memory
+from rustinfer.compiler.codegen import memory_text
+from rustinfer.compiler.memory_plan import mib, plan_memory
 from rustinfer.compiler.ops import OPS, REQUIRED, OpDef
 from rustinfer.compiler.spec import load_spec
 
@@ -232,28 +233,58 @@ def test_a_view_that_is_an_output_pins_its_root(split_op):
 
 
 def test_golden_table(split_op):
-    # Review every diff of this table: it is the planner's output, made readable.
+    # Review every diff of this text: it is the planner's output, made readable (memory.txt).
     plan = plan_memory(_split_graph(), max_tokens=2**16)
-    print(plan.table())
-    assert plan.table() == GOLDEN_TABLE.strip("\n")
+    text = memory_text(plan)
+    print(text)
+    assert text == GOLDEN_TABLE.strip("\n")
 
 
 GOLDEN_TABLE = """
-memory reduced from 10.00 MiB (naive) to 8.00 MiB (planned; lower bound 8.00 MiB)
-      offset         size  live         value
--- bytes [0, 2097152) shared by 2 value(s)
-           0      2097152  [0, 5)       a
-                           [1, 3)       q (strided view of a)
-                           [1, 5)       k (strided view of a)
-           0      2097152  [5, 7)       f
--- bytes [2097152, 4194304) shared by 1 value(s)
-     2097152      2097152  [2, 5)       b
--- bytes [4194304, 6291456) shared by 1 value(s)
-     4194304      2097152  [3, 5)       e
--- bytes [6291456, 8388608) shared by 1 value(s)
-     6291456      2097152  [4, 6)       c
-      pinned      2097152               out
+memory plan for MAX_TOKENS = 65536 tokens per step (all sizes are for a step that large)
+  planned       8388608 bytes (8.0 MiB): the arena (plan.py's ARENA_BYTES)
+  naive        10485760 bytes (10.0 MiB): one buffer per value, no sharing
+  lower bound   8388608 bytes (8.0 MiB): the peak of simultaneously live bytes
+
+Slot table: each group's values take turns in its bytes (sizes at MAX_TOKENS = 65536 tokens).
+  offset  in arena elements of ACT_BYTES = 4 bytes, as plan.py slices its arena: arena[offset:...]
+  bytes   the value's size
+  live    [a, b): written by step a, last read by step b - 1 (plan.py's `# [n]` comments);
+          values whose live ranges overlap never share bytes
+    offset        bytes  live       value
+-- arena[0:524288] = bytes [0, 2097152): 2 values
+         0      2097152  [0, 5)     a
+                         [1, 3)     q (strided view of a)
+                         [1, 5)     k (strided view of a)
+         0      2097152  [5, 7)     f
+-- arena[524288:1048576] = bytes [2097152, 4194304): 1 value
+    524288      2097152  [2, 5)     b
+-- arena[1048576:1572864] = bytes [4194304, 6291456): 1 value
+   1048576      2097152  [3, 5)     e
+-- arena[1572864:2097152] = bytes [6291456, 8388608): 1 value
+   1572864      2097152  [4, 6)     c
+-- pinned: graph outputs, each in its own buffer outside the arena
+    pinned      2097152             out
 """
+
+
+def test_table_offsets_are_arena_elements_and_totals_are_defined(split_op):
+    """The slot table gives offsets in the unit plan.py slices its arena with (elements of
+    act_bytes), names MAX_TOKENS, defines its columns and the lower bound, and rounds MiB as
+    report.txt does; the totals come once (memory.txt used to print them twice)."""
+    plan = plan_memory(_split_graph(), max_tokens=2**16, act_bytes=2)
+    text = memory_text(plan)
+    rows = {line.split()[-1]: line.split() for line in text.splitlines()
+            if line[:10].strip().isdigit()}
+    for name in ("a", "b", "e", "c", "f"):
+        assert int(rows[name][0]) == plan.slots[name].offset // 2
+        assert int(rows[name][1]) == plan.slots[name].size
+    assert "ACT_BYTES = 2 bytes" in text and "MAX_TOKENS = 65536" in text
+    assert "live    [a, b): written by step a, last read by step b - 1" in text
+    assert "lower bound" in text and "the peak of simultaneously live bytes" in text
+    assert f"({plan.arena_bytes / 2**20:.1f} MiB)" in text
+    assert text.count("memory plan for") == 1 and plan.table() in text
+    assert mib(2.25 * 2**20) == f"{2.25:.1f} MiB"      # report.txt's rounding
 
 
 def test_unbound_symbol_is_an_error():
