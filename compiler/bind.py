@@ -5,15 +5,20 @@ Resolves config symbols, evaluates checks, unrolls the layer body
 weight templates into checkpoint names with concrete shapes, gives each
 attention node its layer's KV cache values, infers shapes, and (when a
 checkpoint is given) checks that every weight exists with the expected shape.
+Each attribute value is checked against its op's declared type. A node whose
+value nothing reads is an error (it is a bug, and it would silently keep
+fusions from matching); a weight no op reads, or a checkpoint tensor no weight
+reads, is a warning (errors.SpecWarning).
 """
 from __future__ import annotations
 
+import ast
 from typing import Any, Protocol
 
-from .errors import Loc, SpecError, nearest
+from .errors import Loc, SpecError, close_names, nearest, spec_warning
 from .expr import evaluate
 from .ir import Graph, Node, Value
-from .ops import OPS, REQUIRED
+from .ops import OPS, REQUIRED, attr_problem
 from .shape_inference import infer_node
 from .spec import NodeDecl, Spec, WeightDecl
 
@@ -62,12 +67,18 @@ def bind_symbols(spec: Spec, config: dict) -> dict[str, Any]:
 
 
 class _Binder:
-    def __init__(self, spec: Spec, env: dict, checkpoint: WeightSource | None):
+    def __init__(self, spec: Spec, env: dict, checkpoint: WeightSource | None,
+                 allow_unused: bool = False):
         self.spec, self.env, self.checkpoint = spec, env, checkpoint
+        self.allow_unused = allow_unused
         self.values: dict[str, Value] = {}
         self.nodes: list[Node] = []
         self.weight_locs: dict[str, Loc] = {}
         self.ckpt_names = set(checkpoint.names()) if checkpoint is not None else None
+        # What each node / weight declaration became, over all layers (id(decl) ->
+        # (decl, value names)): a declaration none of whose values is read is reported.
+        self.node_values: dict[int, tuple[NodeDecl, list[str]]] = {}
+        self.weight_values: dict[int, tuple[WeightDecl, list[str]]] = {}
 
     # -- values -----------------------------------------------------------
     def new_value(self, base: str, **kw) -> str:
@@ -108,10 +119,12 @@ class _Binder:
             shape = self.shape_of(decl.shape, env, decl.loc)
             if decl.rows is not None:
                 scope[key] = self.bind_slice(name, shape, decl, env)
+                self.weight_values.setdefault(id(decl), (decl, []))[1].append(scope[key])
                 continue
             self.values[name] = Value(name, shape, "float32", "weight", source=name)
             self.weight_locs[name] = decl.loc
             scope[key] = name
+            self.weight_values.setdefault(id(decl), (decl, []))[1].append(name)
             self.check_weight(name, shape, decl)
 
     def bind_slice(self, source: str, shape: tuple, decl: WeightDecl, env: dict) -> str:
@@ -155,7 +168,8 @@ class _Binder:
                                  f"expected {list(shape)} ([{dims}])")
 
     # -- nodes -------------------------------------------------------------
-    def bind_nodes(self, decls: list[NodeDecl], env: dict, scope: dict, prefix: str) -> None:
+    def bind_nodes(self, decls: list[NodeDecl], env: dict, scope: dict, prefix: str,
+                   section: str) -> None:
         for decl in decls:
             if decl.when is not None and not evaluate(decl.when, env, decl.loc):
                 continue
@@ -163,9 +177,7 @@ class _Binder:
             inputs = []
             for pos, arg in enumerate(decl.args):
                 if arg not in scope:
-                    hint = nearest(arg, scope)
-                    raise decl.loc.error(f"undefined value '{arg}' used by op '{decl.op}'",
-                                         hint[0] if hint else None)
+                    raise self.undefined_value(decl, arg, scope, section)
                 if scope[arg] is None:          # a weight whose `when:` is false
                     if pos < len(opdef.inputs):
                         raise decl.loc.error(f"op '{decl.op}' needs '{arg}', a weight that is "
@@ -180,6 +192,12 @@ class _Binder:
             for attr, default in opdef.attrs.items():
                 if attr in decl.attrs:
                     value = evaluate(decl.attrs[attr], env, decl.loc)
+                    problem = attr_problem(decl.op, attr, value)
+                    if problem:
+                        text = ast.unparse(decl.attrs[attr])
+                        if text != repr(value):     # an expression: say what it was
+                            problem += f" (from {attr}={text})"
+                        raise decl.loc.error(problem)
                     if attr in opdef.omit_default and (value is None or value == default):
                         continue                # see OpDef.omit_default
                     attrs[attr] = value
@@ -197,6 +215,41 @@ class _Binder:
             self.values[out].shape = tuple(infer_node(self._graph(), node)[0])
             self.nodes.append(node)
             scope[decl.out] = out
+            self.node_values.setdefault(id(decl), (decl, []))[1].append(out)
+
+    def undefined_value(self, decl: NodeDecl, arg: str, scope: dict, section: str) -> SpecError:
+        """Why `arg` is not a value here, and where to fix it."""
+        spec = self.spec
+        head = f"undefined value '{arg}' used by op '{decl.op}'"
+        if arg in spec.layer_weights and section != "body":
+            line = spec.layer_weights[arg].loc.line
+            return decl.loc.error(f"{head}: '{arg}' is a per-layer weight (layers.weights, "
+                                  f"line {line}); only the layer body can read it")
+        sections = [("prologue", spec.prologue), ("body", spec.body), ("epilogue", spec.epilogue)]
+        order = [name for name, _ in sections]
+        for name, decls in sections:
+            for other in decls:
+                if other.out != arg or other is decl:
+                    continue
+                earlier = (order.index(name) < order.index(section) or
+                           (name == section and other.loc.line < decl.loc.line))
+                if not earlier:
+                    return decl.loc.error(f"{head}: it is computed later, at line "
+                                          f"{other.loc.line}; a value must be computed "
+                                          "before it is used")
+                if other.when is not None:
+                    return decl.loc.error(f"{head}: its node at line {other.loc.line} has "
+                                          f"`when: {other.when}`, which is false here")
+        if section == "body":
+            where, raw = "layers.weights", spec.raw.get("layers")
+        else:
+            where, raw = "weights", spec.raw
+        line = getattr(raw, "lines", {}).get("weights")
+        at = f"under `{where}:` (line {line})" if line else f"in a `{where}:` section"
+        hint = close_names(arg, [k for k, v in scope.items() if v is not None])
+        return decl.loc.error(f"{head}: it is neither a declared weight nor a computed value; "
+                              f"declare it {at} or compute it above this line",
+                              hint[0] if hint else None)
 
     def new_caches(self, out_base: str, attrs: dict) -> list[str]:
         """Paged KV cache values for one attention node: [blocks, block_size, kv_heads, head_dim]."""
@@ -218,7 +271,7 @@ class _Binder:
             scope[name] = name
             inputs.append(name)
         self.bind_weights(spec.weights, env, scope)
-        self.bind_nodes(spec.prologue, env, scope, "")
+        self.bind_nodes(spec.prologue, env, scope, "", "prologue")
         count = evaluate(spec.layer_count, env, spec.layers_loc)
         if not isinstance(count, int) or count < 0:
             raise spec.layers_loc.error(f"count evaluates to {count!r}, not a layer count")
@@ -228,26 +281,70 @@ class _Binder:
                 layer_env[name] = evaluate(expr, layer_env, loc)
             layer_scope = dict(scope)
             self.bind_weights(spec.layer_weights, layer_env, layer_scope)
-            self.bind_nodes(spec.body, layer_env, layer_scope, f"layers.{i}/")
+            self.bind_nodes(spec.body, layer_env, layer_scope, f"layers.{i}/", "body")
             # Values the body (re)defines flow into the next layer, e.g. the residual `h`.
             for decl in spec.body:
                 if decl.out in layer_scope:
                     scope[decl.out] = layer_scope[decl.out]
-        self.bind_nodes(spec.epilogue, env, scope, "")
+        self.bind_nodes(spec.epilogue, env, scope, "", "epilogue")
         outputs = []
         for name, loc in spec.outputs:
             if name not in scope:
                 hint = nearest(name, scope)
                 raise loc.error(f"undefined output '{name}'", hint[0] if hint else None)
             outputs.append(scope[name])
+        self.check_unused(outputs)
         return Graph(spec.family, self.nodes, self.values, inputs, outputs,
                      symbols=dict(env), spec_file=spec.file)
 
+    def check_unused(self, outputs: list[str]) -> None:
+        """A value computed but never read is almost always a bug (an input wired to
+        the wrong value, a leftover debug line), and it silently changes the graph
+        (a fusion needs each matched value to have no other reader): an error. A
+        weight no op reads is reported as a warning."""
+        read = {name for node in self.nodes for name in node.inputs} | set(outputs)
+        unused = [decl for decl, names in self.node_values.values()
+                  if not any(n in read for n in names)]
+        if unused and not self.allow_unused:
+            decl = min(unused, key=lambda d: d.loc.line or 0)
+            more = f" (and {len(unused) - 1} more)" if len(unused) > 1 else ""
+            raise decl.loc.error(f"value '{decl.out}' is computed but never used{more}; "
+                                 f"use it or delete the line{self.skipped_readers(decl)}")
+        referenced = {arg for decls in (self.spec.prologue, self.spec.body, self.spec.epilogue)
+                      for d in decls for arg in d.args}
+        referenced |= {w.tied_to for w in (*self.spec.weights.values(),
+                                           *self.spec.layer_weights.values()) if w.tied_to}
+        for decls in (self.spec.weights, self.spec.layer_weights):
+            for key, decl in decls.items():
+                if key not in referenced:
+                    decl.loc.warn(f"weight '{key}' is declared but no op reads it; pass it "
+                                  "to an op or delete the line")
+        for decl, names in self.weight_values.values():
+            if decl.key in referenced and not any(n in read for n in names):
+                decl.loc.warn(f"weight '{decl.key}' ({names[0]}) is loaded but no op reads "
+                              "it with this config (the nodes that name it are left out by "
+                              "their `when:`); give it the same `when:`")
 
-def bind(spec: Spec, config: dict, checkpoint: WeightSource | None = None) -> Graph:
-    """Spec + config (+ checkpoint names/shapes) -> validated IR."""
+    def skipped_readers(self, decl: NodeDecl) -> str:
+        """'; its readers ... have a false `when:`' when the spec does read it."""
+        readers = [d for decls in (self.spec.prologue, self.spec.body, self.spec.epilogue)
+                   for d in decls if decl.out in d.args and id(d) not in self.node_values]
+        if not readers:
+            return ""
+        lines = ", ".join(str(d.loc.line) for d in readers)
+        return (f" (the node(s) reading it, line {lines}, are left out by their `when:` "
+                "with this config: give this node the same `when:`)")
+
+
+def bind(spec: Spec, config: dict, checkpoint: WeightSource | None = None, *,
+         allow_unused: bool = False) -> Graph:
+    """Spec + config (+ checkpoint names/shapes) -> validated IR.
+
+    A node whose value nothing reads is a SpecError (see _Binder.check_unused);
+    `allow_unused=True` lets it through silently, for tests that build graphs with
+    dead values on purpose (the dead-code pass's)."""
     env = bind_symbols(spec, config)
-    binder = _Binder(spec, env, checkpoint)
+    binder = _Binder(spec, env, checkpoint, allow_unused)
     graph = binder.bind()
     if checkpoint is not None:
         _warn_unread(spec, binder.ckpt_names, graph)
@@ -260,11 +357,9 @@ def _warn_unread(spec: Spec, names: set, graph: Graph) -> None:
     read = {v.source for v in graph.values.values() if v.kind == "weight"}
     unread = sorted(n for n in names - read if not n.endswith("rotary_emb.inv_freq"))
     if unread:
-        import warnings
-
         shown = ", ".join(unread[:5]) + (f" and {len(unread) - 5} more" if len(unread) > 5 else "")
-        warnings.warn(f"{spec.file}: the checkpoint has {len(unread)} tensor(s) the spec never "
-                      f"reads: {shown}", stacklevel=3)
+        spec_warning(f"{spec.file}: the checkpoint has {len(unread)} tensor(s) the spec never "
+                     f"reads: {shown}")
 
 
 _MATCHES: dict[str, tuple] = {}   # spec path -> (mtime_ns, size, architectures, model_types)

@@ -87,9 +87,13 @@ class _Evaluator(ast.NodeVisitor):
     def visit_Constant(self, node):
         return node.value
 
-    def visit_Name(self, node):
+    def visit_Name(self, node, compared_with_string: bool = False):
         if node.id in self.env:
             return self.env[node.id]
+        if compared_with_string or node.id in _strings(self.env.values()):
+            # `act == silu`: a bare word is a symbol name; the string is 'silu'.
+            raise self.loc.error(f"undefined symbol '{node.id}' (a string needs quotes: "
+                                 f"'{node.id}')")
         hint = nearest(node.id, self.env)
         raise self.loc.error(f"undefined symbol '{node.id}'", hint[0] if hint else None)
 
@@ -97,17 +101,29 @@ class _Evaluator(ast.NodeVisitor):
         fn = _BINARY.get(type(node.op))
         if fn is None:
             return self.generic_visit(node)
-        return fn(self.visit(node.left), self.visit(node.right))
+        left, right = self.visit(node.left), self.visit(node.right)
+        try:
+            return fn(left, right)
+        except (TypeError, ValueError, ArithmeticError) as err:
+            raise self._operands_error(node, err, left, right) from None
 
     def visit_UnaryOp(self, node):
         value = self.visit(node.operand)
         if isinstance(node.op, ast.Not):
             return not value
-        if isinstance(node.op, ast.USub):
-            return -value
-        if isinstance(node.op, ast.UAdd):
-            return +value
+        try:
+            if isinstance(node.op, ast.USub):
+                return -value
+            if isinstance(node.op, ast.UAdd):
+                return +value
+        except TypeError as err:
+            raise self._operands_error(node, err, value) from None
         return self.generic_visit(node)
+
+    def _operands_error(self, node, err, *values):
+        """`n_heads % n_kv_heads` with a config field of the wrong type (a string)."""
+        shown = ", ".join(f"{v!r} ({type(v).__name__})" for v in values)
+        return self.loc.error(f"cannot evaluate '{ast.unparse(node)}' with values {shown}: {err}")
 
     def visit_BoolOp(self, node):
         if isinstance(node.op, ast.And):
@@ -125,10 +141,26 @@ class _Evaluator(ast.NodeVisitor):
         return result
 
     def visit_Compare(self, node):
+        # An undefined bare word compared with a string symbol (`act == silu`) or
+        # listed among strings (`act in (gelu, 'gelu_new')`) was meant as a string.
+        operands = [node.left, *node.comparators]
+        string_symbol = any(isinstance(o, ast.Name) and isinstance(self.env.get(o.id), str)
+                            for o in operands)
+        for o in operands:
+            group = o.elts if isinstance(o, (ast.Tuple, ast.List, ast.Set)) else None
+            among_strings = string_symbol or (group is not None and any(
+                isinstance(e, ast.Constant) and isinstance(e.value, str) for e in group))
+            for e in (group if group is not None else [o]):
+                if among_strings and isinstance(e, ast.Name) and e.id not in self.env:
+                    self.visit_Name(e, compared_with_string=True)
         left = self.visit(node.left)
         for op, right_node in zip(node.ops, node.comparators):
             right = self.visit(right_node)
-            if not _COMPARE[type(op)](left, right):
+            try:
+                holds = _COMPARE[type(op)](left, right)
+            except TypeError as err:
+                raise self._operands_error(node, err, left, right) from None
+            if not holds:
                 return False
             left = right
         return True
@@ -162,3 +194,16 @@ class _Evaluator(ast.NodeVisitor):
             return FUNCTIONS[name](*args, **kwargs)
         except (TypeError, ValueError) as err:
             raise self.loc.error(f"'{ast.unparse(node)}': {err}") from None
+
+
+def _strings(values, depth: int = 0) -> set:
+    """Every string among symbol values (in lists and mappings too, e.g. layer_types)."""
+    out = set()
+    for v in values:
+        if isinstance(v, str):
+            out.add(v)
+        elif depth < 2 and isinstance(v, (list, tuple)):
+            out |= _strings(v, depth + 1)
+        elif depth < 2 and isinstance(v, dict):
+            out |= _strings(v.values(), depth + 1)
+    return out

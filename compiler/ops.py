@@ -4,10 +4,15 @@ A spec may use the *primitive* ops (what a paper draws). Compiler passes
 introduce *fused* ops (registered in `fused_ops.py`); specs may not write those.
 Each op's math lives in `interpreter.py` (float32 reference) and in
 `rustinfer.kernels` (the implementations plans call).
+
+Every attribute has a type (`OpDef.types`, an `AttrType`): binding checks each
+value after evaluating its expression against the config, so `window=True` or
+`eps="1e-6"` is a spec error at its line, not a crash (or a silently different
+model) in a kernel; the IR verifier checks them again after every pass.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 REQUIRED = object()  # marks an attribute without a default
@@ -18,11 +23,90 @@ class ShapeError(Exception):
 
 
 @dataclass(frozen=True)
+class AttrType:
+    """What an attribute's value must be, checked when a spec binds (after its
+    expression is evaluated against the config) and by the IR verifier.
+
+    kind: 'int' (a bool is not an int), 'float' (an int is accepted), 'bool',
+    'str', 'ints' (a list or tuple of ints) or 'dict' (a config object such as
+    rope_scaling). `optional`: None is accepted too (it means the default
+    behaviour). `choices`: the only values allowed. `min`: the smallest number.
+    """
+
+    kind: str
+    optional: bool = False
+    choices: tuple = ()
+    min: float | None = None
+
+    def describe(self) -> str:
+        if self.choices:
+            text = "one of " + ", ".join(repr(c) for c in self.choices)
+        else:
+            text = {"int": "an int", "float": "a number", "bool": "true or false",
+                    "str": "a string", "ints": "a list of ints",
+                    "dict": "a mapping (like config.json's rope_scaling)"}[self.kind]
+            if self.min is not None:
+                text += f" >= {self.min}"
+        return text + (" or None" if self.optional else "")
+
+    def accepts(self, value) -> bool:
+        if value is None:
+            return self.optional
+        if self.choices:
+            return value in self.choices and _is_kind(self.kind, value)
+        if not _is_kind(self.kind, value):
+            return False
+        if self.kind == "ints":
+            return self.min is None or all(v >= self.min for v in value)
+        return self.min is None or value >= self.min
+
+    def problem(self, value) -> str | None:
+        """None when `value` fits, else 'must be an int, got True (bool)'."""
+        if self.accepts(value):
+            return None
+        text = f"must be {self.describe()}, got {value!r} ({type(value).__name__})"
+        if isinstance(value, str) and self.kind in ("int", "float"):
+            try:
+                float(value)
+                text += "; a number in quotes is a string: drop the quotes"
+            except ValueError:
+                pass
+        elif isinstance(value, str) and self.kind == "bool" and value.lower() in ("true", "false"):
+            text += "; write True or False without quotes"
+        return text
+
+
+def _is_kind(kind: str, value) -> bool:
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "str":
+        return isinstance(value, str)
+    if kind == "ints":
+        return isinstance(value, (list, tuple)) and all(_is_kind("int", v) for v in value)
+    if kind == "dict":
+        return isinstance(value, dict)
+    raise ValueError(f"unknown attribute kind {kind!r}")
+
+
+INT = AttrType("int")
+POSITIVE = AttrType("int", min=1)
+FLOAT = AttrType("float")
+
+
+@dataclass(frozen=True)
 class OpDef:
     name: str
     inputs: tuple[str, ...]                 # positional inputs, in order
     optional_inputs: tuple[str, ...] = ()   # may follow the required ones
     attrs: dict[str, Any] = field(default_factory=dict)  # name -> default or REQUIRED
+    # name -> AttrType, one per attribute. Ops registered elsewhere (fused_ops.py) may
+    # leave out attributes they take from a primitive op (heads, eps, ...): register()
+    # copies that op's type, so one name means one type across the op set.
+    types: dict[str, AttrType] = field(default_factory=dict)
     infer: Callable[..., list] = None       # (shapes, attrs) -> output shapes
     outputs: int = 1
     uses_cache: bool = False                # gets this layer's k/v cache values appended
@@ -45,9 +129,40 @@ class OpDef:
 OPS: dict[str, OpDef] = {}
 
 
+# Attributes only fused ops have (every other one is typed on its primitive op).
+FUSED_ATTR_TYPES = {
+    "sizes": AttrType("ints", min=1),
+    "act": AttrType("str", optional=True, choices=("swiglu",)),
+}
+
+
 def register(op: OpDef) -> OpDef:
+    types = dict(op.types)
+    for attr in op.attrs:
+        if attr in types:
+            continue
+        known = [o.types[attr] for o in OPS.values() if attr in o.types]
+        known += [FUSED_ATTR_TYPES[attr]] if attr in FUSED_ATTR_TYPES else []
+        if not known:
+            raise TypeError(f"op '{op.name}': attribute '{attr}' has no declared type "
+                            "(give it one in OpDef.types)")
+        # None is accepted where the op's default is None or omitted (rms_norm's heads
+        # is optional, rope's is not: a fused op's required heads takes rope's type).
+        optional = op.attrs[attr] is None or attr in op.omit_default
+        types[attr] = next((k for k in known if k.optional == optional), known[0])
+    for attr in types:
+        if attr not in op.attrs:
+            raise TypeError(f"op '{op.name}': types names '{attr}', which is not an attribute")
+    op = replace(op, types=types)
     OPS[op.name] = op
     return op
+
+
+def attr_problem(op: str, attr: str, value) -> str | None:
+    """None when `value` fits attribute `attr` of `op`, else what is wrong with it."""
+    kind = OPS[op].types.get(attr)
+    problem = kind.problem(value) if kind is not None else None
+    return f"op '{op}': {attr} {problem}" if problem else None
 
 
 # --- shape helpers ----------------------------------------------------------
@@ -162,6 +277,8 @@ def _elementwise(shapes, attrs):
 register(OpDef("embedding", ("ids", "table"), infer=_embedding,
                doc="out[t] = table[ids[t]]"))
 register(OpDef("rms_norm", ("x", "weight"), attrs={"eps": REQUIRED, "offset": 0.0, "heads": 1},
+               types={"eps": AttrType("float", min=0), "offset": FLOAT,
+                      "heads": AttrType("int", optional=True, min=1)},  # None: 1
                infer=_rms_norm, omit_default=frozenset({"heads"}),
                doc="x / sqrt(mean(x^2) + eps) * (weight + offset); with heads=H the last "
                    "dim is H groups of len(weight), each normalized alone (Qwen3 q/k norm)"))
@@ -170,6 +287,9 @@ register(OpDef("linear", ("x", "weight"), optional_inputs=("bias",), infer=_line
 register(OpDef("rope", ("x", "positions"),
                attrs={"heads": REQUIRED, "head_dim": REQUIRED, "theta": REQUIRED, "scaling": None,
                       "rotary_dim": None},
+               types={"heads": POSITIVE, "head_dim": POSITIVE, "theta": FLOAT,
+                      "scaling": AttrType("dict", optional=True),
+                      "rotary_dim": AttrType("int", optional=True, min=1)},
                infer=_rope, omit_default=frozenset({"rotary_dim"}),
                doc="rotate-half rotary embedding per head; scaling: None or a rope_scaling dict; "
                    "rotary_dim: rotate only the first rotary_dim dims of each head (partial "
@@ -177,6 +297,11 @@ register(OpDef("rope", ("x", "positions"),
 register(OpDef("attention", ("q", "k", "v"),
                attrs={"heads": REQUIRED, "kv_heads": REQUIRED, "head_dim": REQUIRED,
                       "scale": None, "window": 0, "softcap": 0.0},
+               types={"heads": POSITIVE, "kv_heads": POSITIVE, "head_dim": POSITIVE,
+                      "scale": AttrType("float", optional=True),
+                      # None is the default too (OpDef.omit_default): no window, no cap
+                      "window": AttrType("int", optional=True, min=0),
+                      "softcap": AttrType("float", optional=True, min=0)},
                infer=_attention, uses_cache=True, side_effects=True,
                omit_default=frozenset({"window", "softcap"}),
                doc="append k/v to this layer's paged cache, then causal GQA attention "
@@ -203,11 +328,15 @@ def _gelu(shapes, attrs):
 register(OpDef("add", ("a", "b"), infer=_elementwise, elementwise=True, doc="a + b"))
 register(OpDef("mul", ("a", "b"), infer=_elementwise, elementwise=True, doc="a * b"))
 register(OpDef("silu", ("x",), infer=_elementwise, elementwise=True, doc="x * sigmoid(x)"))
-register(OpDef("gelu", ("x",), attrs={"approximate": "none"}, infer=_gelu, elementwise=True,
+register(OpDef("gelu", ("x",), attrs={"approximate": "none"},
+               types={"approximate": AttrType("str", choices=("none", "tanh"))},
+               infer=_gelu, elementwise=True,
                doc="GELU as torch computes it: approximate='none' (erf) or 'tanh' "
                    "(transformers' gelu_pytorch_tanh)"))
-register(OpDef("scale", ("x",), attrs={"factor": REQUIRED}, infer=_scalar("factor"),
+register(OpDef("scale", ("x",), attrs={"factor": REQUIRED}, types={"factor": FLOAT},
+               infer=_scalar("factor"),
                elementwise=True, doc="x * factor (a constant; e.g. Gemma's sqrt(hidden) "
                                      "embedding normalizer)"))
-register(OpDef("softcap", ("x",), attrs={"cap": REQUIRED}, infer=_scalar("cap"),
+register(OpDef("softcap", ("x",), attrs={"cap": REQUIRED}, types={"cap": FLOAT},
+               infer=_scalar("cap"),
                elementwise=True, doc="cap * tanh(x / cap) (e.g. Gemma 2 final logits)"))

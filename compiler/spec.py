@@ -29,7 +29,7 @@ from typing import Any
 
 from .errors import Loc, SpecError, nearest
 from .expr import dotted_name, parse
-from .ops import OPS
+from .ops import OPS, attr_problem
 from .yaml_loader import LineDict, LineList, load_yaml
 
 TOP_LEVEL = {"family", "matches", "config", "checks", "inputs", "weights", "prologue",
@@ -43,6 +43,38 @@ MATCH_KEYS = {"architectures", "model_types"}
 INPUT_DTYPES = {"int64", "int32", "float32"}
 
 SPECS_DIR = Path(__file__).resolve().parent.parent / "specs"
+
+# Names other frameworks and papers use for a spec op (lower-cased, '-' -> '_'):
+# an unknown op that is one of them suggests the op (with a note when it is not
+# a plain rename).
+OP_ALIASES: dict[str, tuple[str, str]] = {
+    "swish": ("silu", ""), "silu_and_mul": ("silu", "then mul(act, up)"),
+    "sigmoid_linear_unit": ("silu", ""),
+    "gelu_new": ("gelu", "with approximate='tanh'"),
+    "gelu_fast": ("gelu", "with approximate='tanh'"),
+    "gelu_pytorch_tanh": ("gelu", "with approximate='tanh'"),
+    "gelu_tanh": ("gelu", "with approximate='tanh'"),
+    "rmsnorm": ("rms_norm", ""), "t5_layer_norm": ("rms_norm", ""),
+    "matmul": ("linear", ""), "dense": ("linear", ""), "fc": ("linear", ""),
+    "gemm": ("linear", ""), "proj": ("linear", ""),
+    "embed": ("embedding", ""), "embed_tokens": ("embedding", ""),
+    "rotary": ("rope", ""), "rotary_emb": ("rope", ""), "rotary_embedding": ("rope", ""),
+    "apply_rotary_pos_emb": ("rope", ""),
+    "attn": ("attention", ""), "self_attn": ("attention", ""),
+    "self_attention": ("attention", ""), "sdpa": ("attention", ""),
+    "scaled_dot_product_attention": ("attention", ""),
+    "multiply": ("mul", ""), "prod": ("mul", ""), "sum": ("add", ""), "plus": ("add", ""),
+    "residual": ("add", ""), "tanh_softcap": ("softcap", ""), "soft_cap": ("softcap", ""),
+    "mult": ("mul", ""), "scalar_mul": ("scale", ""),
+}
+# Common ops that have no spec op yet: what to do instead.
+MISSING_OPS = {
+    "layer_norm": "there is no LayerNorm op yet (rms_norm is RMSNorm, without mean "
+                  "subtraction or bias); docs/adding-a-model.md section 7 says how to add one",
+    "relu": "there is no relu op yet; docs/adding-a-model.md section 7 says how to add one",
+    "softmax": "softmax happens inside attention(); there is no separate softmax op",
+}
+MISSING_OPS["layernorm"] = MISSING_OPS["layer_norm"]
 
 
 @dataclass
@@ -288,8 +320,7 @@ def _parse_node(item, loc: Loc) -> NodeDecl:
     op = call.func.id
     opdef = OPS.get(op)
     if opdef is None or not opdef.primitive:
-        hint = nearest(op, [n for n, d in OPS.items() if d.primitive])
-        raise loc.error(f"unknown op '{op}'", hint[0] if hint else None)
+        raise _unknown_op(op, loc)
     args = []
     for arg in call.args:
         name = dotted_name(arg)
@@ -300,8 +331,9 @@ def _parse_node(item, loc: Loc) -> NodeDecl:
     n_min, n_max = len(opdef.inputs), len(opdef.inputs) + len(opdef.optional_inputs)
     if not n_min <= len(args) <= n_max:
         want = f"{n_min}" if n_min == n_max else f"{n_min} to {n_max}"
+        noun = "input" if n_max == 1 else "inputs"
         sig = ", ".join(opdef.inputs + tuple(f"[{o}]" for o in opdef.optional_inputs))
-        raise loc.error(f"op '{op}' takes {want} inputs ({sig}), got {len(args)}")
+        raise loc.error(f"op '{op}' takes {want} {noun} ({sig}), got {len(args)}")
     attrs = {}
     for kw in call.keywords:
         if kw.arg not in opdef.attrs:
@@ -309,5 +341,47 @@ def _parse_node(item, loc: Loc) -> NodeDecl:
             allowed = ", ".join(opdef.attrs) or "none"
             raise loc.error(f"op '{op}' has no attribute '{kw.arg}' (attributes: {allowed})",
                             hint[0] if hint else None)
+        if kw.arg in attrs:
+            raise loc.error(f"op '{op}': attribute '{kw.arg}' is given twice")
+        constant = _constant(kw.value)
+        if constant is not _NOT_CONSTANT:     # expressions are checked when bound
+            problem = attr_problem(op, kw.arg, constant)
+            if problem:
+                raise loc.error(problem)
         attrs[kw.arg] = kw.value
     return NodeDecl(out, op, args, attrs, item.get("when"), loc)
+
+
+_NOT_CONSTANT = object()
+
+
+def _constant(node: ast.expr):
+    """The value of a literal attribute (`window=True`, `eps="1e-6"`, `factor=-1.0`)."""
+    if isinstance(node, ast.Constant):
+        return node.value
+    if (isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd))
+            and isinstance(node.operand, ast.Constant)
+            and type(node.operand.value) in (int, float)):
+        return -node.operand.value if isinstance(node.op, ast.USub) else node.operand.value
+    return _NOT_CONSTANT
+
+
+def _unknown_op(op: str, loc: Loc) -> SpecError:
+    from . import fused_ops  # noqa: F401  (registers the fused ops, to name them)
+
+    spec_ops = sorted(n for n, d in OPS.items() if d.primitive)
+    listed = f"spec ops: {', '.join(spec_ops)}"
+    if op in OPS:                       # a fused op: the compiler's, not the spec's
+        return loc.error(f"unknown op '{op}': it is a fused op that compiler passes "
+                         f"introduce; write the unfused math ({listed})")
+    key = op.lower().replace("-", "_")
+    if key in MISSING_OPS:
+        return loc.error(f"unknown op '{op}': {MISSING_OPS[key]} ({listed})")
+    if key in OP_ALIASES:
+        target, note = OP_ALIASES[key]
+        return loc.error(f"unknown op '{op}'" + (f" (write {target}(...) {note})" if note else ""),
+                         target)
+    hint = nearest(op, spec_ops)
+    if hint:
+        return loc.error(f"unknown op '{op}'", hint[0])
+    return loc.error(f"unknown op '{op}' ({listed})")

@@ -2,7 +2,8 @@
 
 `verify(graph)` checks the invariants every pass must keep:
   - every op is registered, with its input count (+2 caches for `uses_cache`
-    ops) and its required attributes, and no unknown attributes;
+    ops) and its required attributes, each of its declared type (OpDef.types),
+    and no unknown attributes;
   - SSA: each activation is defined by exactly one node, and nothing defines a
     graph input, weight or cache;
   - every value a node or the graph references exists; activations are
@@ -70,9 +71,11 @@ def verify(graph: Graph, *, after: str | None = None) -> None:
         for attr, default in opdef.attrs.items():
             if default is REQUIRED and attr not in node.attrs:
                 problems.append(f"{where}: missing attribute '{attr}'")
-        for attr in node.attrs:
+        for attr, value in node.attrs.items():
             if attr not in opdef.attrs:
                 problems.append(f"{where}: unknown attribute '{attr}'")
+            elif attr in opdef.types and opdef.types[attr].problem(value):
+                problems.append(f"{where}: attribute '{attr}' {opdef.types[attr].problem(value)}")
         ok_inputs = True
         for name in node.inputs:
             if not name:

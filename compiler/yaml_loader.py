@@ -65,6 +65,34 @@ def load_yaml(text: str, filename: str):
     try:
         return yaml.load(text, Loader=_Loader)
     except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        line = mark.line + 1 if mark else None
-        raise SpecError(f"invalid YAML: {err.problem or err}", file=filename, line=line) from None
+        message, line = describe_yaml_error(err)
+        raise SpecError(message, file=filename, line=line) from None
+
+
+_OPENERS = {"flow sequence": "[", "flow mapping": "{", "quoted scalar": "quote"}
+
+
+def describe_yaml_error(err: yaml.MarkedYAMLError) -> tuple[str, int | None]:
+    """The message and line of a YAML syntax error, naming both of PyYAML's marks.
+
+    PyYAML notices an unclosed `{`, `[` or quote only where the next thing
+    fails to parse (often the next line): then the error's line is the
+    opener's and the message says where parsing stopped. Otherwise the line is
+    where it stopped and the message says where the construct began.
+    """
+    problem = err.problem or str(err)
+    p_line = err.problem_mark.line + 1 if err.problem_mark else None
+    c_line = err.context_mark.line + 1 if err.context_mark else None
+    context = err.context or ""
+    if c_line is None or c_line == p_line:
+        where = f" ({context})" if context else ""
+        return f"invalid YAML: {problem}{where}", p_line or c_line
+    opener = next((o for k, o in _OPENERS.items() if k in context), None)
+    if opener is not None and p_line is not None:
+        what = f"the {opener}" if opener == "quote" else f"the '{opener}'"
+        return (f"invalid YAML: {what} opened at line {c_line} is not closed: {problem} "
+                f"at line {p_line}", c_line)
+    if p_line is None:
+        return f"invalid YAML: {problem} ({context} at line {c_line})", c_line
+    return (f"invalid YAML: {problem} at line {p_line} ({context} that starts at line "
+            f"{c_line})", p_line)

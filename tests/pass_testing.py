@@ -35,7 +35,8 @@ def small_spec(weights: str, prologue: str, outputs: str, config: str = "") -> s
 
 
 def bind_text(text: str, config: dict | None = None):
-    return bind(parse_spec(textwrap.dedent(text), "test.yaml"), config or {})
+    # pass tests build graphs with dead values on purpose (dead_value_removal's input)
+    return bind(parse_spec(textwrap.dedent(text), "test.yaml"), config or {}, allow_unused=True)
 
 
 def bind_tiny_mha(n_layer: int):

@@ -47,7 +47,7 @@ def test_undefined_value_suggests_nearest():
 def test_wrong_arity():
     text, line = _edit("silu(mlp.gate)", "silu(mlp.gate, mlp.up)")
     err = _error(text)
-    assert err.line == line and "takes 1 inputs (x), got 2" in str(err)
+    assert err.line == line and "takes 1 input (x), got 2" in str(err)
 
 
 def test_unknown_attribute_suggests():
@@ -147,3 +147,197 @@ def test_unsupported_rope_scaling_is_a_spec_error():
     config = dict(CONFIG, rope_scaling={"rope_type": "yarn", "factor": 4.0})
     err = _error(SPEC_TEXT, config)
     assert "rope scaling type 'yarn' is not supported" in str(err)
+
+
+# --- attribute types -------------------------------------------------------------
+
+ATTENTION = "attention(attn.q_rot, attn.k_rot, attn.v, heads=n_heads, kv_heads=n_kv_heads, " \
+            "head_dim=head_dim)"
+
+
+def test_attribute_of_wrong_type_names_line_field_and_type():
+    text, line = _edit(ATTENTION, ATTENTION[:-1] + ", window=True)")
+    err = _error(text)
+    assert (err.file, err.line, err.field) == ("specs/llama3.yaml", line, "layers.body[6]")
+    assert "op 'attention': window must be an int >= 0 or None, got True (bool)" in str(err)
+
+
+def test_a_number_in_quotes_is_not_a_number():
+    text, line = _edit("rms_norm(h, attn_norm, eps=eps)", 'rms_norm(h, attn_norm, eps="1e-6")')
+    err = _error(text)
+    assert (err.line, err.field) == (line, "layers.body[0]")
+    assert "op 'rms_norm': eps must be a number >= 0, got '1e-6' (str)" in str(err)
+    assert "drop the quotes" in str(err)
+
+
+def test_a_string_where_an_int_belongs_is_a_spec_error_not_a_traceback():
+    text, line = _edit("heads=n_heads, kv_heads", 'heads="five", kv_heads')
+    err = _error(text)
+    assert (err.line, err.field) == (line, "layers.body[6]")
+    assert "op 'attention': heads must be an int >= 1, got 'five' (str)" in str(err)
+
+
+def test_attribute_expressions_are_checked_after_evaluation():
+    # A config.json field of the wrong type reaches the op through a symbol.
+    line = SPEC_TEXT[:SPEC_TEXT.index("rms_norm(h, attn_norm")].count("\n") + 1
+    err = _error(SPEC_TEXT, dict(CONFIG, rms_norm_eps="1e-5"))
+    assert (err.line, err.field) == (line, "layers.body[0]")
+    assert "eps must be a number >= 0, got '1e-5' (str)" in str(err)
+    assert "(from eps=eps)" in str(err)
+
+
+def test_bool_is_not_an_int_but_an_int_is_a_number():
+    text, line = _edit("positions, heads=n_kv_heads", "positions, heads=False")
+    err = _error(text)
+    assert err.line == line and "heads must be an int >= 1, got False (bool)" in str(err)
+    text, _ = _edit("rms_norm(h, attn_norm, eps=eps)", "rms_norm(h, attn_norm, eps=eps, offset=1)")
+    graph = bind(parse_spec(text, "specs/llama3.yaml"), CONFIG)
+    assert graph.nodes[1].attrs["offset"] == 1
+
+
+def test_config_value_of_wrong_type_in_an_expression():
+    err = _error(SPEC_TEXT, dict(CONFIG, num_attention_heads="four"))
+    assert err.field == "config.head_dim"
+    assert "cannot evaluate 'hidden // n_heads' with values 64 (int), 'four' (str)" in str(err)
+
+
+# --- values computed but never used --------------------------------------------------
+
+def test_a_value_never_used_is_an_error():
+    # It would also keep fuse_gate_up_swiglu from firing (mlp.gate gains a reader).
+    text, line = _edit("    - mlp.down:", "    - mlp.dbg: mul(mlp.gate, mlp.up)\n    - mlp.down:")
+    err = _error(text)
+    assert (err.line, err.field) == (line, "layers.body[14]")
+    assert str(err).endswith("value 'mlp.dbg' is computed but never used; "
+                             "use it or delete the line")
+
+
+def test_an_input_wired_past_a_value_leaves_it_unused():
+    text, _ = _edit(ATTENTION, ATTENTION.replace("attn.k_rot", "attn.k"))
+    err = _error(text)
+    assert err.line == SPEC_TEXT[:SPEC_TEXT.index("- attn.k_rot")].count("\n") + 1
+    assert "value 'attn.k_rot' is computed but never used" in str(err)
+
+
+def test_unused_value_whose_reader_is_left_out_by_when():
+    text, line = _edit("    - mlp.down:", "    - mlp.dbg: mul(mlp.gate, mlp.up)\n"
+                       "    - mlp.dbg2: silu(mlp.dbg)\n      when: tied\n    - mlp.down:")
+    err = _error(text)
+    assert err.line == line and "value 'mlp.dbg' is computed but never used" in str(err)
+    assert f"line {line + 1}, are left out by their `when:`" in str(err)
+
+
+def test_a_weight_never_used_is_a_warning():
+    from rustinfer.compiler.errors import SpecWarning
+
+    text, line = _edit("    down_proj:", "    down_bias: {name: \"model.layers.{i}.mlp.down_proj"
+                       ".bias\", shape: [hidden]}\n    down_proj:")
+    with pytest.warns(SpecWarning) as record:
+        bind(parse_spec(text, "specs/llama3.yaml"), CONFIG)
+    assert [str(w.message) for w in record] == [
+        f"specs/llama3.yaml:{line}: field 'layers.weights.down_bias': weight 'down_bias' is "
+        "declared but no op reads it; pass it to an op or delete the line"]
+
+
+# --- message quality ---------------------------------------------------------------
+
+def test_unknown_op_under_another_name_suggests_the_spec_op():
+    text, line = _edit("silu(mlp.gate)", "swish(mlp.gate)")
+    err = _error(text)
+    assert err.line == line and err.suggestion == "silu"
+    assert str(err).endswith("unknown op 'swish'; did you mean 'silu'?")
+    text, _ = _edit("silu(mlp.gate)", "gelu_new(mlp.gate)")
+    assert "write gelu(...) with approximate='tanh'" in str(_error(text))
+
+
+def test_unknown_op_without_a_close_name_lists_the_ops():
+    text, line = _edit("silu(mlp.gate)", "frobnicate(mlp.gate)")
+    err = _error(text)
+    assert err.line == line and err.suggestion is None
+    assert "unknown op 'frobnicate' (spec ops: add, attention, embedding, gelu, linear, mul, " \
+           "rms_norm, rope, scale, silu, softcap)" in str(err)
+    text, _ = _edit("silu(mlp.gate)", "swiglu(mlp.gate)")
+    assert "unknown op 'swiglu': it is a fused op that compiler passes introduce" in \
+        str(_error(text))
+
+
+def test_a_bare_word_compared_with_a_string_needs_quotes():
+    text, _ = _edit("  tied:", "  act:          {field: hidden_act, default: \"'silu'\"}\n  tied:")
+    text = text.replace("checks:\n", "checks:\n  - expr: act == silu\n")
+    line = text[:text.index("act == silu")].count("\n") + 1
+    err = _error(text)
+    assert (err.line, err.field) == (line, "checks[0]")
+    assert str(err).endswith("undefined symbol 'silu' (a string needs quotes: 'silu')")
+    # a tuple of choices, and a `when:` that names a config string value
+    err = _error(text.replace("act == silu", "act in (gelu, 'silu')"))
+    assert "undefined symbol 'gelu' (a string needs quotes: 'gelu')" in str(err)
+    text = text.replace("  - expr: act == silu\n", "")
+    assert text.count("silu(mlp.gate)\n") == 1
+    text = text.replace("silu(mlp.gate)\n", "silu(mlp.gate)\n      when: silu\n")
+    assert "undefined symbol 'silu' (a string needs quotes: 'silu')" in str(_error(text))
+
+
+def test_undeclared_weight_says_where_to_declare_it():
+    text, line = _edit("    down_proj: {name: \"model.layers.{i}.mlp.down_proj.weight\", "
+                       "shape: [hidden, ffn]}\n", "")
+    err = _error(text)
+    weights_line = SPEC_TEXT[:SPEC_TEXT.index("  weights:\n    attn_norm")].count("\n") + 1
+    assert err.line == SPEC_TEXT[:SPEC_TEXT.index("- mlp.down:")].count("\n")  # one line up
+    assert ("undefined value 'down_proj' used by op 'linear': it is neither a declared weight "
+            "nor a computed value; declare it under `layers.weights:` "
+            f"(line {weights_line}) or compute it above this line") in str(err)
+    assert err.suggestion is None
+
+
+def test_undeclared_bias_suggests_only_close_names():
+    qwen3 = SPEC_FILE.with_name("qwen3.yaml").read_text()
+    assert qwen3.count("linear(mlp.prod, down_proj)") == 1
+    text = qwen3.replace("linear(mlp.prod, down_proj)", "linear(mlp.prod, down_proj, down_bias)")
+    err = _error(text, dict(CONFIG, head_dim=16))
+    assert "undefined value 'down_bias'" in str(err) and "neither a declared weight" in str(err)
+    assert err.suggestion is None                       # not 'o_bias'
+
+
+def test_value_used_before_it_is_computed_or_weight_out_of_reach():
+    text, line = _edit("add(h, attn.o)", "add(h, mlp.x)")
+    err = _error(text)
+    later = SPEC_TEXT[:SPEC_TEXT.index("- mlp.x:")].count("\n") + 1
+    assert err.line == line and f"it is computed later, at line {later}" in str(err)
+    text, line = _edit("embedding(tokens, embed)", "embedding(tokens, q_proj)")
+    err = _error(text)
+    assert err.line == line and "'q_proj' is a per-layer weight" in str(err)
+
+
+def test_arity_uses_singular_and_plural():
+    text, _ = _edit("mul(mlp.act, mlp.up)", "mul(mlp.act)")
+    assert "op 'mul' takes 2 inputs (a, b), got 1" in str(_error(text))
+    text, _ = _edit("linear(mlp.prod, down_proj)", "linear(mlp.prod)")
+    assert "op 'linear' takes 2 to 3 inputs (x, weight, [bias]), got 1" in str(_error(text))
+
+
+def test_invalid_yaml_names_the_unclosed_bracket_and_where_parsing_stopped():
+    text, line = _edit("  - h: embedding(tokens, embed)", "  - h: {embedding(tokens, embed)")
+    err = _error(text)
+    assert err.line == line
+    assert f"the '{{' opened at line {line} is not closed" in str(err)
+    stopped = SPEC_TEXT[:SPEC_TEXT.index("\nlayers:")].count("\n") + 2
+    assert f"at line {stopped}" in str(err)   # the next key, where PyYAML noticed
+    text, line = _edit("  hidden:       {field: hidden_size}\n",
+                       "  hidden:       {field: hidden_size}\n   oops: 1\n")
+    err = _error(text)
+    assert err.line == line + 1 and "while parsing a block mapping that starts at line" in str(err)
+
+
+def test_unread_checkpoint_tensor_warning_is_one_clean_line():
+    import warnings
+
+    from rustinfer.compiler.errors import SpecWarning
+
+    shapes = _llama_shapes()
+    shapes["model.layers.0.mlp.down_proj.bias"] = (64,)
+    with pytest.warns(SpecWarning) as record:
+        bind(parse_spec(SPEC_TEXT, "specs/llama3.yaml"), CONFIG, FakeCheckpoint(shapes))
+    (w,) = record
+    shown = warnings.formatwarning(w.message, w.category, w.filename, w.lineno, w.line)
+    assert shown == ("rustinfer: WARNING: specs/llama3.yaml: the checkpoint has 1 tensor(s) the "
+                     "spec never reads: model.layers.0.mlp.down_proj.bias\n")
