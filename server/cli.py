@@ -183,10 +183,10 @@ async def _serve_http(args, address: str, process: subprocess.Popen | None) -> i
     # Not ready yet: the engine (under rustinfer-serve, a child still loading the model)
     # answers later, and then this side loads the tokenizer; until then /health and the
     # API say 503. watch_startup logs "ready on ..." once requests can be served.
+    # (this line must not contain "ready on": scripts wait for that phrase)
     log.info("starting on http://%s:%d (engine: %s); %s: the server answers 503 until it "
-             "logs 'ready on http://%s:%d'", args.host, args.port, address,
-             "loading the model" if process is not None else "waiting for the engine",
-             args.host, args.port)
+             "logs that it is ready", args.host, args.port, address,
+             "loading the model" if process is not None else "waiting for the engine")
     await server.serve()
     watcher.cancel()
     return 1 if failed or not server.started else 0

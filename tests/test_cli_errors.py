@@ -227,7 +227,9 @@ def test_http_side_says_starting_then_ready(tmp_path, smollm2_gguf):
         text = log.read_text()
         assert "listening on" not in text
         starting = text.index(f"starting on http://127.0.0.1:{port}")
-        assert "answers 503 until it logs 'ready on" in text[starting:].splitlines()[0]
+        first = text[starting:].splitlines()[0]
+        assert "answers 503 until it logs that it is ready" in first
+        assert "ready on" not in first          # scripts wait for "ready on": only when ready
         assert text.index(f"ready on http://127.0.0.1:{port}") > starting
         assert httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200
     finally:
