@@ -70,8 +70,8 @@ def compile_command(args) -> int:
     if args.dump:
         shutil.copytree(out / "passes", args.dump, dirs_exist_ok=True)
     _print_report(out)
-    print(f"model         {described}")
-    print(f"{'cache hit' if cached else 'compiled'}     {folder} ({elapsed * 1000:.0f} ms in all)")
+    print(f"checkpoint    {described}")
+    print(f"{'cache hit' if cached else 'compiled':<14}{folder} ({elapsed * 1000:.0f} ms in all)")
     print(f"wrote         {out}/plan.py, report.txt, memory.txt, memory.json, passes/")
     return 0
 
@@ -105,8 +105,8 @@ def _compile_onnx(args, config, ckpt, described, spec_file, started) -> int:
     if args.dump:
         shutil.copytree(out / "passes", args.dump, dirs_exist_ok=True)
     _print_report(out)
-    print(f"model         {described}")
-    print(f"{'cache hit' if cached else 'compiled'}     {folder} "
+    print(f"checkpoint    {described}")
+    print(f"{'cache hit' if cached else 'compiled':<14}{folder} "
           f"({(time.perf_counter() - started) * 1000:.0f} ms in all)")
     print(f"wrote         {out}/model.onnx, weights.bin, graph.txt, "
           "weights.txt, report.txt, passes/")
