@@ -15,12 +15,12 @@ import time
 import httpx
 import pytest
 from fake_engine import ARGS_SCRIPTS
+from test_server_api import MODEL, chat, sse
 from test_server_support import FakeStack
 
 from rustinfer.server import tools
 from rustinfer.server.errors import OpenAIError
 
-MODEL = "fake-model"
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Weather for a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
@@ -166,18 +166,6 @@ def stack(tmp_path_factory, smollm2_gguf):
 @pytest.fixture(scope="module")
 def url(stack):
     return stack.http()
-
-
-def chat(url, content="hi", **kw):
-    body = {"model": MODEL, "messages": [{"role": "user", "content": content}], **kw}
-    return httpx.post(url + "/v1/chat/completions", json=body, timeout=30)
-
-
-def sse(response) -> list:
-    assert response.status_code == 200, response.text
-    blocks = response.text.split("\n\n")
-    assert blocks[-1] == "" and blocks[-2] == "data: [DONE]"
-    return [json.loads(b[len("data: "):]) for b in blocks[:-2]]
 
 
 def only_call(body) -> tuple[str, dict]:
