@@ -100,13 +100,7 @@ def quantize(w: np.ndarray, bits: int) -> NBitsWeight:
     safe = np.where(scale == 0, 1.0, scale)
     zp = np.clip(np.rint(-lo / safe), 0, top)
     q = np.clip(np.rint(blocks / safe[..., None] + zp[..., None]), 0, top).astype(np.uint8)
-    scale = scale.astype(np.float32)
-    if bits == 4:
-        zp8 = zp.astype(np.uint8)
-        if zp8.shape[1] % 2:
-            zp8 = np.concatenate([zp8, np.zeros((n, 1), np.uint8)], axis=1)
-        return NBitsWeight(4, k, n, _pack4(q), scale, _pack4(zp8), origin="quantized from float32")
-    return NBitsWeight(8, k, n, q, scale, zp.astype(np.uint8), origin="quantized from float32")
+    return _build(bits, k, q, scale, zp.astype(np.uint8), None, BLOCK, "quantized from float32")
 
 
 def transcode(qtype: str, raw: np.ndarray, k: int) -> NBitsWeight:
