@@ -1,13 +1,15 @@
 """compile_onnx: bound IR + checkpoint -> a cached folder holding model.onnx + weights.bin.
 
     $RUSTINFER_CACHE/plans/<family>-cpu-<quant>-<key>/
-        model.onnx      the graph (weights referenced as external data)
-        weights.bin     every large initializer, written once
-        graph.txt       one line per ONNX node (hierarchical names)
-        weights.txt     what each IR weight became (float32 MatMul, MatMulNBits, origin)
-        passes/         the IR after each fusion pass (as compile_model writes them)
-        meta.json       what the executor needs (caches, vocab, bytes read per token)
-        report.txt      a short human summary
+        model.onnx        the graph (weights referenced as external data)
+        decode_long.onnx  the graph decode runs take at long contexts (attention read once
+                          per KV head: see onnx_long_decode); the same weights.bin
+        weights.bin       every large initializer, written once
+        graph.txt         one line per ONNX node (hierarchical names); graph_decode_long.txt
+        weights.txt       what each IR weight became (float32 MatMul, MatMulNBits, origin)
+        passes/           the IR after each fusion pass (as compile_model writes them)
+        meta.json         what the executor needs (caches, vocab, bytes read per token)
+        report.txt        a short human summary
 
 The key is build.cache_key's (spec text, config, weight shapes, compiler and
 kernel sources) plus the ONNX options and the checkpoint's identity (path, file
@@ -28,6 +30,7 @@ import onnx
 
 from .build import CompileOptions, cache_key, cache_root
 from .ir import Graph
+from .onnx_long_decode import long_decode_model
 from .onnx_lowering import describe, lower
 from .onnx_weights import WeightStore
 from .pipeline import run_pipeline
@@ -89,6 +92,9 @@ def _build(graph: Graph, checkpoint, options: OnnxOptions, folder: Path) -> None
             store.close()
         onnx.save_model(model, str(tmp / "model.onnx"))
         (tmp / "graph.txt").write_text(describe(model))
+        long_model, long_inputs = long_decode_model(model)     # same weights.bin
+        onnx.save_model(long_model, str(tmp / "decode_long.onnx"))
+        (tmp / "graph_decode_long.txt").write_text(describe(long_model))
         (tmp / "weights.txt").write_text("\n".join(store.report) + "\n")
         caches = {c.name: list(c.shape[2:]) for c in fused.caches()}
         meta = {
@@ -98,6 +104,7 @@ def _build(graph: Graph, checkpoint, options: OnnxOptions, folder: Path) -> None
             "bytes_per_token": store.bytes_per_token,
             "quant": options.quant,
             "max_pos": int(fused.symbols.get("max_pos") or 8192),
+            "long_decode": {"model": "decode_long.onnx", **long_inputs},
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         seconds = time.perf_counter() - started

@@ -19,8 +19,13 @@ x capacity positions per call: 75 MB for a 256-token chunk at 8,192), so rows ar
 not bound at max_model_len. Each cache is one flat buffer (virtual memory for
 max_seqs x max_model_len positions, resident only where written: see _lazy_zeros)
 viewed as [max_seqs, kv_heads, capacity, head_dim]; the capacity starts at
-`kv_capacity` positions (256) and doubles when a step needs more, moving each row's
-valid prefix to its new place (rare: once per doubling).
+`kv_capacity` positions (256) and grows when a step needs more (doubling, then by a
+quarter past 1,024), moving each row's valid prefix to its new place (rare).
+
+Long contexts. GQA streams a layer's K and V once per query head. Decode runs whose rows
+are long (LONG_DECODE_FROM) take a second graph, decode_long.onnx, which reads them once
+per KV head (see compiler/onnx_long_decode.py); it is opened on first use and shares
+the caches and the weights file.
 """
 from __future__ import annotations
 
@@ -33,13 +38,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rustinfer.compiler.onnx_long_decode import window_mask_name, write_index_name
 from rustinfer.compiler.onnx_lowering import past_name, present_name
 from rustinfer.compiler.step_inputs import StepInputs
 
 from .cpu_cores import physical_cores
 from .onnx_rows import RowMap
 
-OPTIONS = ("quant", "threads", "max_seqs", "accuracy_level", "quantize_lm_head", "kv_capacity")
+OPTIONS = ("quant", "threads", "max_seqs", "accuracy_level", "quantize_lm_head", "kv_capacity",
+           "long_decode_from")
+
+# NOTE measured (SmolLM2 int4 and fp32, one sequence, 2 threads: bench/cpu_long_context.py):
+# see _use_long for the rule; below this many positions GQA's one node per layer is cheaper.
+LONG_DECODE_FROM = 1024
 
 
 class OnnxExecutor:
@@ -52,7 +63,7 @@ class OnnxExecutor:
 
     def __init__(self, folder: Path, *, num_blocks: int, block_size: int, max_model_len: int,
                  max_tokens: int, max_seqs: int, threads: int | None = None,
-                 kv_capacity: int = 256):
+                 kv_capacity: int = 256, long_decode_from: int | None = None):
         import onnxruntime as ort
 
         # NOTE measured (SmolLM2 int4, one request through the engine, 2 cores): with
@@ -64,13 +75,13 @@ class OnnxExecutor:
         self.folder = Path(folder)
         self.meta = json.loads((self.folder / "meta.json").read_text())
         self.threads = threads or physical_cores()
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = self.threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(self.folder / "model.onnx"), so,
-                                            providers=["CPUExecutionProvider"])
+        self.main = _Session(self._open("model.onnx"))
+        self.session = self.main.session
+        # The long-context decode graph (compiler/onnx_long_decode.py), opened on first use.
+        self.long_meta = self.meta.get("long_decode")
+        self.long_from = LONG_DECODE_FROM if long_decode_from is None else long_decode_from
+        self.long: _Session | None = None
+        self.long_runs = 0
         self.num_blocks, self.block_size = num_blocks, block_size
         self.max_tokens, self.max_seqs = max_tokens, max_seqs
         self.max_seq = min(max_model_len, self.meta["max_pos"])
@@ -91,9 +102,6 @@ class OnnxExecutor:
         self.logits = np.zeros((n, self.meta["vocab"]), np.float32)
         self.scratch = np.zeros_like(self.logits)       # for rows not contiguous in the result
         self.logits_t = torch.from_numpy(self.logits)
-        self.binding = self.session.io_binding()
-        self._bound: dict[str, tuple] = {}
-        self._run_key: tuple | None = None
         self.runs = 0
         # block -> the token id written at each of its positions (-1: never written here),
         # to recompute a prefix whose row was recycled (see RowMap)
@@ -121,43 +129,102 @@ class OnnxExecutor:
         self.capacity = capacity
 
     def _reserve(self, context: int) -> None:
-        """Grow the rows (doubling) so that `context` positions fit."""
+        """Grow the rows so that `context` positions fit: doubling up to 1,024 positions,
+        then by a quarter (in steps of 256). The long-context decode graph reads every row's
+        whole capacity, so a row at 1,025 positions should not sit in 2,048; each growth moves
+        the rows' contents once, which a quarter more positions repays many times over."""
         if context > self.capacity:
             capacity = self.capacity
-            while capacity < context:
+            while capacity < min(context, 1024):
                 capacity *= 2
+            if capacity < context:
+                capacity = -(-max(context, capacity * 5 // 4) // 256) * 256
             self._set_capacity(min(capacity, self.max_seq))
 
-    # -- binding ---------------------------------------------------------------------
-    def _bind(self, name: str, array: np.ndarray, shape, output: bool = False) -> None:
-        key = (array.ctypes.data, tuple(shape))
-        if self._bound.get(name) == key:
-            return
-        bind = self.binding.bind_output if output else self.binding.bind_input
-        bind(name, "cpu", 0, array.dtype, list(shape), array.ctypes.data)
-        self._bound[name] = key
+    # -- sessions and binding ------------------------------------------------------------
+    def _open(self, name: str):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        return ort.InferenceSession(str(self.folder / name), so,
+                                    providers=["CPUExecutionProvider"])
 
     def _run(self, row0: int, b: int, s: int, out: np.ndarray, r: int) -> None:
+        run = self.main
         key = (row0, b, s, r, out.ctypes.data, self.capacity)
-        if key != self._run_key:              # a steady decode run rebinds (and checks) nothing
-            self._bind_run(row0, b, s, out, r)
-            self._run_key = key
-        self.session.run_with_iobinding(self.binding)
+        if key != run.key:              # a steady decode run rebinds (and checks) nothing
+            run.bind("input_ids", self.ids, (b, s))
+            if self.meta["uses_position_ids"]:
+                run.bind("position_ids", self.pos, (b, s))
+            run.bind("seqlens_k", self.seqlens, (b,))
+            run.bind("total_seq_len", self.total, ())
+            self._bind_common(run, row0, b, out, r)
+            run.key = key
+        run.session.run_with_iobinding(run.binding)
         self.runs += 1
 
-    def _bind_run(self, row0: int, b: int, s: int, out: np.ndarray, r: int) -> None:
-        self._bind("input_ids", self.ids, (b, s))
-        if self.meta["uses_position_ids"]:
-            self._bind("position_ids", self.pos, (b, s))
-        self._bind("seqlens_k", self.seqlens, (b,))
-        self._bind("total_seq_len", self.total, ())
-        self._bind("logit_rows", self.rows_in, (r,))
-        self._bind("logits", out, (r, out.shape[1]), output=True)
+    def _bind_common(self, run: "_Session", row0: int, b: int, out: np.ndarray, r: int) -> None:
+        run.bind("logit_rows", self.rows_in, (r,))
+        run.bind("logits", out, (r, out.shape[1]), output=True)
         for name, cache in self.caches.items():
             view = cache[row0]
             shape = (b,) + cache.shape[1:]
-            self._bind(past_name(name), view, shape)
-            self._bind(present_name(name), view, shape, output=True)
+            run.bind(past_name(name), view, shape)
+            run.bind(present_name(name), view, shape, output=True)
+
+    # -- long-context decode ---------------------------------------------------------------
+    def _use_long(self, group_lengths: list[int]) -> bool:
+        """Whether a decode run of rows with these lengths (after the step) takes the long
+        graph: it reads every row's whole capacity, GQA each row's own length once per
+        query head, so it pays when the rows are long and fill their capacity."""
+        if not self.long_meta or not group_lengths:
+            return False
+        return (min(group_lengths) >= self.long_from
+                and len(group_lengths) * self.capacity <= 2 * sum(group_lengths))
+
+    def _run_long(self, row0: int, b: int, out: np.ndarray, r: int) -> None:
+        if self.long is None:
+            self.long = _Session(self._open(self.long_meta["model"]))
+            self._long_inputs = {}
+        run = self.long
+        cap = self.capacity
+        if self._long_inputs.get("capacity") != cap:
+            positions = np.arange(cap)
+            self._long_inputs = {"capacity": cap, "positions": positions,
+                                 "attn_mask": np.zeros((self.max_seqs, 1, 1, cap), np.float32)}
+            for w in self.long_meta["windows"]:
+                self._long_inputs[window_mask_name(w)] = np.zeros_like(
+                    self._long_inputs["attn_mask"])
+            for kvh in self.long_meta["kv_heads"]:
+                index = np.zeros((self.max_seqs, 1, kvh, 3), np.int64)
+                index[:, 0, :, 0] = np.arange(self.max_seqs)[:, None]
+                index[:, 0, :, 1] = np.arange(kvh)[None, :]
+                self._long_inputs[write_index_name(kvh)] = index
+        inputs = self._long_inputs
+        length = self.seqlens[:b, None].astype(np.int64)       # the new token's position
+        keep = inputs["positions"][None, :] <= length
+        inputs["attn_mask"][:b, 0, 0] = np.where(keep, 0.0, -np.inf)
+        for w in self.long_meta["windows"]:
+            inside = keep & (inputs["positions"][None, :] > length - w)
+            inputs[window_mask_name(w)][:b, 0, 0] = np.where(inside, 0.0, -np.inf)
+        for kvh in self.long_meta["kv_heads"]:
+            inputs[write_index_name(kvh)][:b, 0, :, 2] = length
+        key = (row0, b, r, out.ctypes.data, cap)
+        if key != run.key:
+            run.bind("input_ids", self.ids, (b, 1))
+            run.bind("position_ids", self.pos, (b, 1))
+            for name, array in inputs.items():
+                if isinstance(array, np.ndarray) and array.ndim == 4:
+                    run.bind(name, array, (b,) + array.shape[1:])
+            self._bind_common(run, row0, b, out, r)
+            run.key = key
+        run.session.run_with_iobinding(run.binding)
+        self.runs += 1
+        self.long_runs += 1
 
     # -- the step ----------------------------------------------------------------------
     def forward(self, step: StepInputs) -> torch.Tensor:
@@ -211,7 +278,10 @@ class OnnxExecutor:
                 self.rows_in[k] = local[b] * s + wanted[j] - qs[b]
             contiguous = not dest or dest == list(range(dest[0], dest[0] + len(dest)))
             out = self.logits[dest[0]:] if dest and contiguous else self.scratch
-            self._run(rows[group[0]], len(group), s, out, len(dest))
+            if s == 1 and self._use_long([seqs[b][1] + 1 for b in group]):
+                self._run_long(rows[group[0]], len(group), out, len(dest))
+            else:
+                self._run(rows[group[0]], len(group), s, out, len(dest))
             if not contiguous:
                 self.logits[dest] = self.scratch[:len(dest)]
         self.rows.commit(seqs, rows)
@@ -269,6 +339,24 @@ class OnnxExecutor:
             cache[a, :, :n] = cache[b, :, :n]
             cache[b, :, :n] = tmp
         self.rows.swap(a, b)
+
+
+class _Session:
+    """An ONNX Runtime session and its IO binding; a name is rebound only when its pointer
+    or shape changed, and `key` lets a run skip binding altogether when nothing did."""
+
+    def __init__(self, session):
+        self.session, self.binding = session, session.io_binding()
+        self.bound: dict[str, tuple] = {}
+        self.key: tuple | None = None
+
+    def bind(self, name: str, array: np.ndarray, shape, output: bool = False) -> None:
+        key = (array.ctypes.data, tuple(shape))
+        if self.bound.get(name) == key:
+            return
+        bind = self.binding.bind_output if output else self.binding.bind_input
+        bind(name, "cpu", 0, array.dtype, list(shape), array.ctypes.data)
+        self.bound[name] = key
 
 
 def _lazy_zeros(n: int) -> np.ndarray:
@@ -345,6 +433,8 @@ def load(ctx) -> object:
     ex = OnnxExecutor(folder, num_blocks=ctx.num_blocks, block_size=ctx.block_size,
                       max_model_len=ctx.max_model_len, max_tokens=ctx.max_step_tokens,
                       max_seqs=int(rows), threads=opts.get("threads"),
-                      kv_capacity=int(opts.get("kv_capacity", 256)))
+                      kv_capacity=int(opts.get("kv_capacity", 256)),
+                      long_decode_from=(None if opts.get("long_decode_from") is None
+                                        else int(opts["long_decode_from"])))
     ex.plan_dir, ex.plan_cached = folder, cached
     return ex

@@ -143,23 +143,29 @@ def test_batch_equals_one_by_one(pair):
     assert outs == alone
 
 
-def test_kv_in_place_and_no_output_allocation(tmp_path, cache_dir):
+@pytest.mark.parametrize("graph", ["model", "decode_long"])
+def test_kv_in_place_and_no_output_allocation(tmp_path, cache_dir, graph):
+    """Both decode graphs write the new k/v into the bound cache (GQA, or ScatterND whose
+    copy ORT skips when its output is its input) and allocate no output of their own."""
     make_llama(tmp_path / "m", **PARITY_CONFIGS["gqa-tied"])
-    cpu = load(tmp_path / "m", "cpu", max_seqs=2)
+    cpu = load(tmp_path / "m", "cpu", max_seqs=2, kv_capacity=8,
+               long_decode_from=0 if graph == "decode_long" else 10 ** 9)
     cpu.forward(StepInputs.for_sequences([([1, 2, 3, 4, 5], 0, [0]), ([7, 8], 0, [1])], BS))
     cpu.forward(StepInputs.for_sequences([([6], 5, [0]), ([9], 2, [1])], BS))
+    session = cpu.long if graph == "decode_long" else cpu.main
+    assert session is not None and (cpu.long_runs > 0) == (graph == "decode_long")
     ptrs = {n: c.ctypes.data for n, c in cpu.caches.items()}
-    bound = dict(cpu._bound)
+    bound = dict(session.bound)
     before = cpu.caches["layers.0/attn/k_cache"][:, :, 6].copy()
     logits = cpu.forward(StepInputs.for_sequences([([10], 6, [0]), ([11], 3, [1])], BS))
     # same buffers, nothing rebound in a steady decode step
     assert {n: c.ctypes.data for n, c in cpu.caches.items()} == ptrs
-    assert cpu._bound == bound
+    assert session.bound == bound
     # the cache was written in place (row 0 gained position 6) ...
     after = cpu.caches["layers.0/attn/k_cache"][:, :, 6]
     assert not np.array_equal(before[0], after[0]) and np.abs(after[0]).sum() > 0
     # ... and every output ORT produced lives in our persistent buffers
-    outs = {o.data_ptr() for o in cpu.binding.get_outputs()}
+    outs = {o.data_ptr() for o in session.binding.get_outputs()}
     assert logits.data_ptr() == cpu.logits.ctypes.data
     assert outs <= {cpu.logits.ctypes.data} | set(ptrs.values())
 
