@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import math
 import mmap
+import os
 import sys
 from pathlib import Path
 
@@ -79,7 +80,7 @@ class OnnxExecutor:
         self.session = self.main.session
         # The long-context decode graph (compiler/onnx_long_decode.py), opened on first use.
         self.long_meta = self.meta.get("long_decode")
-        self.long_from = LONG_DECODE_FROM if long_decode_from is None else long_decode_from
+        self.long_from = _long_decode_from(long_decode_from)
         self.long: _Session | None = None
         self.long_runs = 0
         self.num_blocks, self.block_size = num_blocks, block_size
@@ -181,10 +182,27 @@ class OnnxExecutor:
         """Whether a decode run of rows with these lengths (after the step) takes the long
         graph: it reads every row's whole capacity, GQA each row's own length once per
         query head, so it pays when the rows are long and fill their capacity."""
-        if not self.long_meta or not group_lengths:
+        if not self.long_meta or not group_lengths or self.long_from is None:
             return False
-        return (min(group_lengths) >= self.long_from
-                and len(group_lengths) * self.capacity <= 2 * sum(group_lengths))
+        if not (min(group_lengths) >= self.long_from
+                and len(group_lengths) * self.capacity <= 2 * sum(group_lengths)):
+            return False
+        return self.long is not None or self._may_open_long()
+
+    def _may_open_long(self) -> bool:
+        """The second session holds its own copy of the weights (ONNX Runtime prepacks them
+        per session): open it only while that leaves room, else stay on GQA, saying so."""
+        need = (self.folder / "weights.bin").stat().st_size
+        avail = available_memory()
+        if avail is None or need <= avail / 4:
+            return True
+        print(f"rustinfer: long-context decode graph not opened: it would take "
+              f"{need / 2**30:.1f} GiB more, over a quarter of the {avail / 2**30:.1f} GiB "
+              "available; decoding stays on GroupQueryAttention (slower past ~1,000 "
+              "positions). Set RUSTINFER_LONG_DECODE_FROM=off to silence this.",
+              file=sys.stderr)
+        self.long_from = None
+        return False
 
     def _run_long(self, row0: int, b: int, out: np.ndarray, r: int) -> None:
         if self.long is None:
@@ -375,6 +393,23 @@ def _lazy_zeros(n: int) -> np.ndarray:
     if hasattr(mmap, "MADV_NOHUGEPAGE"):
         buf.madvise(mmap.MADV_NOHUGEPAGE)
     return np.frombuffer(buf, np.float32, count=n)     # the array keeps the mapping alive
+
+
+def _long_decode_from(option: int | None) -> int | None:
+    """Positions from which decode runs take decode_long.onnx: the option, else
+    $RUSTINFER_LONG_DECODE_FROM (a number, or "off"), else LONG_DECODE_FROM. None: never."""
+    if option is not None:
+        return option
+    env = os.environ.get("RUSTINFER_LONG_DECODE_FROM", "").strip().lower()
+    if env in ("off", "never", "none"):
+        return None
+    if env:
+        try:
+            return int(env)
+        except ValueError:
+            raise ValueError(f"RUSTINFER_LONG_DECODE_FROM={env!r}: give a number of positions "
+                             "or 'off'") from None
+    return LONG_DECODE_FROM
 
 
 def available_memory() -> int | None:

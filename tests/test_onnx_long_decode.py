@@ -83,3 +83,30 @@ def test_decode_switches_graphs_by_length(tmp_path, cache_dir):
     before = ex.long_runs
     ex.forward(StepInputs.for_sequences([(list(range(20, 25)), cached, blocks)], BS))
     assert ex.long_runs == before
+
+
+def test_long_graph_is_not_opened_without_memory_for_it(tmp_path, cache_dir, monkeypatch, capsys):
+    """Its session holds a second copy of the weights: with too little memory available
+    the executor stays on GQA (and says so, once)."""
+    from rustinfer.runtime import onnx_executor
+
+    make_llama(tmp_path / "m", **PARITY_CONFIGS["gqa-tied"])
+    ex = load(tmp_path / "m", "cpu", max_seqs=1, kv_capacity=8, long_decode_from=0)
+    monkeypatch.setattr(onnx_executor, "available_memory", lambda: 1000)
+    ex.forward(StepInputs.for_sequences([(list(range(1, 10)), 0, [0, 1])], BS))
+    for i in range(3):
+        ex.forward(StepInputs.for_sequences([([5], 9 + i, [0, 1])], BS))
+    assert ex.long is None and ex.long_runs == 0
+    assert capsys.readouterr().err.count("long-context decode graph not opened") == 1
+
+
+@pytest.mark.parametrize("env,want", [("off", None), ("2048", 2048), ("", 1024)])
+def test_long_decode_from_environment(monkeypatch, env, want):
+    from rustinfer.runtime.onnx_executor import LONG_DECODE_FROM, _long_decode_from
+
+    monkeypatch.setenv("RUSTINFER_LONG_DECODE_FROM", env)
+    assert _long_decode_from(None) == (LONG_DECODE_FROM if env == "" else want)
+    assert _long_decode_from(7) == 7
+    monkeypatch.setenv("RUSTINFER_LONG_DECODE_FROM", "lots")
+    with pytest.raises(ValueError, match="RUSTINFER_LONG_DECODE_FROM"):
+        _long_decode_from(None)
