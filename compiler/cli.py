@@ -108,8 +108,8 @@ def _compile_onnx(args, config, ckpt, described, spec_file, started) -> int:
     print(f"checkpoint    {described}")
     print(f"{'cache hit' if cached else 'compiled':<14}{folder} "
           f"({(time.perf_counter() - started) * 1000:.0f} ms in all)")
-    print(f"wrote         {out}/model.onnx, weights.bin, graph.txt, "
-          "weights.txt, report.txt, passes/")
+    print(f"wrote         {out}/model.onnx, decode_long.onnx, weights.bin, graph.txt, "
+          "graph_decode_long.txt, weights.txt, report.txt, passes/")
     return 0
 
 

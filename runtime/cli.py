@@ -170,7 +170,8 @@ def cmd_inspect(args) -> int:
         # rustinfer-compile --target cpu writes an ONNX model, not plan.py + memory.txt
         print(f"error: {folder} holds a --target cpu (ONNX) compile: --plan and --memory apply "
               "to plan.py targets (--target cpu-torch or cuda); here see "
-              f"{folder / 'graph.txt'} (the ONNX graph, node by node) and "
+              f"{folder / 'graph.txt'} (the ONNX graph, node by node; graph_decode_long.txt for "
+              "decode at long contexts) and "
               f"{folder / 'weights.txt'} (each weight's storage and quantization)",
               file=sys.stderr)
         return 2
