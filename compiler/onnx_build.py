@@ -117,6 +117,8 @@ def _build(graph: Graph, checkpoint, options: OnnxOptions, folder: Path) -> None
             "passes        " + ", ".join(f"{k} x{v}" for k, v in passes.rewrites.items() if v),
             f"onnx nodes    {len(model.graph.node)}: "
             + ", ".join(f"{k} {v}" for k, v in sorted(ops.items())),
+            f"decode_long   {len(long_model.graph.node)} nodes: decode at long contexts, attention "
+            "read once per KV head (onnx_long_decode.py)",
             f"weights       {(tmp / 'weights.bin').stat().st_size / 2**20:.1f} MiB in weights.bin; "
             f"{store.bytes_per_token / 2**20:.1f} MiB read per decoded token",
             f"compile time  {seconds * 1000:.0f} ms",
