@@ -34,6 +34,8 @@ import math
 import mmap
 import os
 import sys
+import threading
+from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +84,7 @@ class OnnxExecutor:
         self.long_meta = self.meta.get("long_decode")
         self.long_from = _long_decode_from(long_decode_from)
         self.long: _Session | None = None
+        self._opening: Future | None = None
         self.long_runs = 0
         self.num_blocks, self.block_size = num_blocks, block_size
         self.max_tokens, self.max_seqs = max_tokens, max_seqs
@@ -181,13 +184,31 @@ class OnnxExecutor:
     def _use_long(self, group_lengths: list[int]) -> bool:
         """Whether a decode run of rows with these lengths (after the step) takes the long
         graph: it reads every row's whole capacity, GQA each row's own length once per
-        query head, so it pays when the rows are long and fill their capacity."""
+        query head, so it pays when the rows are long and fill their capacity. Its session
+        opens in the background once rows reach half the threshold (seconds for a large
+        model, and the engine keeps decoding meanwhile); at the threshold a run waits for
+        it if it is still opening."""
         if not self.long_meta or not group_lengths or self.long_from is None:
             return False
-        if not (min(group_lengths) >= self.long_from
-                and len(group_lengths) * self.capacity <= 2 * sum(group_lengths)):
-            return False
-        return self.long is not None or self._may_open_long()
+        shortest = min(group_lengths)
+        if self.long is None and self._opening is None and shortest >= self.long_from // 2:
+            if not self._may_open_long():
+                return False
+            self._opening = Future()
+            threading.Thread(target=self._open_into, args=(self._opening,), daemon=True,
+                             name="rustinfer-open-decode-long").start()
+        wanted = (shortest >= self.long_from
+                  and len(group_lengths) * self.capacity <= 2 * sum(group_lengths))
+        if wanted and self.long is None:
+            self.long = _Session(self._opening.result())
+            self._long_inputs = {}
+        return wanted
+
+    def _open_into(self, future: Future) -> None:
+        try:
+            future.set_result(self._open(self.long_meta["model"]))
+        except BaseException as err:                 # raised by .result() in the engine
+            future.set_exception(err)
 
     def _may_open_long(self) -> bool:
         """The second session holds its own copy of the weights (ONNX Runtime prepacks them
@@ -205,9 +226,6 @@ class OnnxExecutor:
         return False
 
     def _run_long(self, row0: int, b: int, out: np.ndarray, r: int) -> None:
-        if self.long is None:
-            self.long = _Session(self._open(self.long_meta["model"]))
-            self._long_inputs = {}
         run = self.long
         cap = self.capacity
         if self._long_inputs.get("capacity") != cap:

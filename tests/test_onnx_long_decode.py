@@ -68,7 +68,8 @@ def test_long_graph_equals_gqa_graph(family, name, tmp_path, cache_dir):
 
 def test_decode_switches_graphs_by_length(tmp_path, cache_dir):
     """A sequence starts on model.onnx and moves to decode_long.onnx once its rows are
-    long enough; prefill chunks always run on model.onnx."""
+    long enough (the session opened in the background from half that length); prefill
+    chunks always run on model.onnx."""
     make_llama(tmp_path / "m", **PARITY_CONFIGS["gqa-tied"])
     ex = load(tmp_path / "m", "cpu", max_seqs=1, kv_capacity=8, long_decode_from=12)
     blocks = [0, 1, 2]
@@ -78,6 +79,8 @@ def test_decode_switches_graphs_by_length(tmp_path, cache_dir):
         ex.forward(StepInputs.for_sequences([([token], cached, blocks)], BS))
         cached += 1
         runs.append(ex.long_runs)
+        if cached == 10:     # past half the threshold: opening in the background, not used
+            assert ex._opening is not None and ex.long is None
     # lengths 10, 11 on GQA; from 12 on the long graph
     assert runs == [0, 0, 1, 2, 3, 4, 5, 6, 7, 8]
     before = ex.long_runs
