@@ -46,27 +46,45 @@ class RowMap:
 
     def assign(self, seqs: list[tuple[int, int, list[int]]]):
         """seqs: (new tokens, cached, block table). Returns (rows, copies[(src, dst, length)]);
-        src None: no row holds the prefix, recompute positions [0, length) into dst."""
+        src None: no row holds the prefix, recompute positions [0, length) into dst.
+
+        Two passes: first every sequence that continues a row keeps it, then the others
+        take free rows, so a new sequence never takes a row a later one continues. A
+        sequence whose prefix only an idle row holds, when no other row is free (a full
+        batch), takes that row itself (cut to the prefix) instead of a copy of it."""
         taken: set[int] = set()
-        rows, copies = [], []
-        for n, cached, table in seqs:
+        rows: list[int | None] = [None] * len(seqs)
+        copies = []
+        for k, (n, cached, table) in enumerate(seqs):
+            if cached == 0:
+                continue
+            nb = math.ceil(cached / self.bs)
+            prefix = table[:nb]
+            r = self.last.get((table[0], cached))    # the usual case: last step's row
+            if r is None or r in taken or self.rows[r].length != cached \
+                    or self.rows[r].blocks[:nb] != prefix:
+                r = self._find(prefix, cached, taken, exact=True)
+            if r is not None:
+                taken.add(r)
+                rows[k] = r
+        for k, (n, cached, table) in enumerate(seqs):
+            if rows[k] is not None:
+                continue
             if cached == 0:
                 r = self._free(taken)
                 self.rows[r] = _Row()
             else:
                 nb = math.ceil(cached / self.bs)
                 prefix = table[:nb]
-                r = self.last.get((table[0], cached))    # the usual case: last step's row
-                if r is None or r in taken or self.rows[r].length != cached \
-                        or self.rows[r].blocks[:nb] != prefix:
-                    r = self._find(prefix, cached, taken, exact=True)
-                if r is None:
-                    src = self._find(prefix, cached, set(), exact=False)
+                src = self._find(prefix, cached, set(), exact=False)
+                if src is not None and src not in taken and not self._has_free(taken | {src}):
+                    r = src                          # the only row left: use it in place
+                else:
                     r = self._free(taken if src is None else taken | {src})
                     copies.append((src, r, cached))
-                    self.rows[r] = _Row(list(prefix), cached)
+                self.rows[r] = _Row(list(prefix), cached)
             taken.add(r)
-            rows.append(r)
+            rows[k] = r
         return rows, copies
 
     def commit(self, seqs, rows) -> None:
@@ -98,6 +116,9 @@ class RowMap:
             if row.blocks[:1] == prefix[:1] and row.blocks[:nb] == prefix:
                 return i
         return None
+
+    def _has_free(self, taken) -> bool:
+        return len(taken) < len(self.rows)
 
     def _free(self, taken) -> int:
         free = [i for i in range(len(self.rows)) if i not in taken]

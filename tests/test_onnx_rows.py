@@ -35,6 +35,38 @@ def test_rowmap_continues_forks_and_invalidates():
     assert copies == [(None, rd, 6)]
 
 
+def test_rowmap_full_batch_with_a_prefix_hit():
+    """Every row is needed and the only row holding a prefix hit's blocks is idle (its
+    sequence finished): the hit takes that row in place, instead of failing the step
+    (which, under the server, failed every request in flight)."""
+    rows = RowMap(2, block_size=4)
+    a = (8, 0, [0, 1])
+    (ra,), _ = rows.assign([a])
+    rows.commit([a], [ra])
+    new, hit = (3, 0, [5]), (2, 4, [0, 7])
+    got, copies = rows.assign([new, hit])
+    assert got == [1 - ra, ra] and copies == []
+    assert rows.rows[ra].length == 4 and rows.rows[ra].blocks == [0]
+    # a sequence that continues a row keeps it even when a new one comes first
+    rows.commit([new, hit], got)
+    assert rows.assign([(1, 0, [9]), (1, 6, [0, 7])]) == ([1 - ra, ra], [])
+
+
+def test_full_batch_prefix_hit_in_place_matches_reference(tmp_path, monkeypatch):
+    monkeypatch.setenv("RUSTINFER_CACHE", str(tmp_path / "cache"))
+    make_llama(tmp_path / "m", **PARITY_CONFIGS["gqa-tied"])
+    ref, cpu = load(tmp_path / "m", "reference"), load(tmp_path / "m", "cpu", max_seqs=2)
+    vocab = ref.graph.symbols["vocab"]
+    shared = ids(vocab, BS + 2, 1)
+    steps = [[(shared[:BS], 0, [3, 4])], [(shared[BS:], BS, [3, 4])],   # then it finishes
+             [(ids(vocab, 3, 2), 0, [5]), (ids(vocab, 5, 3), BS, [3, 6])]]
+    for seqs in steps:
+        want = ref.forward(StepInputs.for_sequences(seqs, BS, logits="all")).numpy()
+        got = cpu.forward(StepInputs.for_sequences(seqs, BS, logits="all")).numpy()
+        assert close(got, want)
+    assert cpu.recomputed == 0
+
+
 def test_prefix_shared_blocks_match_reference(tmp_path, monkeypatch):
     """Two sequences share a full prefix block (as with prefix caching): the second one's
     row is forked from the first's."""
