@@ -36,13 +36,14 @@ class SamplingFields(_Body):
     max_tokens: int | None = Field(default=None, ge=0)
     temperature: float | None = Field(default=None, ge=0, le=2, allow_inf_nan=False)
     top_p: float | None = Field(default=None, gt=0, le=1, allow_inf_nan=False)
-    top_k: int | None = Field(default=None, ge=-1)
+    # Integers travel to the engine as MessagePack, which carries -2**63 .. 2**64-1.
+    top_k: int | None = Field(default=None, ge=-1, le=2 ** 63 - 1)
     min_p: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)
     presence_penalty: float | None = Field(default=None, ge=-2, le=2, allow_inf_nan=False)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2, allow_inf_nan=False)
     repetition_penalty: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     logit_bias: dict[str, float] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2 ** 63), le=2 ** 64 - 1)
     n: int = Field(default=1, ge=1, le=128)
     stop: Union[str, list[str], None] = None
     stop_token_ids: list[int] | None = None

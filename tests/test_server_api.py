@@ -186,6 +186,10 @@ BAD_REQUESTS = [
     ({"prompt": [1, 10 ** 9]}, "/v1/completions", "prompt"),
     ({"prompt": []}, "/v1/completions", "prompt"),
     ({"prompt": "x", "logprobs": 30}, "/v1/completions", "logprobs"),
+    # integers MessagePack cannot carry to the engine (they were 500s)
+    ({"prompt": "x", "seed": 2 ** 64}, "/v1/completions", "seed"),
+    ({"seed": -(2 ** 63) - 1}, "/v1/chat/completions", "seed"),
+    ({"prompt": "x", "top_k": 10 ** 20}, "/v1/completions", "top_k"),
     ({}, "/v1/completions", "prompt"),
     ([1, 2], "/v1/completions", None),
 ]
