@@ -96,6 +96,10 @@ class EngineClient:
         self._tasks = [asyncio.create_task(f()) for f in (self._reader, self._heartbeat, self._watch)]
 
     async def close(self) -> None:
+        # Not alive from here on: an abort sent after the socket is closed (a response's
+        # cleanup that runs during a forced shutdown) would raise ZMQError in its task.
+        self.ready.clear()
+        self.dead_reason = "the server is shutting down"
         try:
             await self._send("bye")
         except Exception:

@@ -269,6 +269,25 @@ def test_disconnect_aborts_stream_and_non_stream(url):
     wait_idle(url)
 
 
+def test_abort_after_close_is_quiet(stack):
+    """A forced shutdown (a second Ctrl-C) closes the engine link while responses still
+    clean up: their aborts must not fail on the closed socket."""
+    import asyncio
+
+    from rustinfer.server.engine_client import EngineClient, RequestStream
+
+    async def run():
+        client = EngineClient(stack.address)
+        await client.start()
+        await asyncio.wait_for(client.ready.wait(), 10)
+        client._streams["r1"] = RequestStream("r1", 1)
+        await client.close()
+        await client.abort("r1")
+        assert not client.alive
+
+    asyncio.run(run())
+
+
 def test_api_key(stack, monkeypatch):
     url = stack.http(api_key="s3cret")
     assert httpx.get(url + "/health").status_code == 200
