@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import os
 import shutil
@@ -234,6 +235,26 @@ def _preflight(args) -> None:
         open_checkpoint(resolve_model(args.model)).close()
 
 
+def _check_port(host: str, port: int) -> None:
+    """Refuse at once a port that is taken (or not ours to take): uvicorn would say so
+    only after the engine child had started loading the model, among startup lines."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise ValueError(f"--host {host}: {e.strerror}") from None
+    family, type_, proto, _, address = infos[0]
+    with socket.socket(family, type_, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as uvicorn binds
+        try:
+            sock.bind(address)
+        except OSError as e:
+            why = ("is already in use (another server running?); pick another with --port"
+                   if e.errno == errno.EADDRINUSE else f"cannot be used: {e.strerror}")
+            raise ValueError(f"port {port} on {host} {why}") from None
+
+
 def serve_main(argv: list[str] | None = None, prog: str = "rustinfer-serve") -> int:
     p = argparse.ArgumentParser(prog=prog,
                                 description="Serve a model over the OpenAI API: starts the "
@@ -246,6 +267,7 @@ def serve_main(argv: list[str] | None = None, prog: str = "rustinfer-serve") -> 
 
     try:
         _preflight(args)
+        _check_port(args.host, args.port)
     except (CheckpointError, OSError, ValueError) as e:   # the user's to fix: one line
         print(f"error: {e}", file=sys.stderr)
         return 2

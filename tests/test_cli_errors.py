@@ -197,6 +197,19 @@ def test_serve_refuses_a_target_it_cannot_run(argv, message, no_gpu, monkeypatch
     _one_error_line(capsys.readouterr().err, message)
 
 
+def test_serve_on_a_busy_port_fails_before_starting(monkeypatch, capsys):
+    import socket
+
+    monkeypatch.setattr(server_cli.subprocess, "Popen", _no_engine)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert server_cli.serve_main(["--port", str(port)]) == 2
+    _one_error_line(capsys.readouterr().err, f"port {port} on 127.0.0.1 is already in use",
+                    "--port")
+
+
 def test_serve_subprocess_bad_model_exits_at_once_without_listening():
     started = time.monotonic()
     out = subprocess.run([sys.executable, "-m", "rustinfer.server.cli", "serve", "--model",
