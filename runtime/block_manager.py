@@ -60,16 +60,17 @@ class BlockManager:
         self.ref[block] = 1
         return block
 
-    def allocate_prompt(self, tokens: list[int]) -> tuple[list[int], int]:
+    def allocate_prompt(self, tokens: list[int], use_cache: bool = True) -> tuple[list[int], int]:
         """Blocks for a sequence about to be prefilled: (block_table, num_cached_tokens).
 
-        Leading full blocks found in the prefix cache are shared. At least the last
-        token is always recomputed, since its logits are needed."""
+        Leading full blocks found in the prefix cache are shared (unless use_cache is
+        False: a sequence that must score every prompt token computes them all). At
+        least the last token is always recomputed, since its logits are needed."""
         table: list[int] = []
         parent = None
         cached_tokens = 0
         limit = (len(tokens) - 1) // self.block_size      # full blocks that may be reused
-        if self.prefix_caching:
+        if self.prefix_caching and use_cache:
             self.queries += len(tokens)
             for i in range(limit):
                 h = block_hash(parent, tuple(tokens[i * self.block_size:(i + 1) * self.block_size]))

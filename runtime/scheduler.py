@@ -62,7 +62,10 @@ class Scheduler:
         # 2. Waiting sequences join, first come first served.
         while budget > 0 and self.can_admit():
             seq = self.waiting[0]
-            table, cached = self.blocks.allocate_prompt(seq.all_token_ids)
+            # Prompt logprobs come from the logits of computed positions: a prefix the
+            # cache holds would go unscored, so such a sequence computes its whole prompt.
+            table, cached = self.blocks.allocate_prompt(seq.all_token_ids,
+                                                        use_cache=not _scores_prompt(seq))
             seq.block_table, seq.num_computed = table, cached
             seq.blocks_checked = 0
             seq.blocks_pending.clear()
@@ -89,6 +92,8 @@ class Scheduler:
         self.running.remove(seq)
         self.blocks.free(seq.block_table)
         seq.num_computed = 0
+        if _scores_prompt(seq):
+            seq.pending_prompt_logprobs.clear()   # rescored from the first token when it returns
         seq.status = Status.WAITING
         self.waiting.appendleft(seq)
         self.num_preempted += 1
@@ -101,3 +106,8 @@ class Scheduler:
             self.waiting.remove(seq)
         self.blocks.free(seq.block_table)
         seq.status = Status.FINISHED
+
+
+def _scores_prompt(seq: Sequence) -> bool:
+    """Whether the sequence still has prompt logprobs to compute (echo / prompt_logprobs)."""
+    return seq.params.prompt_logprobs is not None and not seq.prompt_logprobs_done

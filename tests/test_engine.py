@@ -224,6 +224,38 @@ def test_prompt_logprobs_across_prefill_chunks_match_full_logits(llm):
         assert [t for t, _ in lps[i].top] == want[i - 1].topk(3).indices.tolist()
 
 
+def _lp_pairs(out):
+    return [None if e is None else (e.token_id, round(e.logprob, 3)) for e in out.prompt_logprobs]
+
+
+def test_prompt_logprobs_score_a_prefix_the_cache_already_holds(llm):
+    """A prompt whose leading blocks are in the prefix cache (an earlier request, as when
+    lm-evaluation-harness scores many continuations of one context) still gets a logprob
+    for every prompt token: the cached blocks were never scored for it."""
+    context = prompts(1, seed=10, lo=50, hi=51)[0]                      # 3 full blocks
+    llm.generate([context + [7]], GREEDY)                               # caches them
+    params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=2)
+    p = context + [8, 9]
+    out = llm.generate([p], params)[0]
+    assert len(out.prompt_logprobs) == len(p) and out.prompt_logprobs[0] is None
+    again = llm.generate([p], params)[0]
+    assert _lp_pairs(again) == _lp_pairs(out)
+    assert llm.engine.blocks.num_used == 0
+
+
+def test_prompt_logprobs_survive_preemption_mid_prefill(model_dir, llm, tmp_path, monkeypatch):
+    monkeypatch.setenv("RUSTINFER_CACHE", str(tmp_path))
+    ps = prompts(4, seed=11, lo=60, hi=80)
+    params = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True, prompt_logprobs=1)
+    want = [_lp_pairs(llm.generate([p], params)[0]) for p in ps]
+    small = make_llm(model_dir, target=llm.target, num_kv_blocks=9, max_model_len=128,
+                     max_num_batched_tokens=32)
+    got = small.generate(ps, params)
+    assert small.engine.scheduler.num_preempted > 0
+    assert [_lp_pairs(o) for o in got] == want
+    assert small.engine.blocks.num_used == 0
+
+
 def test_out_of_range_logit_bias_is_rejected(llm):
     with pytest.raises(RequestError) as info:
         llm.engine.add_request("bias", [1, 2], SamplingParams(logit_bias={10_000: 5.0}))
