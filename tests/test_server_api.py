@@ -4,11 +4,12 @@ Response shapes, SSE framing, tools, errors, limits and disconnects. The same
 server code runs against the real model in test_server_openai.py.
 """
 import json
+import shutil
 import time
 
 import httpx
 import pytest
-from test_server_support import FakeStack
+from test_server_support import Browser, FakeStack
 
 MODEL = "fake-model"
 TOOLS = [{"type": "function", "function": {
@@ -286,6 +287,49 @@ def test_abort_after_close_is_quiet(stack):
         assert not client.alive
 
     asyncio.run(run())
+
+
+@pytest.mark.skipif(not (shutil.which("chromium") and shutil.which("chromedriver")),
+                    reason="Debian chromium + chromium-driver not installed (test.sh installs them)")
+def test_web_page_keeps_only_answered_turns(url, tmp_path):
+    """The chat page's conversation: a message the server refused (too long) is not sent
+    again with the next one, and Clear during an answer leaves nothing of it behind."""
+    browser = Browser(tmp_path)
+    answered = ("const m = document.querySelectorAll('.msg.assistant');"
+                "return m.length === arguments[0] && m[m.length - 1].dataset.state === 'done';")
+    try:
+        browser.get(url + "/")
+        browser.wait_for(f"return document.getElementById('model').textContent === '{MODEL}'", 30)
+        browser.js("document.getElementById('max_tokens').value = '4';")
+        browser.type("#prompt", "word " * 700)
+        browser.click("#send")
+        browser.wait_for("const m = document.querySelector('.msg.assistant');"
+                         "return m && m.dataset.state === 'error' && "
+                         "!document.getElementById('send').disabled;", 30)
+        assert "maximum context length" in browser.js(
+            "return document.querySelector('.msg.assistant').textContent")
+        assert browser.js("return history.length") == 0
+        browser.type("#prompt", "hi")
+        browser.click("#send")
+        browser.wait_for(answered, 30, 2)
+        assert browser.js("return history.map(m => m.role)") == ["user", "assistant"]
+        # Clear while an answer streams: the answer is stopped and not kept.
+        browser.js("document.getElementById('max_tokens').value = '400';")
+        browser.type("#prompt", "[[slow]]")
+        browser.click("#send")
+        browser.wait_for("const m = document.querySelectorAll('.msg.assistant');"
+                         "return m.length === 3 && m[2].textContent.length > 10;", 30)
+        browser.click("#clear")
+        browser.wait_for("return !document.getElementById('send').disabled;", 20)
+        assert browser.js("return history.length") == 0
+        wait_idle(url)
+        browser.js("document.getElementById('max_tokens').value = '4';")
+        browser.type("#prompt", "hi")
+        browser.click("#send")
+        browser.wait_for(answered, 30, 1)
+        assert browser.js("return history.map(m => m.role)") == ["user", "assistant"]
+    finally:
+        browser.close()
 
 
 def test_api_key(stack, monkeypatch):

@@ -8,6 +8,7 @@ const $ = (id) => document.getElementById(id);
 const history = [];          // {role, content} of the conversation so far
 let controller = null;       // AbortController of the answer being streamed
 let modelName = null;
+let epoch = 0;               // bumped by Clear: an answer still streaming then is not kept
 
 for (const id of ["temperature", "top_p"]) {
   const input = $(id), out = $(id + "-value");
@@ -93,7 +94,9 @@ async function* sseEvents(response) {
 }
 
 async function send(text) {
-  history.push({ role: "user", content: text });
+  const mine = epoch;
+  const turn = { role: "user", content: text };
+  history.push(turn);
   addMessage("user", text);
   const bubble = addMessage("assistant", "");
   bubble.dataset.state = "streaming";
@@ -138,7 +141,15 @@ async function send(text) {
     controller = null;
     setBusy(false);
   }
-  if (answer) history.push({ role: "assistant", content: answer });
+  if (mine !== epoch) {
+    // cleared meanwhile: this turn is no longer part of the conversation
+  } else if (answer) {
+    history.push({ role: "assistant", content: answer });
+  } else if (history[history.length - 1] === turn) {
+    // No answer (refused, failed, or stopped before the first token): drop the turn, or
+    // every later request would resend it (a too-long message would fail them all).
+    history.pop();
+  }
   const meta = document.createElement("span");
   meta.className = "meta";
   meta.textContent = finish ? "finish: " + finish : "";
@@ -159,6 +170,11 @@ $("prompt").addEventListener("keydown", (e) => {
   }
 });
 $("stop").addEventListener("click", () => { if (controller) controller.abort(); });
-$("clear").addEventListener("click", () => { history.length = 0; $("chat").innerHTML = ""; });
+$("clear").addEventListener("click", () => {
+  epoch += 1;
+  if (controller) controller.abort();
+  history.length = 0;
+  $("chat").innerHTML = "";
+});
 
 loadModel();
