@@ -59,6 +59,9 @@ def _http_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--served-model-name", help="the model's name in the API (default: the engine's)")
     g.add_argument("--max-pending-requests", type=int, default=256,
                    help="requests in flight before new ones get 429 (default 256)")
+    g.add_argument("--shutdown-timeout", type=float, default=30.0,
+                   help="on SIGTERM / Ctrl-C, seconds running requests may take to finish; "
+                        "those still running then end with a 503 error (default 30)")
     g.add_argument("--max-request-bytes", type=int, default=32 * 1024 * 1024,
                    help="largest request body accepted (default 32 MiB)")
 
@@ -163,7 +166,10 @@ async def _serve_http(args, address: str, process: subprocess.Popen | None) -> i
     app = create_app(state, max_body_bytes=args.max_request_bytes,
                      on_engine_lost=engine_lost if process is not None else None)
     config = uvicorn.Config(app, host=args.host, port=args.port, loop="asyncio", http="h11",
-                            log_level=args.log_level, timeout_graceful_shutdown=30,
+                            log_level=args.log_level,
+                            # uvicorn cancels what is left after this (a truncated stream, a
+                            # plain-text 500): end_at_deadline ends them properly before it
+                            timeout_graceful_shutdown=args.shutdown_timeout + 5,
                             lifespan="on")
     server = uvicorn.Server(config)
 
@@ -180,7 +186,23 @@ async def _serve_http(args, address: str, process: subprocess.Popen | None) -> i
             await asyncio.sleep(0.2)
         log.info("ready on http://%s:%d", args.host, args.port)
 
+    async def end_at_deadline():
+        # Shutting down (SIGTERM, Ctrl-C): running requests have --shutdown-timeout seconds
+        # to finish; then each ends with a 503 (an SSE error event and [DONE] for a stream)
+        # and is aborted in the engine, so that every client learns why its answer stopped.
+        while not server.should_exit:
+            await asyncio.sleep(0.1)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + args.shutdown_timeout
+        while client.num_in_flight and loop.time() < deadline and not server.force_exit:
+            await asyncio.sleep(0.1)
+        if client.num_in_flight:
+            n = await client.end_all(f"{args.shutdown_timeout:g} s after it was asked to stop")
+            log.warning("shutdown: ended %d request(s) still running after %g s", n,
+                        args.shutdown_timeout)
+
     watcher = asyncio.create_task(watch_startup())
+    ender = asyncio.create_task(end_at_deadline())
     # Not ready yet: the engine (under rustinfer-serve, a child still loading the model)
     # answers later, and then this side loads the tokenizer; until then /health and the
     # API say 503. watch_startup logs "ready on ..." once requests can be served.
@@ -190,6 +212,7 @@ async def _serve_http(args, address: str, process: subprocess.Popen | None) -> i
              "loading the model" if process is not None else "waiting for the engine")
     await server.serve()
     watcher.cancel()
+    ender.cancel()
     return 1 if failed or not server.started else 0
 
 

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from . import sse
-from .engine_client import EngineDead
+from .engine_client import EngineDead, ServerShuttingDown
 from .errors import OpenAIError, invalid
 from .middleware import read_body
 from .logprobs import CompletionLogprobs
@@ -43,6 +43,9 @@ def _tokenize(tokenizer, prompt) -> tuple[list[list[int]], list[str | None]]:
 def engine_failure(ev: dict | None, exc: Exception | None = None) -> OpenAIError:
     if isinstance(exc, OpenAIError):
         return exc
+    if isinstance(exc, ServerShuttingDown):
+        return OpenAIError(503, f"the server is shutting down ({exc}); retry the request",
+                           "service_unavailable", code="server_shutting_down")
     if exc is not None:
         return OpenAIError(503, f"the engine is not available ({exc})", "service_unavailable",
                            code="engine_unavailable")

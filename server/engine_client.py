@@ -37,6 +37,10 @@ class EngineDead(Exception):
     pass
 
 
+class ServerShuttingDown(EngineDead):
+    """The HTTP server's shutdown deadline came before the request finished."""
+
+
 class RequestStream:
     """Events of one request, in order; the last item is None (done) or an EngineDead."""
 
@@ -156,6 +160,20 @@ class EngineClient:
                 await self._send("abort", request_id=request_id)
             except OpenAIError:
                 pass  # the engine is gone, and the request with it
+
+    async def end_all(self, reason: str) -> int:
+        """End every request in flight with ServerShuttingDown (its response then ends with
+        a 503 error, an SSE error event for a stream) and abort it in the engine; returns
+        how many there were."""
+        streams, self._streams = self._streams, {}
+        for rid, stream in streams.items():
+            stream.queue.put_nowait(ServerShuttingDown(reason))
+            if self.alive:
+                try:
+                    await self._send("abort", request_id=rid)
+                except OpenAIError:
+                    pass
+        return len(streams)
 
     def release(self, request_id: str) -> None:
         """Forget a finished request (its stream has been read to the end)."""

@@ -332,6 +332,65 @@ def test_web_page_keeps_only_answered_turns(url, tmp_path):
         browser.close()
 
 
+def test_shutdown_deadline_ends_requests_with_an_error(stack, url, tmp_path):
+    """SIGTERM with answers still running past --shutdown-timeout: a stream ends with an
+    error event and [DONE], a plain request with a 503 in OpenAI's shape (uvicorn used to
+    cancel them: a stream cut without either, a plain-text 500), and the engine frees them."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+    from pathlib import Path
+
+    from test_server_support import free_port, wait_healthy
+
+    port = free_port()
+    mine = f"http://127.0.0.1:{port}"
+    sock_dir = Path(stack.address[len("ipc://"):]).parent
+    proc = subprocess.Popen([sys.executable, "-m", "rustinfer.server.cli", "server",
+                             "--socket-dir", str(sock_dir), "--port", str(port),
+                             "--shutdown-timeout", "1"],
+                            stdout=(tmp_path / "log").open("wb"), stderr=subprocess.STDOUT,
+                            env={**os.environ})
+    got = {}
+
+    def stream():
+        with httpx.stream("POST", mine + "/v1/chat/completions", timeout=60, json={
+                "messages": [{"role": "user", "content": "[[slow]]"}], "max_tokens": 2000,
+                "stream": True}) as r:
+            got["stream"] = [line for line in r.iter_lines() if line]
+
+    def plain():
+        got["plain"] = httpx.post(mine + "/v1/completions", timeout=60, json={
+            "prompt": "[[slow]]", "max_tokens": 2000})
+
+    try:
+        wait_healthy(mine, 60, proc)
+        threads = [threading.Thread(target=f) for f in (stream, plain)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 30
+        while running(mine) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join(60)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    lines = got["stream"]
+    assert lines[-1] == "data: [DONE]"
+    error = json.loads(lines[-2][len("data: "):])["error"]
+    assert error["code"] == "server_shutting_down" and "shutting down" in error["message"]
+    r = got["plain"]
+    assert r.status_code == 503 and r.json()["error"]["code"] == "server_shutting_down"
+    wait_idle(url)                       # aborted in the engine too
+    assert "Traceback" not in (tmp_path / "log").read_text()
+
+
 def test_api_key(stack, monkeypatch):
     url = stack.http(api_key="s3cret")
     assert httpx.get(url + "/health").status_code == 200
