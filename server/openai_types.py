@@ -193,8 +193,14 @@ def parse_body(raw: bytes, cls: type[BaseModel]) -> BaseModel:
         data = json.loads(raw, parse_constant=_no_constants)
     except (ValueError, UnicodeDecodeError) as e:
         raise invalid(f"the request body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise invalid("the request body is not valid JSON: it is nested too deeply") from None
     if not isinstance(data, dict):
         raise invalid("the request body must be a JSON object")
+    if _depth_over(data, MAX_JSON_DEPTH):
+        # Validation, templates and msgpack recurse: refuse it here, not with a 500 there.
+        raise invalid(f"the request body is not valid JSON here: it nests deeper than "
+                      f"{MAX_JSON_DEPTH} levels")
     try:
         return cls.model_validate(data)
     except ValidationError as e:
@@ -204,6 +210,22 @@ def parse_body(raw: bytes, cls: type[BaseModel]) -> BaseModel:
         if first.get("type") == "value_error" and "error" in first.get("ctx", {}):
             msg = str(first["ctx"]["error"])  # our own validators' words, no "Value error, "
         return _raise(invalid(f"{loc or 'body'}: {msg}", loc.split(".")[0] or None))
+
+
+MAX_JSON_DEPTH = 64
+
+
+def _depth_over(data, limit: int) -> bool:
+    """Whether lists / objects nest deeper than `limit` (iteratively: no recursion)."""
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            if depth > limit:
+                return True
+            children = value.values() if isinstance(value, dict) else value
+            stack.extend((v, depth + 1) for v in children if isinstance(v, (dict, list)))
+    return False
 
 
 def _raise(err: OpenAIError):

@@ -193,6 +193,9 @@ BAD_REQUESTS = [
     ({"prompt": "x", "top_k": 10 ** 20}, "/v1/completions", "top_k"),
     ({}, "/v1/completions", "prompt"),
     ([1, 2], "/v1/completions", None),
+    (b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "/v1/completions", None),
+    (b'{"messages": [{"role": "user", "content": "x"}], "chat_template_kwargs": '
+     + b'{"a": ' * 500 + b"1" + b"}" * 501, "/v1/chat/completions", None),
 ]
 
 
