@@ -12,7 +12,8 @@ speaks paged blocks (StepInputs.block_tables). The executor bridges the two:
   with the sequence's first ceil(cached / block_size) blocks and whose length is
   `cached`. A sequence with cached == 0 takes a free row (least recently used).
   A sequence whose prefix another row holds at a greater length (prefix caching,
-  forks) gets a fresh row with that prefix copied in.
+  forks) gets a fresh row with that prefix copied in; when no other row is free
+  (a full batch) and that row is idle, it takes the row itself, cut to the prefix.
 - Writing a block invalidates every other row that mirrored it (the row is cut
   before that block), so a row never claims content a block no longer holds.
 - No row holds the prefix any more (its row was recycled for another sequence,
