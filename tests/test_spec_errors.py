@@ -57,7 +57,8 @@ def test_unknown_attribute_suggests():
 
 
 def test_shape_mismatch_says_expected_and_found():
-    text, line = _edit("linear(mlp.prod, down_proj)", "linear(mlp.prod, up_proj)")
+    text, line = _edit("linear(mlp.prod, down_proj, down_bias)",
+                       "linear(mlp.prod, up_proj, down_bias)")
     err = _error(text)
     assert err.line == line
     assert "shape mismatch in linear 'layers.0/mlp/down'" in str(err)
@@ -230,12 +231,12 @@ def test_unused_value_whose_reader_is_left_out_by_when():
 def test_a_weight_never_used_is_a_warning():
     from rustinfer.compiler.errors import SpecWarning
 
-    text, line = _edit("    down_proj:", "    down_bias: {name: \"model.layers.{i}.mlp.down_proj"
+    text, line = _edit("    down_proj:", "    spare_bias: {name: \"model.layers.{i}.mlp.spare"
                        ".bias\", shape: [hidden]}\n    down_proj:")
     with pytest.warns(SpecWarning) as record:
         bind(parse_spec(text, "specs/llama3.yaml"), CONFIG)
     assert [str(w.message) for w in record] == [
-        f"specs/llama3.yaml:{line}: field 'layers.weights.down_bias': weight 'down_bias' is "
+        f"specs/llama3.yaml:{line}: field 'layers.weights.spare_bias': weight 'spare_bias' is "
         "declared but no op reads it; pass it to an op or delete the line"]
 
 
@@ -311,7 +312,7 @@ def test_value_used_before_it_is_computed_or_weight_out_of_reach():
 def test_arity_uses_singular_and_plural():
     text, _ = _edit("mul(mlp.act, mlp.up)", "mul(mlp.act)")
     assert "op 'mul' takes 2 inputs (a, b), got 1" in str(_error(text))
-    text, _ = _edit("linear(mlp.prod, down_proj)", "linear(mlp.prod)")
+    text, _ = _edit("linear(mlp.prod, down_proj, down_bias)", "linear(mlp.prod)")
     assert "op 'linear' takes 2 to 3 inputs (x, weight, [bias]), got 1" in str(_error(text))
 
 
