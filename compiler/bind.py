@@ -62,8 +62,19 @@ def bind_symbols(spec: Spec, config: dict) -> dict[str, Any]:
         env[sym.name] = value
     for expr, message, loc in spec.checks:
         if not evaluate(expr, env, loc):
-            raise loc.error(f"check failed: {message} ({expr})")
+            raise loc.error(f"check failed: {message} ({expr}{_values_of(expr, env)})")
     return env
+
+
+def _values_of(expr, env: dict[str, Any]) -> str:
+    """'; here act = 'gelu'': the symbols a failed check read, so the user sees what
+    config.json said, not only what the spec wanted."""
+    try:
+        tree = ast.parse(expr, mode="eval") if isinstance(expr, str) else expr
+    except SyntaxError:
+        return ""
+    names = dict.fromkeys(n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id in env)
+    return f"; here {', '.join(f'{n} = {env[n]!r}' for n in names)}" if names else ""
 
 
 class _Binder:

@@ -87,3 +87,13 @@ def test_close_names_are_a_typo_away():
     assert close_names("q_bais", ["q_bias", "k_bias"]) == ["q_bias"]      # a swap
     assert close_names("down_bias", ["o_bias", "o_proj"]) == []
     assert close_names("x", ["h"]) == []
+
+
+@pytest.mark.parametrize("family", ["llama3", "mistral", "qwen2", "qwen3", "phi3"])
+def test_swiglu_specs_refuse_another_hidden_act_and_say_what_config_json_says(family):
+    """These specs compute silu(gate) * up; a checkpoint whose hidden_act is another
+    function used to bind and answer wrong tokens."""
+    spec = load_spec(SPECS_DIR / f"{family}.yaml")
+    bind(spec, dict(LLAMA, hidden_act="silu"))
+    with pytest.raises(SpecError, match=r"hidden_act must be silu .*here act = 'gelu'"):
+        bind(spec, dict(LLAMA, hidden_act="gelu"))

@@ -86,54 +86,54 @@ def run(step, W, C, arena, outputs, K, ws):
     R = step.logit_rows.shape[0] if step.logit_rows is not None else T
 
     # ---- prologue ----------------------------------------------------
-    # [0] h: embedding [T] -> [T, 64]                                     (llama3.yaml:47)
+    # [0] h: embedding [T] -> [T, 64]                                     (llama3.yaml:50)
     h = arena[3072:3072 + T * 64].view(T, 64)
     K.embedding(step.token_ids, W["model.embed_tokens.weight"], out=h)
 
     # ---- layers.0 ----------------------------------------------------
-    # [1] layers.0/attn/q_rot: rms_norm_linear_rope_kv [T, 64] [T] -> [T, 64]  (llama3.yaml:72-77,79)
+    # [1] layers.0/attn/q_rot: rms_norm_linear_rope_kv [T, 64] [T] -> [T, 64]  (llama3.yaml:75-80,82)
     #     q, k, v = rms_norm(h) @ [q; k; v].T; rope(q); also rope(k), then writes k and v into the KV cache
     l0_attn_q_rot = arena[0:0 + T * 64].view(T, 64)
     K.rms_norm_linear_rope_kv(h, W["model.layers.0.input_layernorm.weight"], W["model.layers.0.self_attn.q+k+v_proj.weight"], step.positions, C["layers.0/attn/k_cache"], C["layers.0/attn/v_cache"], out=l0_attn_q_rot, eps=1e-05, offset=0.0, heads=4, kv_heads=2, head_dim=16, theta=10000.0, scaling=None, step=step, ws=ws)
-    # [2] layers.0/attn/out: cached_attention [T, 64] -> [T, 64]          (llama3.yaml:76,77,79)
+    # [2] layers.0/attn/out: cached_attention [T, 64] -> [T, 64]          (llama3.yaml:79,80,82)
     #     causal attention over this layer's KV cache (this step's k, v included)
     l0_attn_out = arena[5120:5120 + T * 64].view(T, 64)
     K.cached_attention(l0_attn_q_rot, C["layers.0/attn/k_cache"], C["layers.0/attn/v_cache"], out=l0_attn_out, heads=4, kv_heads=2, head_dim=16, scale=INV_SQRT_HEAD_DIM, step=step, ws=ws)
-    # [3] layers.0/h: linear_add [T, 64] [T, 64] -> [T, 64]               (llama3.yaml:80,81,83)
+    # [3] layers.0/h: linear_add [T, 64] [T, 64] -> [T, 64]               (llama3.yaml:83,84,86)
     #     l0_h = h + l0_attn_out @ weight.T: the residual add, done by the GEMM
     l0_h = arena[3072:3072 + T * 64].view(T, 64)
     K.linear_add(l0_attn_out, W["model.layers.0.self_attn.o_proj.weight"], h, out=l0_h)
-    # [4] layers.0/mlp/prod: rms_norm_linear [T, 64] -> [T, 96]           (llama3.yaml:80,81,83-87)
+    # [4] layers.0/mlp/prod: rms_norm_linear [T, 64] -> [T, 96]           (llama3.yaml:83,84,86-90)
     #     silu(gate) * up, where gate, up = rms_norm(l0_h) @ [gate; up].T: norm, GEMM and SwiGLU in one
     l0_mlp_prod = arena[0:0 + T * 96].view(T, 96)
     K.rms_norm_linear(l0_h, W["model.layers.0.post_attention_layernorm.weight"], W["model.layers.0.mlp.gate+up_proj.weight"], out=l0_mlp_prod, eps=1e-05, offset=0.0, act='swiglu', ws=ws)
-    # [5] layers.0/h.2: linear_add [T, 96] [T, 64] -> [T, 64]             (llama3.yaml:72,88,89)
+    # [5] layers.0/h.2: linear_add [T, 96] [T, 64] -> [T, 64]             (llama3.yaml:75,91,92)
     l0_h_2 = arena[3072:3072 + T * 64].view(T, 64)
     K.linear_add(l0_mlp_prod, W["model.layers.0.mlp.down_proj.weight"], l0_h, out=l0_h_2)
 
     # ---- layers.1 ----------------------------------------------------
-    # [6] layers.1/attn/q_rot: rms_norm_linear_rope_kv [T, 64] [T] -> [T, 64]  (llama3.yaml:72-77,79,88,89)
+    # [6] layers.1/attn/q_rot: rms_norm_linear_rope_kv [T, 64] [T] -> [T, 64]  (llama3.yaml:75-80,82,91,92)
     l1_attn_q_rot = arena[0:0 + T * 64].view(T, 64)
     K.rms_norm_linear_rope_kv(l0_h_2, W["model.layers.1.input_layernorm.weight"], W["model.layers.1.self_attn.q+k+v_proj.weight"], step.positions, C["layers.1/attn/k_cache"], C["layers.1/attn/v_cache"], out=l1_attn_q_rot, eps=1e-05, offset=0.0, heads=4, kv_heads=2, head_dim=16, theta=10000.0, scaling=None, step=step, ws=ws)
-    # [7] layers.1/attn/out: cached_attention [T, 64] -> [T, 64]          (llama3.yaml:76,77,79)
+    # [7] layers.1/attn/out: cached_attention [T, 64] -> [T, 64]          (llama3.yaml:79,80,82)
     l1_attn_out = arena[5120:5120 + T * 64].view(T, 64)
     K.cached_attention(l1_attn_q_rot, C["layers.1/attn/k_cache"], C["layers.1/attn/v_cache"], out=l1_attn_out, heads=4, kv_heads=2, head_dim=16, scale=INV_SQRT_HEAD_DIM, step=step, ws=ws)
-    # [8] layers.1/h: linear_add [T, 64] [T, 64] -> [T, 64]               (llama3.yaml:80,81,83)
+    # [8] layers.1/h: linear_add [T, 64] [T, 64] -> [T, 64]               (llama3.yaml:83,84,86)
     l1_h = arena[3072:3072 + T * 64].view(T, 64)
     K.linear_add(l1_attn_out, W["model.layers.1.self_attn.o_proj.weight"], l0_h_2, out=l1_h)
-    # [9] layers.1/mlp/prod: rms_norm_linear [T, 64] -> [T, 96]           (llama3.yaml:80,81,83-87)
+    # [9] layers.1/mlp/prod: rms_norm_linear [T, 64] -> [T, 96]           (llama3.yaml:83,84,86-90)
     l1_mlp_prod = arena[0:0 + T * 96].view(T, 96)
     K.rms_norm_linear(l1_h, W["model.layers.1.post_attention_layernorm.weight"], W["model.layers.1.mlp.gate+up_proj.weight"], out=l1_mlp_prod, eps=1e-05, offset=0.0, act='swiglu', ws=ws)
 
     # ---- epilogue ----------------------------------------------------
-    # [10] final/h: linear_add [T, 96] [T, 64] -> [T, 64]                 (llama3.yaml:88,89,92)
+    # [10] final/h: linear_add [T, 96] [T, 64] -> [T, 64]                 (llama3.yaml:91,92,95)
     final_h = arena[3072:3072 + T * 64].view(T, 64)
     K.linear_add(l1_mlp_prod, W["model.layers.1.mlp.down_proj.weight"], l1_h, out=final_h)
-    # [11] logits/rows: gather_rows [T, 64] [R] -> [R, 64]                (llama3.yaml:88,89,92,93)
+    # [11] logits/rows: gather_rows [T, 64] [R] -> [R, 64]                (llama3.yaml:91,92,95,96)
     #     the rows of final_h listed in step.logit_rows: only those get logits
     logits_rows = arena[0:0 + R * 64].view(R, 64)
     K.gather_rows(final_h, step.logit_rows, out=logits_rows)
-    # [12] logits: rms_norm_linear [R, 64] -> [R, 128]                    (llama3.yaml:88,89,92,93)
+    # [12] logits: rms_norm_linear [R, 64] -> [R, 128]                    (llama3.yaml:91,92,95,96)
     #     rms_norm(logits_rows) @ weight.T: the norm folded into the GEMM
     logits = outputs["logits"][:R]
     K.rms_norm_linear(logits_rows, W["model.norm.weight"], W["model.embed_tokens.weight"], out=logits, eps=1e-05, offset=0.0, ws=ws)
