@@ -70,6 +70,14 @@ def cuda_problem() -> str | None:
 def _load(args, **llm_kwargs):
     """The LLM the model arguments describe, after refusing options its target ignores."""
     from .llm import LLM
+
+    target, options = _target_options(args)
+    llm_kwargs.setdefault("max_model_len", args.max_model_len)
+    return LLM(model=args.model, target=target, spec=args.spec, **llm_kwargs, **options)
+
+
+def _target_options(args) -> tuple[str, dict]:
+    """The target and its options, or a ValueError naming the option or target to change."""
     from .targets import resolve_target
 
     target = resolve_target(args.target)
@@ -81,22 +89,35 @@ def _load(args, **llm_kwargs):
                if v and target == "cpu"}
     if target == "cuda" and (problem := cuda_problem()):
         raise ValueError(problem)
-    llm_kwargs.setdefault("max_model_len", args.max_model_len)
-    return LLM(model=args.model, target=target, spec=args.spec, **llm_kwargs, **options)
+    return target, options
 
 
-def _no_tokenizer(llm) -> int:
-    print(f"error: {llm.model_path} has no tokenizer: a folder needs tokenizer.json (and "
-          "tokenizer_config.json for its chat template) next to config.json; a GGUF carries "
-          "its own. Without one, the Python API takes token ids (LLM.generate([[1, 2, 3]]))",
-          file=sys.stderr)
+def _no_tokenizer(args) -> int | None:
+    """Exit status 2 and one line when --model has no tokenizer, checked before the model
+    loads and compiles (headers only), so the user does not wait to be told."""
+    from .checkpoint import open_checkpoint
+    from .llm import has_tokenizer
+    from .model_resolver import resolve_model
+
+    _target_options(args)  # a target this machine cannot run is said first
+    path = resolve_model(args.model)
+    with open_checkpoint(path) as ckpt:
+        if has_tokenizer(ckpt):
+            return None
+        gguf = ckpt.format == "gguf"
+    where = ("this GGUF file has no tokenizer.ggml.* metadata; convert the model again with "
+             "its tokenizer (llama.cpp's convert_hf_to_gguf.py writes it)" if gguf else
+             "a folder needs tokenizer.json (and tokenizer_config.json for its chat template) "
+             "next to config.json")
+    print(f"error: {path} has no tokenizer: {where}. Without one, the Python API takes token "
+          "ids (LLM.generate([[1, 2, 3]]))", file=sys.stderr)
     return 2
 
 
 def cmd_generate(args) -> int:
+    if (status := _no_tokenizer(args)) is not None:
+        return status
     llm = _load(args)
-    if llm.tokenizer is None:
-        return _no_tokenizer(llm)
     if args.raw:
         ids = llm.tokenizer.encode(args.prompt)
     else:
@@ -109,9 +130,9 @@ def cmd_generate(args) -> int:
 
 
 def cmd_chat(args) -> int:
+    if (status := _no_tokenizer(args)) is not None:
+        return status
     llm = _load(args)
-    if llm.tokenizer is None:
-        return _no_tokenizer(llm)
     messages = [{"role": "system", "content": args.system}] if args.system else []
     print("Chatting with", llm.model_path.name, "- /reset clears the history, /exit or Ctrl-D "
           "quits.", file=sys.stderr)

@@ -213,8 +213,12 @@ def build_gguf_tokenizer(path: str | Path) -> GGUFTokenizer:
 def _build_bpe(path, meta: dict, tokens: list[str], types: list[int]) -> Tokenizer:
     model = meta.get("tokenizer.ggml.model")
     if model != "gpt2":
-        raise NotImplementedError(
-            f"{path}: tokenizer.ggml.model={model!r} is not supported; only byte-level BPE ('gpt2') is")
+        # A ValueError, like the other tokenizer problems: the CLI and server show it as one line.
+        kind = " (SentencePiece: Llama 2, Mistral v0.1-0.3, TinyLlama GGUFs)" if model == "llama" else ""
+        raise ValueError(
+            f"{path}: tokenizer.ggml.model={model!r}{kind} is not supported; rustinfer rebuilds "
+            "only byte-level BPE ('gpt2': Llama 3, SmolLM2, Qwen) tokenizers from a GGUF. Use the "
+            "model's Hugging Face folder (config.json, *.safetensors, tokenizer.json) instead")
     pre = meta.get("tokenizer.ggml.pre", "default")
     if pre not in _PRE_TOKENIZERS:
         # Guessing would silently give wrong token ids, as llama.cpp also refuses.

@@ -216,11 +216,18 @@ def _model_name(requested, path: Path) -> str:
     return Path(str(requested)).name if Path(str(requested)).exists() else str(requested)
 
 
+def has_tokenizer(checkpoint) -> bool:
+    """Whether the checkpoint carries a tokenizer (tokenizer.json; a GGUF's tokenizer.ggml.*)."""
+    if checkpoint.format == "gguf":
+        return bool(checkpoint.metadata.get("tokenizer.ggml.tokens"))
+    return (Path(checkpoint.path) / "tokenizer.json").exists()
+
+
 def _load_tokenizer(checkpoint):
     from .tokenizer import Tokenizer
 
+    if not has_tokenizer(checkpoint):
+        return None  # weights only: the token-id API still works
     if checkpoint.format == "gguf":
         return Tokenizer.from_gguf(checkpoint.path)
-    if (Path(checkpoint.path) / "tokenizer.json").exists():
-        return Tokenizer.from_hf_dir(checkpoint.path)
-    return None
+    return Tokenizer.from_hf_dir(checkpoint.path)

@@ -249,3 +249,65 @@ def test_http_side_says_starting_then_ready(tmp_path, smollm2_gguf):
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
         stack.close()
+
+
+# --------------------------------------------------------------- tokenizers ---
+def _weights_only_folder(folder):
+    from safetensors.torch import save_file
+    import torch
+
+    folder.mkdir()
+    (folder / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
+    save_file({"model.embed_tokens.weight": torch.zeros(4, 8)}, str(folder / "model.safetensors"))
+    return folder
+
+
+def _weights_only_gguf(path):
+    from test_checkpoint_gguf import Q, random_state_dict, tiny_config, write_gguf
+
+    cfg = tiny_config(num_hidden_layers=1)
+    write_gguf(path, cfg, random_state_dict(cfg), lambda hf, v: Q.F32)  # no tokenizer.ggml.*
+    return path
+
+
+@pytest.mark.parametrize("kind", ["folder", "gguf"])
+@pytest.mark.parametrize("command", ["generate", "chat"])
+def test_no_tokenizer_is_one_error_line_before_the_model_loads(command, kind, tmp_path,
+                                                               monkeypatch, capsys):
+    from rustinfer.runtime import llm
+
+    monkeypatch.setattr(llm.LLM, "__init__", _no_engine)  # said before loading / compiling
+    model = (_weights_only_folder(tmp_path / "m") if kind == "folder"
+             else _weights_only_gguf(tmp_path / "m.gguf"))
+    argv = [command, "--model", str(model)] + (["Hi"] if command == "generate" else [])
+    assert rustinfer_cli.main(argv) == 2
+    wanted = "tokenizer.json" if kind == "folder" else "no tokenizer.ggml.* metadata"
+    _one_error_line(capsys.readouterr().err, f"{model} has no tokenizer", wanted)
+
+
+def test_a_gguf_without_a_tokenizer_loads_for_token_ids(tmp_path):
+    from rustinfer.runtime import LLM
+
+    llm = LLM(model=_weights_only_gguf(tmp_path / "m.gguf"), target="reference",
+              max_model_len=16)
+    assert llm.tokenizer is None and llm.logits([1, 2, 3]).shape == (3, 96)
+
+
+def test_a_sentencepiece_gguf_is_one_error_line(tmp_path, capsys):
+    from test_checkpoint_gguf import Q, random_state_dict, tiny_config, write_gguf
+
+    cfg = tiny_config(num_hidden_layers=1)
+    tokens = [f"<t{i}>" for i in range(cfg.vocab_size)]
+
+    def spm(w):  # Llama 2 / Mistral GGUFs: tokenizer.ggml.model = "llama"
+        w.add_tokenizer_model("llama")
+        w.add_token_list(tokens)
+        w.add_token_scores([0.0] * len(tokens))
+        w.add_token_types([1] * len(tokens))
+
+    path = tmp_path / "spm.gguf"
+    write_gguf(path, cfg, random_state_dict(cfg), lambda hf, v: Q.F32, extra=spm)
+    assert rustinfer_cli.main(["generate", "--target", "reference", "--model", str(path),
+                               "Hi"]) == 2
+    _one_error_line(capsys.readouterr().err, "tokenizer.ggml.model='llama' (SentencePiece",
+                    "Hugging Face folder")
