@@ -42,6 +42,15 @@ class ChatTemplateError(jinja2.TemplateError, ValueError):
     that a server maps it to a 400."""
 
 
+class NoChatTemplateError(ChatTemplateError):
+    """The checkpoint has no chat template, and the built-in Llama 3 one does not fit its
+    vocabulary; the message says to complete plain text or add a template."""
+
+
+# The built-in template writes these; a vocabulary without them is not Llama 3's.
+LLAMA3_FORMAT_TOKENS = ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
+
+
 def token_text(value) -> str | None:
     """A special token's text, given as a string or as an AddedToken dict."""
     if isinstance(value, Mapping):

@@ -134,6 +134,7 @@ def cmd_chat(args) -> int:
         return status
     llm = _load(args)
     messages = [{"role": "system", "content": args.system}] if args.system else []
+    llm.tokenizer.apply_chat_template(messages + [{"role": "user", "content": "x"}])  # no template: say so now
     print("Chatting with", llm.model_path.name, "- /reset clears the history, /exit or Ctrl-D "
           "quits.", file=sys.stderr)
     while True:

@@ -15,8 +15,9 @@ from pathlib import Path
 from tokenizers import AddedToken
 from tokenizers import Tokenizer as _Backend
 
-from .chat_template import (SPECIAL_TOKEN_NAMES, normalize_templates, render_chat_template,
-                            select_template, token_text)
+from .chat_template import (LLAMA3_FORMAT_TOKENS, SPECIAL_TOKEN_NAMES, NoChatTemplateError,
+                            normalize_templates, render_chat_template, select_template,
+                            token_text)
 from .detokenizer import IncrementalDetokenizer
 
 
@@ -161,6 +162,16 @@ class Tokenizer:
         Extra kwargs become template variables (e.g. enable_thinking=False), and
         `documents=` / `continue_final_message=` work as in transformers.
         """
+        if self.chat_template is None and any(
+                self._backend.token_to_id(t) is None for t in LLAMA3_FORMAT_TOKENS):
+            # The built-in Llama 3 format would spell its headers as plain text here:
+            # a prompt the model never saw, answered with garbage (transformers refuses too).
+            raise NoChatTemplateError(
+                "this model has no chat template (tokenizer_config.json has no chat_template "
+                "and there is no chat_template.jinja, or the GGUF has no "
+                "tokenizer.chat_template), and its vocabulary is not Llama 3's; complete plain "
+                "text instead (rustinfer generate --raw, /v1/completions) or add the model's "
+                "chat template to tokenizer_config.json")
         template = select_template(self.chat_template, tools)
         variables = {**self.special_tokens, **template_kwargs}
         return render_chat_template(template, messages, add_generation_prompt=add_generation_prompt,

@@ -22,7 +22,7 @@ import uuid
 
 from starlette.requests import Request
 
-from rustinfer.runtime.chat_template import ChatTemplateError
+from rustinfer.runtime.chat_template import ChatTemplateError, NoChatTemplateError
 
 from . import sse, tools
 from .completions import engine_failure, respond
@@ -49,6 +49,8 @@ def render_chat(tokenizer, req: ChatCompletionRequest) -> str:
         return tokenizer.apply_chat_template(
             messages, add_generation_prompt=req.add_generation_prompt and not req.continue_final_message,
             tools=template_tools, **kwargs)
+    except NoChatTemplateError as e:
+        raise invalid(str(e), "messages") from None
     except ChatTemplateError as e:
         raise invalid(f"the chat template refused these messages: {e}", "messages") from None
     except (TypeError, KeyError) as e:

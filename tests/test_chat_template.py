@@ -170,3 +170,22 @@ def test_messages_are_not_modified(llama):
     msgs = [{"role": "user", "content": "x", "tool_calls": None}]
     ours.apply_chat_template(msgs)
     assert msgs == [{"role": "user", "content": "x", "tool_calls": None}]
+
+
+def test_no_template_and_not_a_llama3_vocabulary_is_refused():
+    """Without a template the Llama 3 format is used only where its header tokens exist;
+    elsewhere it is a ValueError (a server's 400) that says what to do."""
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import models
+
+    from rustinfer.runtime.chat_template import NoChatTemplateError
+
+    backend = Backend(models.WordLevel({"[UNK]": 0, "hi": 1}, unk_token="[UNK]"))
+    bare = Tokenizer(backend, bos_token_id=None, eos_token_ids=[])
+    with pytest.raises(NoChatTemplateError, match="no chat template.*generate --raw"):
+        bare.apply_chat_template([{"role": "user", "content": "hi"}])
+    with pytest.raises(ValueError):
+        bare.encode_chat([{"role": "user", "content": "hi"}])
+    templated = Tokenizer(backend, bos_token_id=None, eos_token_ids=[],
+                          chat_template="{{ messages[0]['content'] }}")
+    assert templated.apply_chat_template([{"role": "user", "content": "hi"}]) == "hi"

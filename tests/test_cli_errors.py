@@ -311,3 +311,30 @@ def test_a_sentencepiece_gguf_is_one_error_line(tmp_path, capsys):
                                "Hi"]) == 2
     _one_error_line(capsys.readouterr().err, "tokenizer.ggml.model='llama' (SentencePiece",
                     "Hugging Face folder")
+
+
+def _folder_without_chat_template(folder):
+    """A tiny llama with a word-level tokenizer that is not Llama 3's, and no chat template."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from hf_models import make_llama
+
+    make_llama(folder, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+               num_attention_heads=2, num_key_value_heads=1, vocab_size=16)
+    words = ["<s>", "</s>", "[UNK]", "Hi", "there"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text('{"bos_token": "<s>", "eos_token": "</s>"}')
+    return folder
+
+
+def test_no_chat_template_says_to_use_raw_and_raw_works(tmp_path, capsys):
+    """The built-in Llama 3 template would write its headers as plain text in this
+    vocabulary (a prompt of [UNK]s): generate without --raw must refuse, not answer."""
+    model = str(_folder_without_chat_template(tmp_path / "m"))
+    capsys.readouterr()  # transformers' progress bars
+    base = ["generate", "--target", "reference", "--model", model, "--max-tokens", "2"]
+    assert rustinfer_cli.main(base + ["Hi there"]) == 2
+    _one_error_line(capsys.readouterr().err, "has no chat template", "generate --raw")
+    assert rustinfer_cli.main(base + ["--raw", "Hi there"]) == 0
