@@ -96,21 +96,16 @@ def _no_tokenizer(args) -> int | None:
     """Exit status 2 and one line when --model has no tokenizer, checked before the model
     loads and compiles (headers only), so the user does not wait to be told."""
     from .checkpoint import open_checkpoint
-    from .llm import has_tokenizer
+    from .llm import no_tokenizer_message
     from .model_resolver import resolve_model
 
     _target_options(args)  # a target this machine cannot run is said first
-    path = resolve_model(args.model)
-    with open_checkpoint(path) as ckpt:
-        if has_tokenizer(ckpt):
-            return None
-        gguf = ckpt.format == "gguf"
-    where = ("this GGUF file has no tokenizer.ggml.* metadata; convert the model again with "
-             "its tokenizer (llama.cpp's convert_hf_to_gguf.py writes it)" if gguf else
-             "a folder needs tokenizer.json (and tokenizer_config.json for its chat template) "
-             "next to config.json")
-    print(f"error: {path} has no tokenizer: {where}. Without one, the Python API takes token "
-          "ids (LLM.generate([[1, 2, 3]]))", file=sys.stderr)
+    with open_checkpoint(resolve_model(args.model)) as ckpt:
+        problem = no_tokenizer_message(ckpt)
+    if problem is None:
+        return None
+    print(f"error: {problem}. Without one, the Python API takes token ids "
+          "(LLM.generate([[1, 2, 3]]))", file=sys.stderr)
     return 2
 
 

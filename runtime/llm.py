@@ -223,6 +223,18 @@ def has_tokenizer(checkpoint) -> bool:
     return (Path(checkpoint.path) / "tokenizer.json").exists()
 
 
+def no_tokenizer_message(checkpoint) -> str | None:
+    """What to do when the checkpoint has no tokenizer (None when it has one)."""
+    if has_tokenizer(checkpoint):
+        return None
+    where = ("this GGUF file has no tokenizer.ggml.* metadata; convert the model again with "
+             "its tokenizer (llama.cpp's convert_hf_to_gguf.py writes it)"
+             if checkpoint.format == "gguf" else
+             "a folder needs tokenizer.json (and tokenizer_config.json for its chat template) "
+             "next to config.json")
+    return f"{checkpoint.path} has no tokenizer: {where}"
+
+
 def _load_tokenizer(checkpoint):
     from .tokenizer import Tokenizer
 

@@ -96,7 +96,7 @@ def create_app(state: ServerState, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYT
     @app.get("/health")
     async def health():
         if not state.ready:
-            reason = state.client.dead_reason or "loading the tokenizer"
+            reason = state.not_ready_reason
             return error_response(OpenAIError(503, f"the engine is not available ({reason})",
                                               "service_unavailable", code="engine_unavailable"))
         return JSONResponse({"status": "ok"})

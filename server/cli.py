@@ -96,6 +96,7 @@ def engine_main(argv: list[str] | None = None) -> int:
     try:
         _check_target(args)
         model_path = resolve_model(args.model)
+        _check_tokenizer(model_path)
         log.info("engine: loading %s", model_path)
         # The name as given (an alias, or None for the default) lets the engine name the
         # model as people know it; the resolved path is for the HTTP side's tokenizer.
@@ -250,12 +251,23 @@ def _preflight(args) -> None:
     stops with one line before it starts anything: the target and a --model path (opened,
     which reads only its header). An alias, or no --model, is left to the engine, which
     fetches it once (with progress) into $RUSTINFER_CACHE."""
-    from rustinfer.runtime.checkpoint import open_checkpoint
     from rustinfer.runtime.model_resolver import ALIASES, resolve_model
 
     _check_target(args)
     if args.model is not None and args.model.lower() not in ALIASES:
-        open_checkpoint(resolve_model(args.model)).close()
+        _check_tokenizer(resolve_model(args.model))
+
+
+def _check_tokenizer(model_path) -> None:
+    """The server speaks text: a checkpoint without a tokenizer is refused at start (the
+    HTTP side would otherwise answer 503 'loading the tokenizer' forever)."""
+    from rustinfer.runtime.checkpoint import CheckpointError, open_checkpoint
+    from rustinfer.runtime.llm import no_tokenizer_message
+
+    with open_checkpoint(model_path) as ckpt:
+        problem = no_tokenizer_message(ckpt)
+    if problem is not None:
+        raise CheckpointError(f"{problem}; the server needs one to read and write text")
 
 
 def _check_port(host: str, port: int) -> None:

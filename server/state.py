@@ -28,6 +28,7 @@ class ServerState:
         self.max_pending = max_pending
         self.api_key = api_key
         self.tokenizer = None
+        self.tokenizer_error: str | None = None   # why the tokenizer could not be loaded
         self.token_text: TokenText | None = None
         self.metrics = Metrics(served_model_name or "unknown")
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="rustinfer-tokenize")
@@ -54,13 +55,23 @@ class ServerState:
     def ready(self) -> bool:
         return self.client.alive and self.tokenizer is not None
 
+    @property
+    def not_ready_reason(self) -> str:
+        return self.client.dead_reason or self.tokenizer_error or "loading the tokenizer"
+
     async def load_tokenizer_when_ready(self) -> None:
         """Background task: once the engine says ready, load the same tokenizer here."""
         from rustinfer.runtime.tokenizer import Tokenizer
 
         await self.client.ready.wait()
         path = self.client.info["model_path"]
-        self.tokenizer = await self.run_blocking(Tokenizer.load, path)
+        try:
+            tokenizer = await self.run_blocking(Tokenizer.load, path)
+        except Exception as e:  # say why in every 503 and the log, instead of "loading" forever
+            self.tokenizer_error = f"cannot load the tokenizer from {path}: {e}"
+            log.error("%s", self.tokenizer_error)
+            return
+        self.tokenizer = tokenizer
         self.token_text = TokenText(self.tokenizer)
         self.metrics.set_model_name(self.model_name)
         log.info("tokenizer loaded from %s; serving %s", path, self.model_name)
@@ -69,7 +80,7 @@ class ServerState:
     def require_ready(self) -> None:
         self.metrics.engine_up = self.client.alive
         if not self.ready:
-            reason = self.client.dead_reason or "loading the tokenizer"
+            reason = self.not_ready_reason
             raise OpenAIError(503, f"the engine is not available ({reason})",
                               "service_unavailable", code="engine_unavailable",
                               headers={"Retry-After": "5"})

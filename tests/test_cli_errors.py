@@ -338,3 +338,45 @@ def test_no_chat_template_says_to_use_raw_and_raw_works(tmp_path, capsys):
     assert rustinfer_cli.main(base + ["Hi there"]) == 2
     _one_error_line(capsys.readouterr().err, "has no chat template", "generate --raw")
     assert rustinfer_cli.main(base + ["--raw", "Hi there"]) == 0
+
+
+@pytest.mark.parametrize("kind", ["folder", "gguf"])
+def test_serve_a_model_without_a_tokenizer_fails_before_starting(kind, tmp_path, monkeypatch,
+                                                                 capsys):
+    """It used to start, load the model, then answer 503 'loading the tokenizer' forever."""
+    monkeypatch.setattr(server_cli.subprocess, "Popen", _no_engine)
+    model = (_weights_only_folder(tmp_path / "m") if kind == "folder"
+             else _weights_only_gguf(tmp_path / "m.gguf"))
+    assert server_cli.serve_main(["--model", str(model), "--port", "1"]) == 2
+    _one_error_line(capsys.readouterr().err, f"{model} has no tokenizer",
+                    "the server needs one")
+
+
+def test_engine_refuses_a_model_without_a_tokenizer(tmp_path, monkeypatch):
+    from rustinfer.runtime.engine import Engine
+
+    monkeypatch.setattr(Engine, "from_model", _no_engine)
+    model = _weights_only_folder(tmp_path / "m")
+    assert server_cli.engine_main(["--model", str(model), "--socket-dir",
+                                   str(tmp_path / "sock")]) == 1
+
+
+def test_http_side_says_why_the_tokenizer_did_not_load(tmp_path):
+    import asyncio
+    import types
+
+    from rustinfer.server.state import ServerState
+
+    async def run():
+        ready = asyncio.Event()
+        ready.set()
+        client = types.SimpleNamespace(ready=ready, alive=True, dead_reason=None,
+                                       info={"model_path": str(tmp_path)}, on_stats=None)
+        state = ServerState(client)
+        await state.load_tokenizer_when_ready()
+        return state
+
+    state = asyncio.run(run())
+    assert not state.ready
+    assert state.not_ready_reason.startswith(f"cannot load the tokenizer from {tmp_path}: ")
+    assert "no tokenizer.json" in state.not_ready_reason
