@@ -114,6 +114,12 @@ def open_checkpoint(path: str | pathlib.Path) -> Checkpoint:
         ggufs = sorted(p.glob("*.gguf"))
         if len(ggufs) == 1:
             p = ggufs[0]
+        elif ggufs:
+            raise CheckpointError(
+                f"{p}: this folder holds {len(ggufs)} .gguf files "
+                f"({', '.join(q.name for q in ggufs[:6])}{' ...' if len(ggufs) > 6 else ''}); "
+                f"give the path of the one to use, e.g. --model {ggufs[0]}."
+            )
         else:
             found = ", ".join(sorted(q.name for q in p.iterdir())[:10]) or "nothing"
             raise CheckpointError(

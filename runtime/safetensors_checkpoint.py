@@ -62,11 +62,22 @@ class SafetensorsCheckpoint(Checkpoint):
             return dict(wm)
         if (self.path / SINGLE).is_file():
             return {k: SINGLE for k in self._open(SINGLE).keys()}
-        found = sorted(p.name for p in self.path.glob("*.safetensors")) or ["no .safetensors files"]
+        shards = sorted(p.name for p in self.path.glob("*.safetensors"))
+        torch_files = sorted(p.name for p in self.path.iterdir()
+                             if p.suffix in (".bin", ".pt", ".pth") or p.name.endswith(".bin.index.json"))
+        if shards:
+            todo = (f"it has {', '.join(shards[:5])}{' ...' if len(shards) > 5 else ''}: download "
+                    f"{INDEX}, which says which tensor is in which shard, into the folder too")
+        elif torch_files:
+            todo = (f"it has PyTorch weights ({', '.join(torch_files[:3])}), which rustinfer does "
+                    "not read (a pickle can run code); convert them once with transformers: "
+                    "python -c \"from transformers import AutoModelForCausalLM as M; "
+                    f"M.from_pretrained('{self.path}').save_pretrained('{self.path}')\"")
+        else:
+            todo = (f"it holds no weights at all (config only); download {SINGLE} (or the shards "
+                    f"and {INDEX}) into it")
         raise CheckpointError(
-            f"{self.path}: has config.json but neither {SINGLE} nor {INDEX} "
-            f"(found: {', '.join(found[:5])}). rustinfer reads safetensors weights only; "
-            "convert pytorch_model.bin with transformers' save_pretrained(safe_serialization=True)."
+            f"{self.path}: has config.json but neither {SINGLE} nor {INDEX}; {todo}."
         )
 
     def _open(self, shard: str):

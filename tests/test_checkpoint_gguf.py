@@ -417,6 +417,15 @@ def test_folder_with_one_gguf_opens_it(tmp_path):
     assert open_checkpoint(tmp_path).path == tmp_path / "m.gguf"
 
 
+def test_folder_with_two_ggufs_names_them(tmp_path):
+    cfg = tiny_config(num_hidden_layers=1)
+    for name in ("a-Q8_0.gguf", "a-F16.gguf"):
+        write_gguf(tmp_path / name, cfg, random_state_dict(cfg), lambda hf, v: Q.F32)
+    with pytest.raises(CheckpointError, match=r"holds 2 \.gguf files \(a-F16.gguf, "
+                       r"a-Q8_0.gguf\); give the path of the one to use, e.g. --model .*a-F16"):
+        open_checkpoint(tmp_path)
+
+
 # ---- the real default model ---------------------------------------------------------------------
 
 @pytest.mark.slow

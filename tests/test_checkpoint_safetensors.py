@@ -165,8 +165,18 @@ def test_broken_folders_say_what_to_do(tmp_path):
     (tmp_path / "n").mkdir()
     (tmp_path / "n" / "config.json").write_text("{}")
     (tmp_path / "n" / "pytorch_model.bin").write_bytes(b"")
-    with pytest.raises(CheckpointError, match="safetensors weights only"):
+    with pytest.raises(CheckpointError, match=r"PyTorch weights \(pytorch_model.bin\).*"
+                       r"from_pretrained\('.*n'\).save_pretrained\('.*n'\)"):
         open_checkpoint(tmp_path / "n")
+    (tmp_path / "n" / "pytorch_model.bin").unlink()   # config only: nothing to convert
+    with pytest.raises(CheckpointError, match="holds no weights at all") as err:
+        open_checkpoint(tmp_path / "n")
+    assert "pytorch_model.bin" not in str(err.value)
+    write_folder(tmp_path / "s", tensors(torch.float32), shards=2)
+    (tmp_path / "s" / "model.safetensors.index.json").unlink()
+    with pytest.raises(CheckpointError, match="model-00001-of-00002.safetensors, "
+                       "model-00002-of-00002.safetensors: download model.safetensors.index.json"):
+        open_checkpoint(tmp_path / "s")
 
     (tmp_path / "n" / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="not valid JSON"):
