@@ -43,8 +43,8 @@ import torch.nn.functional as F
 
 from .interpreter import paged_attention, reference, rms_norm, rope, write_kv
 from .interpreter import linear as _linear_ref
-from .ops import (REQUIRED, OpDef, ShapeError, check_attention_extras, check_rotary_dim,
-                  expect_dim, expect_rank, fmt, register)
+from .ops import (REQUIRED, OpDef, ShapeError, UnsupportedAttr, check_attention_extras,
+                  check_rotary_dim, expect_dim, expect_rank, fmt, register)
 from .ops import _linear as _linear_shape
 
 FUSED_OPS = ("split", "swiglu", "geglu", "rope_kv_write", "cached_attention", "add_rms_norm",
@@ -102,7 +102,7 @@ def _rope_kv_write(shapes, attrs):
     try:
         check_scaling(attrs.get("scaling"))
     except ValueError as err:
-        raise ShapeError(str(err)) from None
+        raise UnsupportedAttr(str(err)) from None
     return [q]
 
 

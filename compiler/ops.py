@@ -22,6 +22,11 @@ class ShapeError(Exception):
     """Raised by a shape rule; the caller adds the node's location."""
 
 
+class UnsupportedAttr(ShapeError):
+    """A shape rule's refusal of an attribute value the op cannot compute (e.g. a rope
+    scaling type): reported without the 'shape mismatch' the shapes did not cause."""
+
+
 @dataclass(frozen=True)
 class AttrType:
     """What an attribute's value must be, checked when a spec binds (after its
@@ -235,7 +240,7 @@ def _rope(shapes, attrs):
     try:
         check_scaling(attrs.get("scaling"))
     except ValueError as err:
-        raise ShapeError(str(err)) from None
+        raise UnsupportedAttr(str(err)) from None
     return [x]
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from .errors import SpecError
 from .ir import Graph, Node
-from .ops import OPS, ShapeError
+from .ops import OPS, ShapeError, UnsupportedAttr
 
 
 def infer_node(graph: Graph, node: Node) -> list:
@@ -13,7 +13,8 @@ def infer_node(graph: Graph, node: Node) -> list:
     try:
         return opdef.infer(shapes, node.attrs)
     except ShapeError as err:
-        message = f"shape mismatch in {node.op} '{node.name}': {err}"
+        what = "cannot compute" if isinstance(err, UnsupportedAttr) else "shape mismatch in"
+        message = f"{what} {node.op} '{node.name}': {err}"
         if node.loc is not None:
             raise node.loc.error(message) from None
         raise SpecError(message) from None

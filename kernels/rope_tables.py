@@ -23,8 +23,9 @@ def rope_type(scaling: dict | None) -> str:
 def check_scaling(scaling: dict | None) -> None:
     kind = rope_type(scaling)
     if kind not in SUPPORTED_ROPE_TYPES:
-        raise ValueError(f"rope scaling type '{kind}' is not supported "
-                         f"(supported: {', '.join(SUPPORTED_ROPE_TYPES)})")
+        raise ValueError(f"config.json's rope_scaling type '{kind}' is not supported "
+                         f"(supported: {', '.join(SUPPORTED_ROPE_TYPES)}); rustinfer cannot "
+                         "run this checkpoint as configured")
 
 
 def inv_freq(head_dim: int, theta: float, scaling: dict | None = None) -> torch.Tensor:

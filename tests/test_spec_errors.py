@@ -144,10 +144,12 @@ def test_untied_head_requires_lm_head_weight():
     assert "no weight 'lm_head.weight'" in str(err)
 
 
-def test_unsupported_rope_scaling_is_a_spec_error():
+def test_unsupported_rope_scaling_is_a_spec_error_not_called_a_shape_mismatch():
     config = dict(CONFIG, rope_scaling={"rope_type": "yarn", "factor": 4.0})
-    err = _error(SPEC_TEXT, config)
-    assert "rope scaling type 'yarn' is not supported" in str(err)
+    err = str(_error(SPEC_TEXT, config))
+    assert "shape mismatch" not in err
+    assert ("cannot compute rope 'layers.0/attn/q_rot': config.json's rope_scaling type 'yarn' "
+            "is not supported (supported: default, linear, llama3)") in err
 
 
 # --- attribute types -------------------------------------------------------------
@@ -342,3 +344,4 @@ def test_unread_checkpoint_tensor_warning_is_one_clean_line():
     shown = warnings.formatwarning(w.message, w.category, w.filename, w.lineno, w.line)
     assert shown == ("rustinfer: WARNING: specs/llama3.yaml: the checkpoint has 1 tensor(s) the "
                      "spec never reads: model.layers.0.mlp.down_proj.bias\n")
+
