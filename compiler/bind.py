@@ -169,6 +169,11 @@ class _Binder:
         if self.checkpoint is None:
             return
         if name not in self.ckpt_names:
+            if decl.tied_to is not None:  # an untied head that is not there: a config mistake?
+                raise decl.loc.error(
+                    f"the checkpoint has no weight '{name}', and the config does not tie it "
+                    f"to '{decl.tied_to}' ({decl.when_tied} is false); if this model's head "
+                    "shares the embedding matrix, set tie_word_embeddings: true in config.json")
             hint = nearest(name, self.ckpt_names)
             raise decl.loc.error(f"the checkpoint has no weight '{name}'",
                                  hint[0] if hint else None)

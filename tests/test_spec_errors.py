@@ -129,6 +129,15 @@ def test_checkpoint_missing_weight_names_it_and_suggests():
     assert err.line == SPEC_TEXT[:SPEC_TEXT.index("    up_proj:")].count("\n") + 1
 
 
+def test_an_untied_head_that_is_missing_points_at_tie_word_embeddings():
+    config = dict(CONFIG, tie_word_embeddings=False)
+    shapes = {k: v for k, v in _llama_shapes().items() if k != "lm_head.weight"}
+    err = str(_error(SPEC_TEXT, config, checkpoint=FakeCheckpoint(shapes)))
+    assert "the checkpoint has no weight 'lm_head.weight', and the config does not tie it" in err
+    assert "set tie_word_embeddings: true in config.json" in err
+    assert "did you mean" not in err     # not model.norm.weight
+
+
 def test_checkpoint_wrong_shape_says_expected_and_found():
     shapes = _llama_shapes()
     shapes["model.layers.0.self_attn.k_proj.weight"] = (64, 64)
