@@ -363,11 +363,11 @@ def bind(spec: Spec, config: dict, checkpoint: WeightSource | None = None, *,
     binder = _Binder(spec, env, checkpoint, allow_unused)
     graph = binder.bind()
     if checkpoint is not None:
-        _warn_unread(spec, binder.ckpt_names, graph)
+        _warn_unread(spec, binder.ckpt_names, graph, config)
     return graph
 
 
-def _warn_unread(spec: Spec, names: set, graph: Graph) -> None:
+def _warn_unread(spec: Spec, names: set, graph: Graph, config: dict) -> None:
     """A checkpoint tensor no weight reads is usually a spec that forgot it (a
     bias, a norm): the model would load and silently compute something else."""
     read = {v.source for v in graph.values.values() if v.kind == "weight"}
@@ -375,7 +375,24 @@ def _warn_unread(spec: Spec, names: set, graph: Graph) -> None:
     if unread:
         shown = ", ".join(unread[:5]) + (f" and {len(unread) - 5} more" if len(unread) > 5 else "")
         spec_warning(f"{spec.file}: the checkpoint has {len(unread)} tensor(s) the spec never "
-                     f"reads: {shown}")
+                     f"reads: {shown}{_other_family(spec, config)}")
+
+
+def _other_family(spec: Spec, config: dict) -> str:
+    """'; this spec is for ..., the checkpoint is ...: specs/x.yaml serves it' when a spec
+    given by hand (--spec) is not the checkpoint's family: the likely cause of unread tensors."""
+    archs = list(config.get("architectures") or [])
+    if not archs and not config.get("model_type"):
+        return ""   # the config does not say what it is
+    if set(archs) & set(spec.architectures) or config.get("model_type") in spec.model_types:
+        return ""
+    try:
+        other = f"{select_spec(config)} serves it"
+    except SpecError:
+        other = "no spec in specs/ serves it"
+    mine = ", ".join(spec.architectures or spec.model_types) or "another family"
+    theirs = ", ".join(archs) or config.get("model_type")
+    return f"; this spec is for {mine}, the checkpoint is {theirs} ({other}): its answers will be wrong"
 
 
 _MATCHES: dict[str, tuple] = {}   # spec path -> (mtime_ns, size, architectures, model_types)

@@ -7,7 +7,7 @@ import pytest
 
 from rustinfer.compiler.bind import bind
 from rustinfer.compiler.errors import SpecError
-from rustinfer.compiler.spec import parse_spec
+from rustinfer.compiler.spec import SPECS_DIR, parse_spec
 
 SPEC_FILE = Path(__file__).resolve().parent.parent / "specs" / "llama3.yaml"
 SPEC_TEXT = SPEC_FILE.read_text()
@@ -354,3 +354,19 @@ def test_unread_checkpoint_tensor_warning_is_one_clean_line():
     assert shown == ("rustinfer: WARNING: specs/llama3.yaml: the checkpoint has 1 tensor(s) the "
                      "spec never reads: model.layers.0.mlp.down_proj.bias\n")
 
+
+
+def test_unread_tensors_of_another_family_name_the_spec_that_serves_it():
+    """--spec llama3.yaml on a Qwen2 checkpoint: its q/k/v biases are unread and the
+    answers wrong; the warning says which spec the checkpoint is for."""
+    from rustinfer.compiler.errors import SpecWarning
+
+    shapes = _llama_shapes()
+    shapes["model.layers.0.self_attn.q_proj.bias"] = (64,)
+    config = dict(CONFIG, architectures=["Qwen2ForCausalLM"], model_type="qwen2")
+    with pytest.warns(SpecWarning) as record:
+        bind(parse_spec(SPEC_TEXT, "specs/llama3.yaml"), config, FakeCheckpoint(shapes))
+    (w,) = record
+    assert str(w.message).endswith("; this spec is for LlamaForCausalLM, the checkpoint is "
+                                   f"Qwen2ForCausalLM ({SPECS_DIR / 'qwen2.yaml'} serves it): "
+                                   "its answers will be wrong")
