@@ -414,6 +414,7 @@ def select_spec(config: dict) -> str:
             _MATCHES[str(path)] = known
         if archs & known[2] or (model_type and model_type in known[3]):
             return str(path)
-    raise SpecError(f"no spec in {SPECS_DIR} serves architectures {sorted(archs)} / "
-                    f"model_type {model_type!r}; pass --spec or write one "
-                    "(docs/adding-a-model.md)")
+    served = sorted({a for known in _MATCHES.values() for a in known[2]})
+    raise SpecError(f"no spec here serves architectures {sorted(archs)} / model_type "
+                    f"{model_type!r} (they serve {', '.join(served)}); pass --spec with a "
+                    "spec of your own (docs/adding-a-model.md)", file=str(SPECS_DIR))

@@ -370,3 +370,14 @@ def test_unread_tensors_of_another_family_name_the_spec_that_serves_it():
     assert str(w.message).endswith("; this spec is for LlamaForCausalLM, the checkpoint is "
                                    f"Qwen2ForCausalLM ({SPECS_DIR / 'qwen2.yaml'} serves it): "
                                    "its answers will be wrong")
+
+
+def test_an_architecture_no_spec_serves_lists_the_ones_served():
+    from rustinfer.compiler.bind import select_spec
+
+    with pytest.raises(SpecError) as info:
+        select_spec({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"})
+    err = str(info.value)
+    assert err.startswith(f"{SPECS_DIR}: no spec here serves architectures ['GPT2LMHeadModel']")
+    assert "(they serve Gemma2ForCausalLM, LlamaForCausalLM, MistralForCausalLM, " in err
+    assert "pass --spec" in err and "<spec>" not in err
