@@ -18,11 +18,18 @@ from tokenizers import Tokenizer as _Backend
 from .chat_template import (LLAMA3_FORMAT_TOKENS, SPECIAL_TOKEN_NAMES, NoChatTemplateError,
                             normalize_templates, render_chat_template, select_template,
                             token_text)
+from .checkpoint import CheckpointError
 from .detokenizer import IncrementalDetokenizer
 
 
 def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e}); re-download it") from None
+    return data if isinstance(data, dict) else {}
 
 
 def _ids(value) -> list[int]:
@@ -68,7 +75,12 @@ class Tokenizer:
                                     "tokenizers are not supported; convert with transformers first)")
         # tokenizer.json's post-processor decides BOS/EOS: transformers 5 ignores
         # tokenizer_config's add_bos_token whenever tokenizer.json exists.
-        backend = _Backend.from_file(str(path / "tokenizer.json"))
+        try:
+            backend = _Backend.from_file(str(path / "tokenizer.json"))
+        except Exception as e:  # tokenizers raises a bare Exception for a bad file
+            raise CheckpointError(f"{path / 'tokenizer.json'}: not a readable tokenizer ({e}); "
+                                  "re-download it (an interrupted download leaves a truncated "
+                                  "file)") from None
         config = _read_json(path / "tokenizer_config.json")
         if "added_tokens_decoder" not in config:  # legacy layout: special tokens in their own file
             config.update(_read_json(path / "special_tokens_map.json"))

@@ -265,3 +265,25 @@ def test_smollm2_numerals_are_split_like_llama_cpp(smol):
     the GPT-2 split (= SmolLM2's own tokenizer.json: Digits + ByteLevel)."""
     ours, _ = smol
     assert [ours.id_to_token(i) for i in ours.encode("x ² y 12")] == ["x", "Ġ", "Â²", "Ġy", "Ġ", "1", "2"]
+
+
+def test_a_truncated_or_broken_tokenizer_file_is_a_checkpoint_error(tmp_path):
+    """An interrupted download: tokenizers raised a bare Exception (a traceback in the
+    CLI), a bad tokenizer_config.json a JSONDecodeError that named no file."""
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import models
+
+    from rustinfer.runtime.checkpoint import CheckpointError
+
+    Backend(models.WordLevel({"[UNK]": 0, "hi": 1}, unk_token="[UNK]")).save(
+        str(tmp_path / "tokenizer.json"))
+    Tokenizer.from_hf_dir(tmp_path)
+    (tmp_path / "tokenizer_config.json").write_text("{bad")
+    with pytest.raises(CheckpointError, match=r"tokenizer_config.json: not valid JSON"):
+        Tokenizer.from_hf_dir(tmp_path)
+    (tmp_path / "tokenizer_config.json").unlink()
+    text = (tmp_path / "tokenizer.json").read_text()
+    (tmp_path / "tokenizer.json").write_text(text[: len(text) // 2])
+    with pytest.raises(CheckpointError, match=r"tokenizer.json: not a readable tokenizer .*"
+                       "re-download it"):
+        Tokenizer.from_hf_dir(tmp_path)
