@@ -72,12 +72,28 @@ def compile_onnx(graph: Graph, spec_path: str, config: dict, checkpoint,
         print(f"rustinfer: compiling {graph.family} for the cpu target (quant "
               f"{options.quant}); cached for the next start in {folder.parent}",
               file=sys.stderr, flush=True)
-        _build(graph, checkpoint, options, folder)
+        _build(graph, checkpoint, options, folder, _about(spec_path, config, graph.family))
     mark_used(folder)
     return folder, hit
 
 
-def _build(graph: Graph, checkpoint, options: OnnxOptions, folder: Path) -> None:
+def _about(spec_file: str, config: dict, family: str) -> list[str]:
+    """The spec and model lines plan targets' reports start with (build._header's)."""
+    from .spec import display_name, spec_path
+
+    try:
+        spec = display_name(spec_path(spec_file))
+    except Exception:  # a spec given as text: name it as given
+        spec = str(spec_file)
+    model = config.get("_name_or_path") or (config.get("architectures") or ["?"])[0]
+    return [f"spec          {spec} (family {family})",
+            f"model         {model}, {config.get('num_hidden_layers', '?')} layers, hidden "
+            f"{config.get('hidden_size', '?')}"]
+
+
+def _build(graph: Graph, checkpoint, options: OnnxOptions, folder: Path,
+           about: list[str] = ()) -> None:
+    """`about`: the report's first lines (spec, model), as plan targets' reports start."""
     started = time.perf_counter()
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
@@ -112,6 +128,7 @@ def _build(graph: Graph, checkpoint, options: OnnxOptions, folder: Path) -> None
         for node in model.graph.node:
             ops[node.op_type] = ops.get(node.op_type, 0) + 1
         (tmp / "report.txt").write_text("\n".join([
+            *about,
             f"target        cpu (ONNX Runtime), quant {options.quant}, "
             f"accuracy_level {options.accuracy_level}",
             "passes        " + ", ".join(f"{k} x{v}" for k, v in passes.rewrites.items() if v),

@@ -93,6 +93,10 @@ def test_compile_for_the_onnx_cpu_target(tiny_model, tmp_path, capsys):
     assert rustinfer_cli.main(["inspect", str(out)]) == 0
     shown = capsys.readouterr().out
     assert "compile time" in shown and shown.endswith("\n")
+    # which spec and model, as a plan target's report says (it used to start at 'target')
+    assert shown.startswith("spec          specs/llama3.yaml (family llama3)\n"
+                            "model         LlamaForCausalLM, 2 layers, hidden 64\n"
+                            "target        cpu (ONNX Runtime), quant int4")
     # no plan.py / memory.txt here: inspect says where to look instead of a raw errno
     assert rustinfer_cli.main(["inspect", str(out), "--plan"]) == 2
     err = capsys.readouterr().err
