@@ -117,6 +117,21 @@ class _GGUFFile:
             self.tensors[name] = _Tensor(name, qtype, dims, data.reshape(*dims[:0:-1], row_bytes))
 
 
+def _hf_folder_hint(arch) -> str:
+    """What to use instead of a GGUF of another architecture: its Hugging Face folder,
+    which a spec in specs/ may serve (GGUF architecture names are model_type names)."""
+    from rustinfer.compiler.bind import select_spec
+    from rustinfer.compiler.errors import SpecError
+
+    try:
+        spec = select_spec({"model_type": str(arch)})
+    except SpecError:
+        return ("Use the model's Hugging Face folder (config.json + *.safetensors) with a spec "
+                "for it (docs/adding-a-model.md).")
+    return (f"Use the model's Hugging Face folder (config.json + *.safetensors): "
+            f"specs/{pathlib.Path(spec).name} serves it.")
+
+
 def _gguf_version() -> str:
     import gguf
 
@@ -134,7 +149,7 @@ class GGUFCheckpoint(Checkpoint):
         if arch != "llama":
             raise CheckpointError(
                 f"{self.path}: GGUF architecture {arch!r} is not supported; rustinfer reads llama "
-                "GGUF files (Llama 2/3.x, SmolLM2). Use the model's Hugging Face folder instead."
+                f"GGUF files (Llama 2/3.x, SmolLM2). {_hf_folder_hint(arch)}"
             )
         self._hf: dict[str, _Tensor] = {}
         unknown = []

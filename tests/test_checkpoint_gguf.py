@@ -402,7 +402,9 @@ def test_truncated_and_foreign_files_are_refused(tmp_path):
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    with pytest.raises(CheckpointError, match="architecture 'qwen2' is not supported"):
+    with pytest.raises(CheckpointError, match="architecture 'qwen2' is not supported.*Use the "
+                       r"model's Hugging Face folder \(config.json \+ \*.safetensors\): "
+                       r"specs/qwen2.yaml serves it\."):
         open_checkpoint(tmp_path / "q.gguf")
 
     write_gguf(tmp_path / "x.gguf", cfg, random_state_dict(cfg), lambda hf, v: Q.F32,
