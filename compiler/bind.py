@@ -45,13 +45,16 @@ def lookup_field(config: dict, path: str) -> Any:
 def bind_symbols(spec: Spec, config: dict) -> dict[str, Any]:
     env: dict[str, Any] = {}
     for sym in spec.symbols:
-        value = _MISSING
+        value, null = _MISSING, False
         for path in sym.fields:
             value = lookup_field(config, path)
             if value is not _MISSING and value is not None:
                 break
+            null = null or value is None
             value = _MISSING
-        if value is _MISSING:
+        if value is _MISSING and null and sym.has_if_null:
+            value = evaluate(sym.if_null, env, sym.loc)
+        elif value is _MISSING:
             if not sym.has_default:
                 missing = " or ".join(f"'{f}'" for f in sym.fields)
                 hint = nearest(sym.fields[0], config) if sym.fields else []

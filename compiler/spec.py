@@ -34,7 +34,7 @@ from .yaml_loader import LineDict, LineList, load_yaml
 
 TOP_LEVEL = {"family", "matches", "config", "checks", "inputs", "weights", "prologue",
              "layers", "epilogue", "outputs", "description"}
-SYMBOL_KEYS = {"field", "default", "doc"}
+SYMBOL_KEYS = {"field", "default", "if_null", "doc"}
 WEIGHT_KEYS = {"name", "shape", "tied_to", "when_tied", "when", "rows", "packed", "doc"}
 INPUT_KEYS = {"shape", "dtype", "doc"}
 LAYER_KEYS = {"count", "index", "let", "weights", "body"}
@@ -84,6 +84,10 @@ class SymbolDecl:
     default: Any            # expression text/number, or None when no default is given
     has_default: bool
     loc: Loc
+    # What a field that is present but null means, when that differs from absent
+    # (Gemma 2: a missing attn_logit_softcapping is 50.0, a null one is no softcap).
+    if_null: Any = None
+    has_if_null: bool = False
 
 
 @dataclass
@@ -235,7 +239,11 @@ def _parse_symbols(config, loc: Loc) -> list[SymbolDecl]:
         fields = [fields] if isinstance(fields, str) else list(fields)
         if not fields and "default" not in decl:
             raise sloc.error("needs a 'field' (a config.json key) or a 'default' expression")
-        out.append(SymbolDecl(str(name), fields, decl.get("default"), "default" in decl, sloc))
+        if "if_null" in decl and not fields:
+            raise sloc.error("'if_null' says what a null config.json field means; give the "
+                             "'field' too")
+        out.append(SymbolDecl(str(name), fields, decl.get("default"), "default" in decl, sloc,
+                              decl.get("if_null"), "if_null" in decl))
     return out
 
 

@@ -97,3 +97,45 @@ def test_swiglu_specs_refuse_another_hidden_act_and_say_what_config_json_says(fa
     bind(spec, dict(LLAMA, hidden_act="silu"))
     with pytest.raises(SpecError, match=r"hidden_act must be silu .*here act = 'gelu'"):
         bind(spec, dict(LLAMA, hidden_act="gelu"))
+
+
+# A config.json that leaves a field out means the config class's default (transformers
+# fills it in); one that writes null may mean something else (Gemma 2: no softcap).
+_SHAPES = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+               num_key_value_heads=2, vocab_size=100)
+_DEFAULTS = {  # spec symbol -> (transformers attribute, the value a null field means)
+    "gemma2": {"attn_softcap": ("attn_logit_softcapping", 0.0),
+               "final_softcap": ("final_logit_softcapping", 0.0),
+               "sliding_window": ("sliding_window", 0),
+               "query_scalar": ("query_pre_attn_scalar", None),
+               "head_dim": ("head_dim", None), "eps": ("rms_norm_eps", None)},
+    "mistral": {"window": ("sliding_window", 0), "eps": ("rms_norm_eps", None)},
+    "qwen2": {"max_window_layers": ("max_window_layers", None), "eps": ("rms_norm_eps", None)},
+    "qwen3": {"head_dim": ("head_dim", None), "max_window_layers": ("max_window_layers", None)},
+    "phi3": {"eps": ("rms_norm_eps", None)},
+    "llama3": {"eps": ("rms_norm_eps", None)},
+}
+
+
+@pytest.mark.parametrize("family", list(_DEFAULTS))
+def test_absent_config_fields_take_the_config_class_defaults(family):
+    from transformers import AutoConfig
+
+    from rustinfer.compiler.bind import bind_symbols
+
+    model_type = {"llama3": "llama"}.get(family, family)
+    spec = load_spec(SPECS_DIR / f"{family}.yaml")
+    env = bind_symbols(spec, dict(_SHAPES, model_type=model_type))
+    hf = AutoConfig.for_model(model_type, **_SHAPES)
+    for symbol, (attr, if_null) in _DEFAULTS[family].items():
+        assert env[symbol] == getattr(hf, attr), (symbol, env[symbol], getattr(hf, attr))
+        if if_null is not None:
+            nulled = bind_symbols(spec, dict(_SHAPES, model_type=model_type, **{attr: None}))
+            assert nulled[symbol] == if_null, symbol
+
+
+def test_if_null_needs_a_field():
+    text = (SPECS_DIR / "llama3.yaml").read_text()
+    text = text.replace("config:\n", "config:\n  odd: {default: 1, if_null: 0}\n", 1)
+    with pytest.raises(SpecError, match="'if_null' says what a null config.json field means"):
+        parse_spec(text, "specs/llama3.yaml")
