@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -89,9 +90,14 @@ def resolve_model(model: str | os.PathLike | None = None) -> pathlib.Path:
     p = pathlib.Path(name).expanduser()
     if p.exists():
         return p.resolve()
+    hub = ""
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", name) and not name.startswith((".", "/")):
+        # 'meta-llama/Llama-3.2-1B-Instruct': a Hub id, which rustinfer does not download
+        hub = (f" rustinfer does not download from the Hugging Face Hub: fetch it first, e.g. "
+               f"`hf download {name} --local-dir DIR` (huggingface_hub), then --model DIR.")
     raise CheckpointError(
         f"{name}: no such file or folder; give a Hugging Face folder (with config.json), "
-        f"a .gguf file, or one of the aliases: {', '.join(sorted(ALIASES))}."
+        f"a .gguf file, or one of the aliases: {', '.join(sorted(ALIASES))}.{hub}"
     )
 
 

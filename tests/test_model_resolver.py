@@ -186,3 +186,14 @@ def test_real_fetch_of_the_default_model(tmp_path, monkeypatch):
     from rustinfer.runtime.checkpoint import open_checkpoint
 
     assert open_checkpoint(path).config["hidden_size"] == 576
+
+
+def test_a_hub_id_says_to_download_it_first(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointError, match=r"rustinfer does not download from the Hugging Face "
+                       r"Hub: fetch it first, e.g. `hf download meta-llama/Llama-3.2-1B "
+                       r"--local-dir DIR`"):
+        mr.resolve_model("meta-llama/Llama-3.2-1B")
+    with pytest.raises(CheckpointError) as err:          # a plain missing path: no Hub hint
+        mr.resolve_model(str(tmp_path / "nope.gguf"))
+    assert "Hub" not in str(err.value)
