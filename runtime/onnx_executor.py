@@ -51,9 +51,11 @@ from .onnx_rows import RowMap
 OPTIONS = ("quant", "threads", "max_seqs", "accuracy_level", "quantize_lm_head", "kv_capacity",
            "long_decode_from")
 
-# NOTE measured (SmolLM2 int4 and fp32, one sequence, 2 threads: bench/cpu_long_context.py):
-# see _use_long for the rule; below this many positions GQA's one node per layer is cheaper.
-LONG_DECODE_FROM = 1024
+# NOTE measured (SmolLM2, one sequence, 2 threads: bench/cpu_long_context.py, ms per decode
+# step, GQA / long graph): int4 at 1,024 positions 15.7 / 17.5, 2,048 31.4 / 24.3, 4,000
+# 54.5 / 29.7; fp32 28.0 / 31.0, 44.8 / 33.2, 64.2 / 49.6. Below the crossover (~1,500) GQA's
+# one node per layer costs less than the long graph's 13 (and its reads of the capacity).
+LONG_DECODE_FROM = 1536
 
 
 class OnnxExecutor:
@@ -219,7 +221,7 @@ class OnnxExecutor:
             return True
         print(f"rustinfer: long-context decode graph not opened: it would take "
               f"{need / 2**30:.1f} GiB more, over a quarter of the {avail / 2**30:.1f} GiB "
-              "available; decoding stays on GroupQueryAttention (slower past ~1,000 "
+              "available; decoding stays on GroupQueryAttention (slower past ~1,500 "
               "positions). Set RUSTINFER_LONG_DECODE_FROM=off to silence this.",
               file=sys.stderr)
         self.long_from = None

@@ -103,7 +103,7 @@ def test_long_graph_is_not_opened_without_memory_for_it(tmp_path, cache_dir, mon
     assert capsys.readouterr().err.count("long-context decode graph not opened") == 1
 
 
-@pytest.mark.parametrize("env,want", [("off", None), ("2048", 2048), ("", 1024)])
+@pytest.mark.parametrize("env,want", [("off", None), ("2048", 2048), ("", "the default")])
 def test_long_decode_from_environment(monkeypatch, env, want):
     from rustinfer.runtime.onnx_executor import LONG_DECODE_FROM, _long_decode_from
 
