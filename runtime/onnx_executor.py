@@ -202,14 +202,20 @@ class OnnxExecutor:
         wanted = (shortest >= self.long_from
                   and len(group_lengths) * self.capacity <= 2 * sum(group_lengths))
         if wanted and self.long is None:
-            self.long = _Session(self._opening.result())
+            try:
+                self.long = _Session(self._opening.result())
+            except Exception as err:            # decoding goes on, on GQA
+                print(f"rustinfer: WARNING: the long-context decode graph did not open "
+                      f"({err}); decoding stays on GroupQueryAttention", file=sys.stderr)
+                self.long_from = None
+                return False
             self._long_inputs = {}
         return wanted
 
     def _open_into(self, future: Future) -> None:
         try:
             future.set_result(self._open(self.long_meta["model"]))
-        except BaseException as err:                 # raised by .result() in the engine
+        except Exception as err:                     # raised by .result() in the engine step
             future.set_exception(err)
 
     def _may_open_long(self) -> bool:

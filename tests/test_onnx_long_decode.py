@@ -113,3 +113,13 @@ def test_long_decode_from_environment(monkeypatch, env, want):
     monkeypatch.setenv("RUSTINFER_LONG_DECODE_FROM", "lots")
     with pytest.raises(ValueError, match="RUSTINFER_LONG_DECODE_FROM"):
         _long_decode_from(None)
+
+
+def test_a_long_graph_that_fails_to_open_leaves_decoding_on_gqa(tmp_path, cache_dir, capsys):
+    make_llama(tmp_path / "m", **PARITY_CONFIGS["gqa-tied"])
+    ex = load(tmp_path / "m", "cpu", max_seqs=1, kv_capacity=8, long_decode_from=0)
+    ex.long_meta = {**ex.long_meta, "model": "missing.onnx"}      # as if deleted
+    ex.forward(StepInputs.for_sequences([(list(range(1, 10)), 0, [0, 1])], BS))
+    logits = ex.forward(StepInputs.for_sequences([([5], 9, [0, 1])], BS)).numpy()
+    assert np.isfinite(logits).all() and ex.long is None and ex.long_runs == 0
+    assert "did not open" in capsys.readouterr().err
