@@ -197,7 +197,11 @@ class OnnxExecutor:
             if not self._may_open_long():
                 return False
             self._opening = Future()
-            threading.Thread(target=self._open_into, args=(self._opening,), daemon=True,
+            # Not a daemon: a process that ends while ONNX Runtime is still building the
+            # session (a short answer to a prompt of 768+ tokens) must wait for it; a daemon
+            # thread inside ORT at interpreter exit aborts the process ("terminate called
+            # without an active exception", exit status 134).
+            threading.Thread(target=self._open_into, args=(self._opening,), daemon=False,
                              name="rustinfer-open-decode-long").start()
         wanted = (shortest >= self.long_from
                   and len(group_lengths) * self.capacity <= 2 * sum(group_lengths))

@@ -123,3 +123,40 @@ def test_a_long_graph_that_fails_to_open_leaves_decoding_on_gqa(tmp_path, cache_
     logits = ex.forward(StepInputs.for_sequences([([5], 9, [0, 1])], BS)).numpy()
     assert np.isfinite(logits).all() and ex.long is None and ex.long_runs == 0
     assert "did not open" in capsys.readouterr().err
+
+
+def test_exit_while_the_long_graph_opens_waits_for_it(tmp_path, cache_dir):
+    """A process that ends while decode_long.onnx is still opening in the background (a
+    short answer to a prompt past half the threshold) waits for it and exits cleanly: a
+    daemon thread inside ONNX Runtime at interpreter exit aborted it (status 134)."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    make_llama(tmp_path / "m", **PARITY_CONFIGS["gqa-tied"])
+    here = Path(__file__).parent
+    script = textwrap.dedent(f"""
+        import sys, time
+        sys.path[:0] = [{str(here)!r}]
+        from test_onnx_cpu import BS, load
+        from rustinfer.compiler.step_inputs import StepInputs
+        ex = load({str(tmp_path / "m")!r}, "cpu", max_seqs=1, kv_capacity=8,
+                  long_decode_from=16)
+        real = ex._open
+        def slow_open(name):
+            time.sleep(1.0)                     # still opening when the main thread ends
+            session = real(name)
+            print("long graph opened", flush=True)
+            return session
+        ex._open = slow_open
+        ex.forward(StepInputs.for_sequences([(list(range(1, 10)), 0, [0, 1])], BS))
+        ex.forward(StepInputs.for_sequences([([5], 9, [0, 1])], BS))   # starts the opening
+        assert ex._opening is not None and ex.long is None
+        print("main done", flush=True)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, env=os.environ.copy())
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["main", "done", "long", "graph", "opened"]
