@@ -435,10 +435,13 @@ def _long_decode_from(option: int | None) -> int | None:
         return None
     if env:
         try:
-            return int(env)
+            value = int(env)
         except ValueError:
+            value = -1
+        if value < 0:
             raise ValueError(f"RUSTINFER_LONG_DECODE_FROM={env!r}: give a number of positions "
-                             "or 'off'") from None
+                             "(0 or more) or 'off'")
+        return value
     return LONG_DECODE_FROM
 
 

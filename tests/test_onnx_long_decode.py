@@ -110,9 +110,10 @@ def test_long_decode_from_environment(monkeypatch, env, want):
     monkeypatch.setenv("RUSTINFER_LONG_DECODE_FROM", env)
     assert _long_decode_from(None) == (LONG_DECODE_FROM if env == "" else want)
     assert _long_decode_from(7) == 7
-    monkeypatch.setenv("RUSTINFER_LONG_DECODE_FROM", "lots")
-    with pytest.raises(ValueError, match="RUSTINFER_LONG_DECODE_FROM"):
-        _long_decode_from(None)
+    for bad in ("lots", "-5"):
+        monkeypatch.setenv("RUSTINFER_LONG_DECODE_FROM", bad)
+        with pytest.raises(ValueError, match="RUSTINFER_LONG_DECODE_FROM"):
+            _long_decode_from(None)
 
 
 def test_a_long_graph_that_fails_to_open_leaves_decoding_on_gqa(tmp_path, cache_dir, capsys):
