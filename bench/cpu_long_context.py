@@ -8,7 +8,7 @@ then `steps` tokens are decoded there: median ms per decode step for
 
     gqa    model.onnx alone (GroupQueryAttention: K and V streamed once per query head)
     long   decode runs on decode_long.onnx (compiler/onnx_long_decode.py: once per KV head)
-    auto   what the executor picks by itself (runtime/onnx_executor.py: _use_long)
+    auto   what the executor picks by itself (runtime/onnx_long_run.py: LongDecode.wanted)
 
 and llama.cpp (llama-cpp-python, its default f16 KV cache) on the same GGUF and threads,
 when installed. Prints each mode's ratio against gqa and against llama.cpp. The modes

@@ -23,39 +23,31 @@ viewed as [max_seqs, kv_heads, capacity, head_dim]; the capacity starts at
 quarter past 1,024), moving each row's valid prefix to its new place (rare).
 
 Long contexts. GQA streams a layer's K and V once per query head. Decode runs whose rows
-are long (LONG_DECODE_FROM) take a second graph, decode_long.onnx, which reads them once
-per KV head (see compiler/onnx_long_decode.py); it is opened on first use and shares
-the caches and the weights file.
+are long take a second graph, decode_long.onnx, which reads them once per KV head; it
+binds the same caches (see onnx_long_run.py for when and how).
 """
 from __future__ import annotations
 
 import json
 import math
 import mmap
-import os
 import sys
-import threading
-from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from rustinfer.compiler.onnx_long_decode import window_mask_name, write_index_name
 from rustinfer.compiler.onnx_lowering import past_name, present_name
 from rustinfer.compiler.step_inputs import StepInputs
 
 from .cpu_cores import physical_cores
+from .host_memory import available_memory
+from .onnx_long_run import LongDecode, long_decode_start
 from .onnx_rows import RowMap
+from .ort_session import BoundSession
 
 OPTIONS = ("quant", "threads", "max_seqs", "accuracy_level", "quantize_lm_head", "kv_capacity",
            "long_decode_from")
-
-# NOTE measured (SmolLM2, one sequence, 2 threads: bench/cpu_long_context.py, ms per decode
-# step, GQA / long graph): int4 at 1,024 positions 15.7 / 17.5, 2,048 31.4 / 24.3, 4,000
-# 54.5 / 29.7; fp32 28.0 / 31.0, 44.8 / 33.2, 64.2 / 49.6. Below the crossover (~1,500) GQA's
-# one node per layer costs less than the long graph's 13 (and its reads of the capacity).
-LONG_DECODE_FROM = 1536
 
 
 class OnnxExecutor:
@@ -69,8 +61,6 @@ class OnnxExecutor:
     def __init__(self, folder: Path, *, num_blocks: int, block_size: int, max_model_len: int,
                  max_tokens: int, max_seqs: int, threads: int | None = None,
                  kv_capacity: int = 256, long_decode_from: int | None = None):
-        import onnxruntime as ort
-
         # NOTE measured (SmolLM2 int4, one request through the engine, 2 cores): with
         # torch's default threads its OpenMP workers spin between the engine's small torch
         # ops (logits rows, sampling) and take the cores ONNX Runtime's threads need: 20 ms
@@ -80,14 +70,11 @@ class OnnxExecutor:
         self.folder = Path(folder)
         self.meta = json.loads((self.folder / "meta.json").read_text())
         self.threads = threads or physical_cores()
-        self.main = _Session(self._open("model.onnx"))
+        self.main = BoundSession(self.open_graph("model.onnx"))
         self.session = self.main.session
-        # The long-context decode graph (compiler/onnx_long_decode.py), opened on first use.
-        self.long_meta = self.meta.get("long_decode")
-        self.long_from = _long_decode_from(long_decode_from)
-        self.long: _Session | None = None
-        self._opening: Future | None = None
-        self.long_runs = 0
+        # decode_long.onnx (compiler/onnx_long_decode.py), opened when rows get long
+        self.long_decode = LongDecode(self, self.meta.get("long_decode"),
+                                      long_decode_start(long_decode_from))
         self.num_blocks, self.block_size = num_blocks, block_size
         self.max_tokens, self.max_seqs = max_tokens, max_seqs
         self.max_seq = min(max_model_len, self.meta["max_pos"])
@@ -148,7 +135,7 @@ class OnnxExecutor:
             self._set_capacity(min(capacity, self.max_seq))
 
     # -- sessions and binding ------------------------------------------------------------
-    def _open(self, name: str):
+    def open_graph(self, name: str):
         import onnxruntime as ort
 
         so = ort.SessionOptions()
@@ -168,12 +155,13 @@ class OnnxExecutor:
                 run.bind("position_ids", self.pos, (b, s))
             run.bind("seqlens_k", self.seqlens, (b,))
             run.bind("total_seq_len", self.total, ())
-            self._bind_common(run, row0, b, out, r)
+            self.bind_rows(run, row0, b, out, r)
             run.key = key
         run.session.run_with_iobinding(run.binding)
         self.runs += 1
 
-    def _bind_common(self, run: "_Session", row0: int, b: int, out: np.ndarray, r: int) -> None:
+    def bind_rows(self, run: BoundSession, row0: int, b: int, out: np.ndarray, r: int) -> None:
+        """What every graph binds alike: logit rows, logits, and rows row0.. of the caches."""
         run.bind("logit_rows", self.rows_in, (r,))
         run.bind("logits", out, (r, out.shape[1]), output=True)
         for name, cache in self.caches.items():
@@ -181,98 +169,6 @@ class OnnxExecutor:
             shape = (b,) + cache.shape[1:]
             run.bind(past_name(name), view, shape)
             run.bind(present_name(name), view, shape, output=True)
-
-    # -- long-context decode ---------------------------------------------------------------
-    def _use_long(self, group_lengths: list[int]) -> bool:
-        """Whether a decode run of rows with these lengths (after the step) takes the long
-        graph: it reads every row's whole capacity, GQA each row's own length once per
-        query head, so it pays when the rows are long and fill their capacity. Its session
-        opens in the background once rows reach half the threshold (seconds for a large
-        model, and the engine keeps decoding meanwhile); at the threshold a run waits for
-        it if it is still opening."""
-        if not self.long_meta or not group_lengths or self.long_from is None:
-            return False
-        shortest = min(group_lengths)
-        if self.long is None and self._opening is None and shortest >= self.long_from // 2:
-            if not self._may_open_long():
-                return False
-            self._opening = Future()
-            # Not a daemon: a process that ends while ONNX Runtime is still building the
-            # session (a short answer to a prompt of 768+ tokens) must wait for it; a daemon
-            # thread inside ORT at interpreter exit aborts the process ("terminate called
-            # without an active exception", exit status 134).
-            threading.Thread(target=self._open_into, args=(self._opening,), daemon=False,
-                             name="rustinfer-open-decode-long").start()
-        wanted = (shortest >= self.long_from
-                  and len(group_lengths) * self.capacity <= 2 * sum(group_lengths))
-        if wanted and self.long is None:
-            try:
-                self.long = _Session(self._opening.result())
-            except Exception as err:            # decoding goes on, on GQA
-                print(f"rustinfer: WARNING: the long-context decode graph did not open "
-                      f"({err}); decoding stays on GroupQueryAttention", file=sys.stderr)
-                self.long_from = None
-                return False
-            self._long_inputs = {}
-        return wanted
-
-    def _open_into(self, future: Future) -> None:
-        try:
-            future.set_result(self._open(self.long_meta["model"]))
-        except Exception as err:                     # raised by .result() in the engine step
-            future.set_exception(err)
-
-    def _may_open_long(self) -> bool:
-        """The second session holds its own copy of the weights (ONNX Runtime prepacks them
-        per session): open it only while that leaves room, else stay on GQA, saying so."""
-        need = (self.folder / "weights.bin").stat().st_size
-        avail = available_memory()
-        if avail is None or need <= avail / 4:
-            return True
-        print(f"rustinfer: long-context decode graph not opened: it would take "
-              f"{need / 2**30:.1f} GiB more, over a quarter of the {avail / 2**30:.1f} GiB "
-              "available; decoding stays on GroupQueryAttention (slower past ~1,500 "
-              "positions). Set RUSTINFER_LONG_DECODE_FROM=off to silence this.",
-              file=sys.stderr)
-        self.long_from = None
-        return False
-
-    def _run_long(self, row0: int, b: int, out: np.ndarray, r: int) -> None:
-        run = self.long
-        cap = self.capacity
-        if self._long_inputs.get("capacity") != cap:
-            positions = np.arange(cap)
-            self._long_inputs = {"capacity": cap, "positions": positions,
-                                 "attn_mask": np.zeros((self.max_seqs, 1, 1, cap), np.float32)}
-            for w in self.long_meta["windows"]:
-                self._long_inputs[window_mask_name(w)] = np.zeros_like(
-                    self._long_inputs["attn_mask"])
-            for kvh in self.long_meta["kv_heads"]:
-                index = np.zeros((self.max_seqs, 1, kvh, 3), np.int64)
-                index[:, 0, :, 0] = np.arange(self.max_seqs)[:, None]
-                index[:, 0, :, 1] = np.arange(kvh)[None, :]
-                self._long_inputs[write_index_name(kvh)] = index
-        inputs = self._long_inputs
-        length = self.seqlens[:b, None].astype(np.int64)       # the new token's position
-        keep = inputs["positions"][None, :] <= length
-        inputs["attn_mask"][:b, 0, 0] = np.where(keep, 0.0, -np.inf)
-        for w in self.long_meta["windows"]:
-            inside = keep & (inputs["positions"][None, :] > length - w)
-            inputs[window_mask_name(w)][:b, 0, 0] = np.where(inside, 0.0, -np.inf)
-        for kvh in self.long_meta["kv_heads"]:
-            inputs[write_index_name(kvh)][:b, 0, :, 2] = length
-        key = (row0, b, r, out.ctypes.data, cap)
-        if key != run.key:
-            run.bind("input_ids", self.ids, (b, 1))
-            run.bind("position_ids", self.pos, (b, 1))
-            for name, array in inputs.items():
-                if isinstance(array, np.ndarray) and array.ndim == 4:
-                    run.bind(name, array, (b,) + array.shape[1:])
-            self._bind_common(run, row0, b, out, r)
-            run.key = key
-        run.session.run_with_iobinding(run.binding)
-        self.runs += 1
-        self.long_runs += 1
 
     # -- the step ----------------------------------------------------------------------
     def forward(self, step: StepInputs) -> torch.Tensor:
@@ -326,8 +222,8 @@ class OnnxExecutor:
                 self.rows_in[k] = local[b] * s + wanted[j] - qs[b]
             contiguous = not dest or dest == list(range(dest[0], dest[0] + len(dest)))
             out = self.logits[dest[0]:] if dest and contiguous else self.scratch
-            if s == 1 and self._use_long([seqs[b][1] + 1 for b in group]):
-                self._run_long(rows[group[0]], len(group), out, len(dest))
+            if s == 1 and self.long_decode.wanted([seqs[b][1] + 1 for b in group]):
+                self.long_decode.run(rows[group[0]], len(group), out, len(dest))
             else:
                 self._run(rows[group[0]], len(group), s, out, len(dest))
             if not contiguous:
@@ -389,24 +285,6 @@ class OnnxExecutor:
         self.rows.swap(a, b)
 
 
-class _Session:
-    """An ONNX Runtime session and its IO binding; a name is rebound only when its pointer
-    or shape changed, and `key` lets a run skip binding altogether when nothing did."""
-
-    def __init__(self, session):
-        self.session, self.binding = session, session.io_binding()
-        self.bound: dict[str, tuple] = {}
-        self.key: tuple | None = None
-
-    def bind(self, name: str, array: np.ndarray, shape, output: bool = False) -> None:
-        key = (array.ctypes.data, tuple(shape))
-        if self.bound.get(name) == key:
-            return
-        bind = self.binding.bind_output if output else self.binding.bind_input
-        bind(name, "cpu", 0, array.dtype, list(shape), array.ctypes.data)
-        self.bound[name] = key
-
-
 def _lazy_zeros(n: int) -> np.ndarray:
     """float32 [n] of zeros whose pages become resident only when touched, 4 KiB at a time.
 
@@ -423,37 +301,6 @@ def _lazy_zeros(n: int) -> np.ndarray:
     if hasattr(mmap, "MADV_NOHUGEPAGE"):
         buf.madvise(mmap.MADV_NOHUGEPAGE)
     return np.frombuffer(buf, np.float32, count=n)     # the array keeps the mapping alive
-
-
-def _long_decode_from(option: int | None) -> int | None:
-    """Positions from which decode runs take decode_long.onnx: the option, else
-    $RUSTINFER_LONG_DECODE_FROM (a number, or "off"), else LONG_DECODE_FROM. None: never."""
-    if option is not None:
-        return option
-    env = os.environ.get("RUSTINFER_LONG_DECODE_FROM", "").strip().lower()
-    if env in ("off", "never", "none"):
-        return None
-    if env:
-        try:
-            value = int(env)
-        except ValueError:
-            value = -1
-        if value < 0:
-            raise ValueError(f"RUSTINFER_LONG_DECODE_FROM={env!r}: give a number of positions "
-                             "(0 or more) or 'off'")
-        return value
-    return LONG_DECODE_FROM
-
-
-def available_memory() -> int | None:
-    """Bytes of memory the kernel says a new allocation can get (MemAvailable), or None."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def default_quant(graph) -> str:

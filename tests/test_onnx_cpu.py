@@ -152,8 +152,8 @@ def test_kv_in_place_and_no_output_allocation(tmp_path, cache_dir, graph):
                long_decode_from=0 if graph == "decode_long" else 10 ** 9)
     cpu.forward(StepInputs.for_sequences([([1, 2, 3, 4, 5], 0, [0]), ([7, 8], 0, [1])], BS))
     cpu.forward(StepInputs.for_sequences([([6], 5, [0]), ([9], 2, [1])], BS))
-    session = cpu.long if graph == "decode_long" else cpu.main
-    assert session is not None and (cpu.long_runs > 0) == (graph == "decode_long")
+    session = cpu.long_decode.session if graph == "decode_long" else cpu.main
+    assert session is not None and (cpu.long_decode.runs > 0) == (graph == "decode_long")
     ptrs = {n: c.ctypes.data for n, c in cpu.caches.items()}
     bound = dict(session.bound)
     before = cpu.caches["layers.0/attn/k_cache"][:, :, 6].copy()

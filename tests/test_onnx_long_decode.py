@@ -57,7 +57,7 @@ def test_long_graph_equals_gqa_graph(family, name, tmp_path, cache_dir):
         got = long.forward(StepInputs.for_sequences(batch, BS)).numpy()
         assert close(got, want), f"step {step}: {np.abs(got - want).max()}"
         cached = [c + 1 for c in cached]
-    assert long.long_runs == 6 and gqa.long_runs == 0
+    assert long.long_decode.runs == 6 and gqa.long_decode.runs == 0
     for name_, cache in gqa.caches.items():
         rows = long.rows.rows
         for i, n in enumerate(cached):
@@ -78,51 +78,51 @@ def test_decode_switches_graphs_by_length(tmp_path, cache_dir):
     for token in range(10, 20):
         ex.forward(StepInputs.for_sequences([([token], cached, blocks)], BS))
         cached += 1
-        runs.append(ex.long_runs)
+        runs.append(ex.long_decode.runs)
         if cached == 10:     # past half the threshold: opening in the background, not used
-            assert ex._opening is not None and ex.long is None
+            assert ex.long_decode.opening is not None and ex.long_decode.session is None
     # lengths 10, 11 on GQA; from 12 on the long graph
     assert runs == [0, 0, 1, 2, 3, 4, 5, 6, 7, 8]
-    before = ex.long_runs
+    before = ex.long_decode.runs
     ex.forward(StepInputs.for_sequences([(list(range(20, 25)), cached, blocks)], BS))
-    assert ex.long_runs == before
+    assert ex.long_decode.runs == before
 
 
 def test_long_graph_is_not_opened_without_memory_for_it(tmp_path, cache_dir, monkeypatch, capsys):
     """Its session holds a second copy of the weights: with too little memory available
     the executor stays on GQA (and says so, once)."""
-    from rustinfer.runtime import onnx_executor
+    from rustinfer.runtime import onnx_long_run
 
     make_llama(tmp_path / "m", **PARITY_CONFIGS["gqa-tied"])
     ex = load(tmp_path / "m", "cpu", max_seqs=1, kv_capacity=8, long_decode_from=0)
-    monkeypatch.setattr(onnx_executor, "available_memory", lambda: 1000)
+    monkeypatch.setattr(onnx_long_run, "available_memory", lambda: 1000)
     ex.forward(StepInputs.for_sequences([(list(range(1, 10)), 0, [0, 1])], BS))
     for i in range(3):
         ex.forward(StepInputs.for_sequences([([5], 9 + i, [0, 1])], BS))
-    assert ex.long is None and ex.long_runs == 0
+    assert ex.long_decode.session is None and ex.long_decode.runs == 0
     assert capsys.readouterr().err.count("long-context decode graph not opened") == 1
 
 
 @pytest.mark.parametrize("env,want", [("off", None), ("2048", 2048), ("", "the default")])
 def test_long_decode_from_environment(monkeypatch, env, want):
-    from rustinfer.runtime.onnx_executor import LONG_DECODE_FROM, _long_decode_from
+    from rustinfer.runtime.onnx_long_run import LONG_DECODE_FROM, long_decode_start
 
     monkeypatch.setenv("RUSTINFER_LONG_DECODE_FROM", env)
-    assert _long_decode_from(None) == (LONG_DECODE_FROM if env == "" else want)
-    assert _long_decode_from(7) == 7
+    assert long_decode_start(None) == (LONG_DECODE_FROM if env == "" else want)
+    assert long_decode_start(7) == 7
     for bad in ("lots", "-5"):
         monkeypatch.setenv("RUSTINFER_LONG_DECODE_FROM", bad)
         with pytest.raises(ValueError, match="RUSTINFER_LONG_DECODE_FROM"):
-            _long_decode_from(None)
+            long_decode_start(None)
 
 
 def test_a_long_graph_that_fails_to_open_leaves_decoding_on_gqa(tmp_path, cache_dir, capsys):
     make_llama(tmp_path / "m", **PARITY_CONFIGS["gqa-tied"])
     ex = load(tmp_path / "m", "cpu", max_seqs=1, kv_capacity=8, long_decode_from=0)
-    ex.long_meta = {**ex.long_meta, "model": "missing.onnx"}      # as if deleted
+    ex.long_decode.meta = {**ex.long_decode.meta, "model": "missing.onnx"}      # as if deleted
     ex.forward(StepInputs.for_sequences([(list(range(1, 10)), 0, [0, 1])], BS))
     logits = ex.forward(StepInputs.for_sequences([([5], 9, [0, 1])], BS)).numpy()
-    assert np.isfinite(logits).all() and ex.long is None and ex.long_runs == 0
+    assert np.isfinite(logits).all() and ex.long_decode.session is None and ex.long_decode.runs == 0
     assert "did not open" in capsys.readouterr().err
 
 
@@ -145,16 +145,16 @@ def test_exit_while_the_long_graph_opens_waits_for_it(tmp_path, cache_dir):
         from rustinfer.compiler.step_inputs import StepInputs
         ex = load({str(tmp_path / "m")!r}, "cpu", max_seqs=1, kv_capacity=8,
                   long_decode_from=16)
-        real = ex._open
+        real = ex.open_graph
         def slow_open(name):
             time.sleep(1.0)                     # still opening when the main thread ends
             session = real(name)
             print("long graph opened", flush=True)
             return session
-        ex._open = slow_open
+        ex.open_graph = slow_open
         ex.forward(StepInputs.for_sequences([(list(range(1, 10)), 0, [0, 1])], BS))
         ex.forward(StepInputs.for_sequences([([5], 9, [0, 1])], BS))   # starts the opening
-        assert ex._opening is not None and ex.long is None
+        assert ex.long_decode.opening is not None and ex.long_decode.session is None
         print("main done", flush=True)
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
