@@ -108,12 +108,18 @@ def _build(spec, config, checkpoint, options: CompileOptions, folder: Path) -> N
     os.replace(tmp, folder)
 
 
+def about_lines(spec_file: str, family: str, config: dict) -> list[str]:
+    """The spec and model lines every target's report starts with."""
+    model = config.get("_name_or_path") or (config.get("architectures") or ["?"])[0]
+    return [f"spec          {spec_file} (family {family})",
+            f"model         {model}, {config.get('num_hidden_layers', '?')} layers, hidden "
+            f"{config.get('hidden_size', '?')}"]
+
+
 def _header(spec, config, options, passes, memory) -> str:
     fusions = ", ".join(f"{name} x{count}" for name, count in passes.rewrites.items() if count)
     return "\n".join([
-        f"spec          {spec.file} (family {spec.family})",
-        f"model         {config.get('_name_or_path') or config.get('architectures', ['?'])[0]}, "
-        f"{config.get('num_hidden_layers', '?')} layers, hidden {config.get('hidden_size', '?')}",
+        *about_lines(spec.file, spec.family, config),
         f"target        {options.target}, max {options.max_tokens} tokens per step",
         f"passes        {fusions}",
         f"memory        naive {memory.naive_bytes / 2**20:.1f} MiB -> planned "

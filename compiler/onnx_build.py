@@ -28,7 +28,7 @@ from pathlib import Path
 
 import onnx
 
-from .build import CompileOptions, cache_key, cache_root
+from .build import CompileOptions, about_lines, cache_key, cache_root
 from .ir import Graph
 from .onnx_long_decode import long_decode_model
 from .onnx_lowering import describe, lower
@@ -78,17 +78,14 @@ def compile_onnx(graph: Graph, spec_path: str, config: dict, checkpoint,
 
 
 def _about(spec_file: str, config: dict, family: str) -> list[str]:
-    """The spec and model lines plan targets' reports start with (build._header's)."""
+    """The spec and model lines plan targets' reports start with (build.about_lines)."""
     from .spec import display_name, spec_path
 
     try:
         spec = display_name(spec_path(spec_file))
     except Exception:  # a spec given as text: name it as given
         spec = str(spec_file)
-    model = config.get("_name_or_path") or (config.get("architectures") or ["?"])[0]
-    return [f"spec          {spec} (family {family})",
-            f"model         {model}, {config.get('num_hidden_layers', '?')} layers, hidden "
-            f"{config.get('hidden_size', '?')}"]
+    return about_lines(spec, family, config)
 
 
 def _build(graph: Graph, checkpoint, options: OnnxOptions, folder: Path,

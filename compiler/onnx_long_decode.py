@@ -53,14 +53,16 @@ def long_decode_model(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
     out.CopyFrom(model)                  # initializers are external data: a cheap copy
     g = out.graph
     dims = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in g.input}
-    consts: dict[str, str] = {}
+    consts: set[str] = set()
     kv_heads_seen: set[int] = set()
     windows: set[int] = set()
 
-    def const(name, values):
+    def const(name, values, dtype=TensorProto.INT64, dims=None):
+        """An initializer, added once however many layers use it."""
         if name not in consts:
-            g.initializer.append(helper.make_tensor(name, TensorProto.INT64, [len(values)], values))
-            consts[name] = name
+            dims = [len(values)] if dims is None else dims
+            g.initializer.append(helper.make_tensor(name, dtype, dims, values))
+            consts.add(name)
         return name
 
     nodes = []
@@ -107,10 +109,7 @@ def long_decode_model(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
                       alpha=scale)
         cap = float(a.get("softcap", 0.0))
         if cap > 0:
-            cap_t = f"long/softcap/{cap}"
-            if cap_t not in consts:
-                g.initializer.append(helper.make_tensor(cap_t, TensorProto.FLOAT, [], [cap]))
-                consts[cap_t] = cap_t
+            cap_t = const(f"long/softcap/{cap}", [cap], TensorProto.FLOAT, dims=[])
             scores = emit("Mul", [emit("Tanh", [emit("Div", [scores, cap_t], "softcap")], "softcap"),
                                   cap_t], "softcap")
         window = int(a.get("local_window_size", -1))

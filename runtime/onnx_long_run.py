@@ -38,7 +38,9 @@ class LongDecode:
         self.session: BoundSession | None = None
         self.opening: Future | None = None
         self.runs = 0
-        self._inputs: dict = {}
+        self._capacity = 0                       # the rows' capacity _inputs are sized for
+        self._positions = np.arange(0)
+        self._inputs: dict[str, np.ndarray] = {}
 
     def wanted(self, group_lengths: list[int]) -> bool:
         """Whether a decode run of rows with these lengths (after the step) takes the long
@@ -70,7 +72,6 @@ class LongDecode:
                       f"({err}); decoding stays on GroupQueryAttention", file=sys.stderr)
                 self.start = None
                 return False
-            self._inputs = {}
         return wanted
 
     def _open_into(self, future: Future) -> None:
@@ -97,24 +98,23 @@ class LongDecode:
     def run(self, row0: int, b: int, out: np.ndarray, r: int) -> None:
         run, ex = self.session, self.ex
         cap = ex.capacity
-        if self._inputs.get("capacity") != cap:
-            positions = np.arange(cap)
-            self._inputs = {"capacity": cap, "positions": positions,
-                            "attn_mask": np.zeros((ex.max_seqs, 1, 1, cap), np.float32)}
+        if self._capacity != cap:                # the graph's extra inputs, one row each
+            self._capacity, self._positions = cap, np.arange(cap)
+            mask = np.zeros((ex.max_seqs, 1, 1, cap), np.float32)
+            self._inputs = {"attn_mask": mask}
             for w in self.meta["windows"]:
-                self._inputs[window_mask_name(w)] = np.zeros_like(
-                    self._inputs["attn_mask"])
+                self._inputs[window_mask_name(w)] = np.zeros_like(mask)
             for kvh in self.meta["kv_heads"]:
                 index = np.zeros((ex.max_seqs, 1, kvh, 3), np.int64)
                 index[:, 0, :, 0] = np.arange(ex.max_seqs)[:, None]
                 index[:, 0, :, 1] = np.arange(kvh)[None, :]
                 self._inputs[write_index_name(kvh)] = index
-        inputs = self._inputs
+        inputs, positions = self._inputs, self._positions[None, :]
         length = ex.seqlens[:b, None].astype(np.int64)       # the new token's position
-        keep = inputs["positions"][None, :] <= length
+        keep = positions <= length
         inputs["attn_mask"][:b, 0, 0] = np.where(keep, 0.0, -np.inf)
         for w in self.meta["windows"]:
-            inside = keep & (inputs["positions"][None, :] > length - w)
+            inside = keep & (positions > length - w)
             inputs[window_mask_name(w)][:b, 0, 0] = np.where(inside, 0.0, -np.inf)
         for kvh in self.meta["kv_heads"]:
             inputs[write_index_name(kvh)][:b, 0, :, 2] = length
@@ -123,8 +123,7 @@ class LongDecode:
             run.bind("input_ids", ex.ids, (b, 1))
             run.bind("position_ids", ex.pos, (b, 1))
             for name, array in inputs.items():
-                if isinstance(array, np.ndarray) and array.ndim == 4:
-                    run.bind(name, array, (b,) + array.shape[1:])
+                run.bind(name, array, (b,) + array.shape[1:])
             ex.bind_rows(run, row0, b, out, r)
             run.key = key
         run.session.run_with_iobinding(run.binding)
