@@ -14,7 +14,7 @@ The header is parsed by gguf_file.py (not `gguf.GGUFReader`, which is slow to
 open). Block decoding uses `gguf.quants.dequantize` (the gguf package's numpy
 port of ggml's decoders) and gguf's type table.
 
-Only `general.architecture == "llama"` is accepted (Llama 2/3.x, SmolLM2,
+Only `general.architecture == "llama"` is accepted (Llama 2/3.x, SmolLM2, TinyLlama,
 Mistral-as-llama): the Q/K permutation and the name map are llama's.
 """
 

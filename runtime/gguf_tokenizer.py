@@ -178,7 +178,8 @@ def _chat_templates(meta: dict) -> str | dict[str, str] | None:
 
 
 def build_gguf_tokenizer(path: str | Path) -> GGUFTokenizer:
-    """Rebuild the tokenizer a GGUF file describes (byte-level BPE, `tokenizer.ggml.model == "gpt2"`)."""
+    """Rebuild the tokenizer a GGUF file describes: byte-level BPE (`tokenizer.ggml.model ==
+    "gpt2"`) or SentencePiece BPE (`"llama"`, see gguf_spm.py)."""
     meta = read_gguf_metadata(path)
     tokens: list[str] = meta.get("tokenizer.ggml.tokens") or []
     if not tokens:
@@ -188,6 +189,12 @@ def build_gguf_tokenizer(path: str | Path) -> GGUFTokenizer:
     if "tokenizer.huggingface.json" in meta:
         # Some converters embed the original tokenizer.json: nothing to rebuild.
         backend = Tokenizer.from_str(meta["tokenizer.huggingface.json"])
+    elif meta.get("tokenizer.ggml.model") == "llama":
+        # SentencePiece (Llama 2, TinyLlama, Mistral v0.1-0.3): llama.cpp adds BOS unless
+        # the file says otherwise
+        from .gguf_spm import build_spm
+
+        backend = _with_bos_eos(build_spm(meta, tokens, types), meta, tokens, default_bos=True)
     else:
         backend = _build_bpe(path, meta, tokens, types)
 
@@ -214,11 +221,11 @@ def _build_bpe(path, meta: dict, tokens: list[str], types: list[int]) -> Tokeniz
     model = meta.get("tokenizer.ggml.model")
     if model != "gpt2":
         # A ValueError, like the other tokenizer problems: the CLI and server show it as one line.
-        kind = " (SentencePiece: Llama 2, Mistral v0.1-0.3, TinyLlama GGUFs)" if model == "llama" else ""
         raise ValueError(
-            f"{path}: tokenizer.ggml.model={model!r}{kind} is not supported; rustinfer rebuilds "
-            "only byte-level BPE ('gpt2': Llama 3, SmolLM2, Qwen) tokenizers from a GGUF. Use the "
-            "model's Hugging Face folder (config.json, *.safetensors, tokenizer.json) instead")
+            f"{path}: tokenizer.ggml.model={model!r} is not supported; rustinfer rebuilds "
+            "byte-level BPE ('gpt2': Llama 3, SmolLM2, Qwen) and SentencePiece BPE ('llama': "
+            "Llama 2, Mistral, TinyLlama) tokenizers from a GGUF. Use the model's Hugging Face "
+            "folder (config.json, *.safetensors, tokenizer.json) instead")
     pre = meta.get("tokenizer.ggml.pre", "default")
     if pre not in _PRE_TOKENIZERS:
         # Guessing would silently give wrong token ids, as llama.cpp also refuses.
@@ -250,10 +257,13 @@ def _build_bpe(path, meta: dict, tokens: list[str], types: list[int]) -> Tokeniz
     user = [AddedToken(t, special=False, normalized=False) for t, ty in zip(tokens, types) if ty == USER_DEFINED]
     tk.add_special_tokens(control)
     tk.add_tokens(user)
+    # llama.cpp's default BOS follows the pre-tokenizer: Llama 3 adds it, GPT-2's family not
+    return _with_bos_eos(tk, meta, tokens, default_bos=spec.add_bos)
 
-    # BOS/EOS as llama.cpp adds them: the file's flags, else llama.cpp's default
-    # for the pre-tokenizer (Llama 3 adds BOS, the GPT-2 family does not).
-    add_bos = meta.get("tokenizer.ggml.add_bos_token", spec.add_bos)
+
+def _with_bos_eos(tk: Tokenizer, meta: dict, tokens: list[str], default_bos: bool) -> Tokenizer:
+    """BOS/EOS as llama.cpp adds them: the file's flags, else llama.cpp's default."""
+    add_bos = meta.get("tokenizer.ggml.add_bos_token", default_bos)
     add_eos = meta.get("tokenizer.ggml.add_eos_token", False)
     pieces, specials = ["$A:0"], []
     for flag, key, where in ((add_bos, "bos", 0), (add_eos, "eos", None)):

@@ -11,6 +11,7 @@ JSON has no -inf, so a masked token's logprob is sent as -9999.0 (as vLLM does).
 from __future__ import annotations
 
 import math
+import re
 from functools import lru_cache
 
 NEG_INF_LOGPROB = -9999.0
@@ -38,11 +39,18 @@ class TokenText:
         self.tok = tokenizer
         self._text: dict[int, str] = {}
         self._bytes: dict[int, bytes] = {}
+        self._sentencepiece = _spells_spaces_as_u2581(tokenizer)
 
     def text(self, token_id: int) -> str:
         t = self._text.get(token_id)
         if t is None:
-            t = self._text[token_id] = self.tok.decode([token_id])
+            if self._sentencepiece and token_id not in self.tok.special_token_ids:
+                # decode([id]) drops the space a SentencePiece text starts with: "▁Paris"
+                # alone decodes to "Paris", but as a token of a text it is " Paris"
+                t = self.bytes(token_id).decode("utf-8", errors="replace")
+            else:
+                t = self.tok.decode([token_id])
+            self._text[token_id] = t
         return t
 
     def bytes(self, token_id: int) -> bytes:
@@ -50,12 +58,33 @@ class TokenText:
         if b is None:
             piece = self.tok.id_to_token(token_id) or ""
             table = _unicode_to_byte()
-            if piece and all(c in table for c in piece) and not piece.startswith("<|"):
+            if token_id in self.tok.special_token_ids:
+                b = self.tok.decode([token_id]).encode("utf-8")
+            elif self._sentencepiece:
+                # SentencePiece: "▁" is a space, and "<0xE4>" is the byte a byte-fallback
+                # token stands for
+                byte = _BYTE_TOKEN.fullmatch(piece)
+                b = bytes([int(byte[1], 16)]) if byte else piece.replace("\u2581", " ").encode("utf-8")
+            elif piece and all(c in table for c in piece) and not piece.startswith("<|"):
                 b = bytes(table[c] for c in piece)
-            else:  # special tokens and non-byte-level vocabularies
+            else:  # other non-byte-level vocabularies
                 b = self.text(token_id).encode("utf-8")
             self._bytes[token_id] = b
         return b
+
+
+_BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+def _spells_spaces_as_u2581(tokenizer) -> bool:
+    """Whether the vocabulary is SentencePiece-spelled ("▁Paris"): its decoder turns "▁" into
+    spaces (Llama 2 and Mistral tokenizer.json files, SentencePiece GGUFs)."""
+    backend = getattr(tokenizer, "backend", None)
+    decoder = getattr(backend, "decoder", None)
+    try:
+        return decoder is not None and "\u2581" in decoder.__getstate__().decode("utf-8")
+    except (AttributeError, UnicodeDecodeError):
+        return False
 
 
 def finite(x: float) -> float:

@@ -293,26 +293,6 @@ def test_a_gguf_without_a_tokenizer_loads_for_token_ids(tmp_path):
     assert llm.tokenizer is None and llm.logits([1, 2, 3]).shape == (3, 96)
 
 
-def test_a_sentencepiece_gguf_is_one_error_line(tmp_path, capsys):
-    from test_checkpoint_gguf import Q, random_state_dict, tiny_config, write_gguf
-
-    cfg = tiny_config(num_hidden_layers=1)
-    tokens = [f"<t{i}>" for i in range(cfg.vocab_size)]
-
-    def spm(w):  # Llama 2 / Mistral GGUFs: tokenizer.ggml.model = "llama"
-        w.add_tokenizer_model("llama")
-        w.add_token_list(tokens)
-        w.add_token_scores([0.0] * len(tokens))
-        w.add_token_types([1] * len(tokens))
-
-    path = tmp_path / "spm.gguf"
-    write_gguf(path, cfg, random_state_dict(cfg), lambda hf, v: Q.F32, extra=spm)
-    assert rustinfer_cli.main(["generate", "--target", "reference", "--model", str(path),
-                               "Hi"]) == 2
-    _one_error_line(capsys.readouterr().err, "tokenizer.ggml.model='llama' (SentencePiece",
-                    "Hugging Face folder")
-
-
 def _folder_without_chat_template(folder):
     """A tiny llama with a word-level tokenizer that is not Llama 3's, and no chat template."""
     from tokenizers import Tokenizer, models, pre_tokenizers
