@@ -14,8 +14,10 @@ The header is parsed by gguf_file.py (not `gguf.GGUFReader`, which is slow to
 open). Block decoding uses `gguf.quants.dequantize` (the gguf package's numpy
 port of ggml's decoders) and gguf's type table.
 
-Only `general.architecture == "llama"` is accepted (Llama 2/3.x, SmolLM2, TinyLlama,
-Mistral-as-llama): the Q/K permutation and the name map are llama's.
+Architectures (`general.architecture`, see _ARCHS): llama (Llama 2/3.x, SmolLM2,
+TinyLlama, Mistral-as-llama), qwen2 (Qwen2, Qwen2.5) and qwen3 (dense Qwen3). They share
+llama.cpp's tensor names (qwen3 adds the per-head q/k norms); only llama's q/k rows are
+permuted by the converter.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import math
 import pathlib
 import re
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -46,6 +49,24 @@ _LAYER_NAMES = {
     "ffn_down": "mlp.down_proj",
 }
 _GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+
+
+@dataclass(frozen=True)
+class _Arch:
+    """What differs between the GGUF architectures read here."""
+    model_type: str                 # config.json's, which picks the spec
+    architecture: str               # config.json's `architectures`
+    permuted_qk: bool               # llama.cpp's converter interleaves the rotary halves
+    layer_names: dict               # extra per-layer tensors
+    default_eps: float
+
+
+_ARCHS = {
+    "llama": _Arch("llama", "LlamaForCausalLM", True, {}, 1e-5),
+    "qwen2": _Arch("qwen2", "Qwen2ForCausalLM", False, {}, 1e-6),
+    "qwen3": _Arch("qwen3", "Qwen3ForCausalLM", False,
+                   {"attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm"}, 1e-6),
+}
 # Tensors with no Hugging Face counterpart: rope_freqs is folded into config["rope_scaling"];
 # attn_rot_embd (old converters) is the rotary table, which Hugging Face recomputes.
 _NOT_WEIGHTS = re.compile(r"rope_freqs\.weight|blk\.\d+\.attn_rot_embd\.weight")
@@ -53,13 +74,12 @@ _BLOCK = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 _FLOAT_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 
 
-def gguf_to_hf_name(name: str) -> str | None:
-    """The Hugging Face name of a llama GGUF tensor, or None when it has none."""
+def gguf_to_hf_name(name: str, arch: str = "llama") -> str | None:
+    """The Hugging Face name of a GGUF tensor of architecture `arch`, or None when it has none."""
     if m := _BLOCK.fullmatch(name):
         i, part, kind = m.groups()
-        if part in _LAYER_NAMES:
-            return f"model.layers.{i}.{_LAYER_NAMES[part]}.{kind}"
-        return None
+        hf = _LAYER_NAMES.get(part) or _ARCHS[arch].layer_names.get(part)
+        return f"model.layers.{i}.{hf}.{kind}" if hf else None
     stem, _, kind = name.rpartition(".")
     if stem in _GLOBAL_NAMES and kind in ("weight", "bias"):
         return f"{_GLOBAL_NAMES[stem]}.{kind}"
@@ -146,15 +166,17 @@ class GGUFCheckpoint(Checkpoint):
         self._file = _GGUFFile(self.path)
         md = self._file.metadata
         arch = md.get("general.architecture")
-        if arch != "llama":
+        if arch not in _ARCHS:
             raise CheckpointError(
-                f"{self.path}: GGUF architecture {arch!r} is not supported; rustinfer reads llama "
-                f"GGUF files (Llama 2/3.x, SmolLM2). {_hf_folder_hint(arch)}"
+                f"{self.path}: GGUF architecture {arch!r} is not supported; rustinfer reads "
+                f"{', '.join(_ARCHS)} GGUF files (Llama 2/3.x, SmolLM2, Mistral, Qwen2/2.5, "
+                f"Qwen3). {_hf_folder_hint(arch)}"
             )
+        self.arch = arch
         self._hf: dict[str, _Tensor] = {}
         unknown = []
         for name, t in self._file.tensors.items():
-            hf = gguf_to_hf_name(name)
+            hf = gguf_to_hf_name(name, arch)
             if hf is not None:
                 self._hf[hf] = t
             elif not _NOT_WEIGHTS.fullmatch(name):
@@ -163,7 +185,7 @@ class GGUFCheckpoint(Checkpoint):
             # Dropping tensors silently would build a wrong model; say which ones are unknown.
             raise CheckpointError(
                 f"{self.path}: tensors with no known Hugging Face name: {', '.join(unknown[:8])}"
-                f"{' ...' if len(unknown) > 8 else ''}. This llama GGUF has parts rustinfer does not map."
+                f"{' ...' if len(unknown) > 8 else ''}. This {arch} GGUF has parts rustinfer does not map."
             )
         self.config = self._config()
         self._perm_cache: dict[tuple[int, int], np.ndarray] = {}
@@ -222,6 +244,8 @@ class GGUFCheckpoint(Checkpoint):
         rotary halves; we gather rows with the inverse, as transformers'
         LlamaTensorProcessor._reverse_permute_weights does.
         """
+        if not _ARCHS[self.arch].permuted_qk:
+            return None
         if ".self_attn.q_proj." in name:
             heads = self.config["num_attention_heads"]
         elif ".self_attn.k_proj." in name:
@@ -255,12 +279,14 @@ class GGUFCheckpoint(Checkpoint):
             # Use the shortest decimal that is the same float32, which is what config.json said.
             return float(str(np.float32(v))) if self._file.value_types.get(key) == FLOAT32 else v
 
-        hidden = get("llama.embedding_length", required=True)
-        heads = get("llama.attention.head_count", required=True)
-        kv_heads = get("llama.attention.head_count_kv", heads)
+        a = self.arch
+        kind = _ARCHS[a]
+        hidden = get(f"{a}.embedding_length", required=True)
+        heads = get(f"{a}.attention.head_count", required=True)
+        kv_heads = get(f"{a}.attention.head_count_kv", heads)
         # key_length is the real per-head width when it is not hidden/heads; for llama the
         # rotary width (rope.dimension_count) is the whole head, so either one gives head_dim.
-        head_dim = get("llama.attention.key_length") or get("llama.rope.dimension_count") or hidden // heads
+        head_dim = get(f"{a}.attention.key_length") or get(f"{a}.rope.dimension_count") or hidden // heads
         if "blk.0.attn_q.weight" in self._file.tensors:
             q_rows = self._file.tensors["blk.0.attn_q.weight"].dims[1]
             if q_rows != heads * head_dim:
@@ -269,22 +295,24 @@ class GGUFCheckpoint(Checkpoint):
                     f"{head_dim}; the file is inconsistent."
                 )
         embd = self._file.tensors.get("token_embd.weight")
-        vocab = embd.dims[1] if embd is not None else get("llama.vocab_size") or len(md.get("tokenizer.ggml.tokens", []))
-        theta = get("llama.rope.freq_base", 10000.0)
+        vocab = embd.dims[1] if embd is not None else get(f"{a}.vocab_size") or len(md.get("tokenizer.ggml.tokens", []))
+        theta = get(f"{a}.rope.freq_base", 10000.0)
         return {
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
+            "architectures": [kind.architecture],
+            "model_type": kind.model_type,
             "hidden_size": hidden,
-            "intermediate_size": get("llama.feed_forward_length", required=True),
-            "num_hidden_layers": get("llama.block_count", required=True),
+            "intermediate_size": get(f"{a}.feed_forward_length", required=True),
+            "num_hidden_layers": get(f"{a}.block_count", required=True),
             "num_attention_heads": heads,
             "num_key_value_heads": kv_heads,
             "head_dim": head_dim,
             "hidden_act": "silu",
-            "rms_norm_eps": get("llama.attention.layer_norm_rms_epsilon", 1e-5),
+            "rms_norm_eps": get(f"{a}.attention.layer_norm_rms_epsilon", kind.default_eps),
             "rope_theta": theta,
             "rope_scaling": self._rope_scaling(get, theta, head_dim),
-            "max_position_embeddings": get("llama.context_length", 2048),
+            "max_position_embeddings": get(f"{a}.context_length", 2048),
+            # llama.cpp applies no sliding window to these architectures
+            "use_sliding_window": False,
             "vocab_size": vocab,
             # llama.cpp writes output.weight only when it differs from the embedding.
             "tie_word_embeddings": "output.weight" not in self._file.tensors,
@@ -303,13 +331,14 @@ class GGUFCheckpoint(Checkpoint):
         We fit the llama3 parameters back from that tensor (see
         `llama3_rope_scaling_from_freqs`).
         """
-        kind = get("llama.rope.scaling.type")
-        factor = get("llama.rope.scaling.factor")
-        if kind is None and get("llama.rope.scale_linear"):  # the key of pre-2024 converters
-            kind, factor = "linear", get("llama.rope.scale_linear")
+        a = self.arch
+        kind = get(f"{a}.rope.scaling.type")
+        factor = get(f"{a}.rope.scaling.factor")
+        if kind is None and get(f"{a}.rope.scale_linear"):  # the key of pre-2024 converters
+            kind, factor = "linear", get(f"{a}.rope.scale_linear")
         if kind not in (None, "none") and factor:
             out: dict[str, Any] = {"rope_type": kind, "factor": factor}
-            if orig := get("llama.rope.scaling.original_context_length"):
+            if orig := get(f"{a}.rope.scaling.original_context_length"):
                 out["original_max_position_embeddings"] = orig
             return out
         freqs = self._file.tensors.get("rope_freqs.weight")

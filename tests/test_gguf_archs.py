@@ -1,0 +1,86 @@
+"""GGUF files of the qwen2 and qwen3 architectures (Qwen2.5, Qwen3 GGUFs), against transformers.
+
+A random transformers checkpoint of each family is written as llama.cpp's converter
+writes one (convert_hf_to_gguf.py: `{arch}.*` metadata, blk.N.* tensor names, q/k rows
+*not* permuted: only the llama architecture's are), then served from the .gguf alone.
+The oracle is the transformers model the weights came from: logits on every position of
+a prompt, and greedy tokens through the KV cache.
+"""
+from __future__ import annotations
+
+import gguf
+import numpy as np
+import pytest
+import torch
+
+from family_models import FAMILY_CONFIGS, greedy, hf_greedy, load_llm, make_model, prompt
+from test_checkpoint_gguf import HF_TO_GGUF
+
+GGUF_NAMES = HF_TO_GGUF | {"self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm"}
+# The families' configs without a sliding window (a GGUF states none; llama.cpp applies none)
+CASES = [("qwen2", "tied-gqa"), ("qwen2", "untied-mha"), ("qwen3", "tied"), ("qwen3", "untied-bias")]
+
+
+def gguf_name(hf: str) -> str:
+    module, _, kind = hf.rpartition(".")
+    if module in GGUF_NAMES:
+        return f"{GGUF_NAMES[module]}.{kind}"
+    _, _, i, rest = module.split(".", 3)
+    return f"blk.{i}.{GGUF_NAMES[rest]}.{kind}"
+
+
+def write_arch_gguf(path, arch: str, model) -> None:
+    """model's weights and config as a float32 GGUF of architecture `arch`."""
+    cfg = model.config
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    if arch == "qwen3":                 # convert_hf_to_gguf writes key/value_length for Qwen3
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
+    w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_bos_token_id(cfg.bos_token_id)
+    w.add_eos_token_id(cfg.eos_token_id)
+    for name, value in model.state_dict().items():
+        if cfg.tie_word_embeddings and name == "lm_head.weight":
+            continue
+        w.add_tensor(gguf_name(name), value.detach().numpy().astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+@pytest.mark.parametrize("family,case", CASES, ids=[f"{f}-{c}" for f, c in CASES])
+@pytest.mark.parametrize("target", ["reference", "cpu"])
+def test_gguf_arch_matches_transformers(tmp_path, family, case, target):
+    model = make_model(family, tmp_path / "hf", **FAMILY_CONFIGS[family][case])
+    path = tmp_path / f"{family}.gguf"
+    write_arch_gguf(path, family, model)
+    llm = load_llm(path, target)
+    assert llm.checkpoint.config["model_type"] == family
+    ids = prompt(model.config.vocab_size, 12, seed=3)
+    with torch.no_grad():
+        want = model(torch.tensor([ids])).logits[0].numpy()
+    got = llm.logits(ids)
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+    assert greedy(llm, ids, 6) == hf_greedy(model, ids, 6)
+
+
+def test_an_unsupported_architecture_names_the_supported_ones(tmp_path):
+    from rustinfer.runtime.checkpoint import CheckpointError, open_checkpoint
+
+    w = gguf.GGUFWriter(str(tmp_path / "g.gguf"), "gemma2")
+    w.add_block_count(1)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(CheckpointError, match=r"'gemma2' is not supported.*llama, qwen2, qwen3.*specs/gemma2.yaml"):
+        open_checkpoint(tmp_path / "g.gguf")
