@@ -15,9 +15,10 @@ open). Block decoding uses `gguf.quants.dequantize` (the gguf package's numpy
 port of ggml's decoders) and gguf's type table.
 
 Architectures (`general.architecture`, see _ARCHS): llama (Llama 2/3.x, SmolLM2,
-TinyLlama, Mistral-as-llama), qwen2 (Qwen2, Qwen2.5) and qwen3 (dense Qwen3). They share
-llama.cpp's tensor names (qwen3 adds the per-head q/k norms); only llama's q/k rows are
-permuted by the converter.
+TinyLlama, Mistral-as-llama), qwen2 (Qwen2, Qwen2.5), qwen3 (dense Qwen3) and phi3
+(Phi-3 mini/medium 4k, Phi-4 mini). They share llama.cpp's tensor names (qwen3 adds the
+per-head q/k norms, phi3 packs q|k|v and gate|up); only llama's q/k rows are permuted by
+the converter.
 """
 
 from __future__ import annotations
@@ -66,10 +67,16 @@ _ARCHS = {
     "qwen2": _Arch("qwen2", "Qwen2ForCausalLM", False, {}, 1e-6),
     "qwen3": _Arch("qwen3", "Qwen3ForCausalLM", False,
                    {"attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm"}, 1e-6),
+    # Phi-3 stores q|k|v and gate|up packed, as its Hugging Face checkpoints do
+    "phi3": _Arch("phi3", "Phi3ForCausalLM", False,
+                  {"attn_qkv": "self_attn.qkv_proj", "ffn_up": "mlp.gate_up_proj"}, 1e-5),
 }
 # Tensors with no Hugging Face counterpart: rope_freqs is folded into config["rope_scaling"];
-# attn_rot_embd (old converters) is the rotary table, which Hugging Face recomputes.
-_NOT_WEIGHTS = re.compile(r"rope_freqs\.weight|blk\.\d+\.attn_rot_embd\.weight")
+# attn_rot_embd (old converters) is the rotary table, which Hugging Face recomputes;
+# rope_factors_long/short are Phi-3's LongRoPE factors (the config says "longrope", which
+# the rope tables refuse by name).
+_NOT_WEIGHTS = re.compile(r"rope_freqs\.weight|blk\.\d+\.attn_rot_embd\.weight"
+                          r"|rope_factors_(long|short)\.weight")
 _BLOCK = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 _FLOAT_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 
@@ -78,7 +85,7 @@ def gguf_to_hf_name(name: str, arch: str = "llama") -> str | None:
     """The Hugging Face name of a GGUF tensor of architecture `arch`, or None when it has none."""
     if m := _BLOCK.fullmatch(name):
         i, part, kind = m.groups()
-        hf = _LAYER_NAMES.get(part) or _ARCHS[arch].layer_names.get(part)
+        hf = _ARCHS[arch].layer_names.get(part) or _LAYER_NAMES.get(part)
         return f"model.layers.{i}.{hf}.{kind}" if hf else None
     stem, _, kind = name.rpartition(".")
     if stem in _GLOBAL_NAMES and kind in ("weight", "bias"):
@@ -170,7 +177,7 @@ class GGUFCheckpoint(Checkpoint):
             raise CheckpointError(
                 f"{self.path}: GGUF architecture {arch!r} is not supported; rustinfer reads "
                 f"{', '.join(_ARCHS)} GGUF files (Llama 2/3.x, SmolLM2, Mistral, Qwen2/2.5, "
-                f"Qwen3). {_hf_folder_hint(arch)}"
+                f"Qwen3, Phi-3). {_hf_folder_hint(arch)}"
             )
         self.arch = arch
         self._hf: dict[str, _Tensor] = {}
@@ -286,7 +293,11 @@ class GGUFCheckpoint(Checkpoint):
         kv_heads = get(f"{a}.attention.head_count_kv", heads)
         # key_length is the real per-head width when it is not hidden/heads; for llama the
         # rotary width (rope.dimension_count) is the whole head, so either one gives head_dim.
-        head_dim = get(f"{a}.attention.key_length") or get(f"{a}.rope.dimension_count") or hidden // heads
+        rotary = get(f"{a}.rope.dimension_count")
+        if a == "phi3":      # a partial rotary (Phi-4 mini) rotates fewer dims than a head has
+            head_dim = get(f"{a}.attention.key_length") or hidden // heads
+        else:
+            head_dim = get(f"{a}.attention.key_length") or rotary or hidden // heads
         if "blk.0.attn_q.weight" in self._file.tensors:
             q_rows = self._file.tensors["blk.0.attn_q.weight"].dims[1]
             if q_rows != heads * head_dim:
@@ -297,7 +308,7 @@ class GGUFCheckpoint(Checkpoint):
         embd = self._file.tensors.get("token_embd.weight")
         vocab = embd.dims[1] if embd is not None else get(f"{a}.vocab_size") or len(md.get("tokenizer.ggml.tokens", []))
         theta = get(f"{a}.rope.freq_base", 10000.0)
-        return {
+        config = {
             "architectures": [kind.architecture],
             "model_type": kind.model_type,
             "hidden_size": hidden,
@@ -311,7 +322,7 @@ class GGUFCheckpoint(Checkpoint):
             "rope_theta": theta,
             "rope_scaling": self._rope_scaling(get, theta, head_dim),
             "max_position_embeddings": get(f"{a}.context_length", 2048),
-            # llama.cpp applies no sliding window to these architectures
+            # llama.cpp applies no sliding window to llama and qwen (phi3's is set below)
             "use_sliding_window": False,
             "vocab_size": vocab,
             # llama.cpp writes output.weight only when it differs from the embedding.
@@ -321,6 +332,13 @@ class GGUFCheckpoint(Checkpoint):
             "bos_token_id": get("tokenizer.ggml.bos_token_id"),
             "eos_token_id": get("tokenizer.ggml.eos_token_id"),
         }
+        if a == "phi3":
+            config["partial_rotary_factor"] = (rotary or head_dim) / head_dim
+            if window := get(f"{a}.attention.sliding_window"):
+                config["sliding_window"] = window
+            if "rope_factors_long.weight" in self._file.tensors:
+                config["rope_scaling"] = {"rope_type": "longrope"}
+        return config
 
     def _rope_scaling(self, get, theta: float, head_dim: int) -> dict[str, Any] | None:
         """Hugging Face rope_scaling from the metadata, or from the rope_freqs tensor for llama3.

@@ -396,15 +396,15 @@ def test_truncated_and_foreign_files_are_refused(tmp_path):
     with pytest.raises(CheckpointError, match="malformed|truncated"):
         open_checkpoint(tmp_path / "head.gguf")
 
-    w = gguf.GGUFWriter(str(tmp_path / "q.gguf"), "phi3")
+    w = gguf.GGUFWriter(str(tmp_path / "q.gguf"), "gemma2")
     w.add_tensor("token_embd.weight", np.zeros((4, 8), np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    with pytest.raises(CheckpointError, match="architecture 'phi3' is not supported.*Use the "
+    with pytest.raises(CheckpointError, match="architecture 'gemma2' is not supported.*Use the "
                        r"model's Hugging Face folder \(config.json \+ \*.safetensors\): "
-                       r"specs/phi3.yaml serves it\."):
+                       r"specs/gemma2.yaml serves it\."):
         open_checkpoint(tmp_path / "q.gguf")
 
     write_gguf(tmp_path / "x.gguf", cfg, random_state_dict(cfg), lambda hf, v: Q.F32,

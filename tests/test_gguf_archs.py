@@ -1,4 +1,5 @@
-"""GGUF files of the qwen2 and qwen3 architectures (Qwen2.5, Qwen3 GGUFs), against transformers.
+"""GGUF files of the qwen2, qwen3 and phi3 architectures (Qwen2.5, Qwen3, Phi-3 GGUFs),
+against transformers.
 
 A random transformers checkpoint of each family is written as llama.cpp's converter
 writes one (convert_hf_to_gguf.py: `{arch}.*` metadata, blk.N.* tensor names, q/k rows
@@ -16,9 +17,12 @@ import torch
 from family_models import FAMILY_CONFIGS, greedy, hf_greedy, load_llm, make_model, prompt
 from test_checkpoint_gguf import HF_TO_GGUF
 
-GGUF_NAMES = HF_TO_GGUF | {"self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm"}
-# The families' configs without a sliding window (a GGUF states none; llama.cpp applies none)
-CASES = [("qwen2", "tied-gqa"), ("qwen2", "untied-mha"), ("qwen3", "tied"), ("qwen3", "untied-bias")]
+GGUF_NAMES = HF_TO_GGUF | {"self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
+                           "self_attn.qkv_proj": "attn_qkv", "mlp.gate_up_proj": "ffn_up"}
+# Qwen: the configs without a sliding window (a qwen GGUF states none; llama.cpp applies
+# none). Phi-3: a sliding window and a partial rotary, both stated in the file.
+CASES = [("qwen2", "tied-gqa"), ("qwen2", "untied-mha"), ("qwen3", "tied"), ("qwen3", "untied-bias"),
+         ("phi3", "gqa"), ("phi3", "partial-rotary-hd16"), ("phi3", "gqa-hd16-window")]
 
 
 def gguf_name(hf: str) -> str:
@@ -44,6 +48,11 @@ def write_arch_gguf(path, arch: str, model) -> None:
         w.add_key_length(head_dim)
         w.add_value_length(head_dim)
     w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
+    if arch == "phi3":                  # as Phi3MiniModel in convert_hf_to_gguf writes them
+        partial = cfg.rope_parameters.get("partial_rotary_factor") or 1.0
+        w.add_rope_dimension_count(int(partial * cfg.hidden_size) // cfg.num_attention_heads)
+        if cfg.sliding_window:
+            w.add_sliding_window(cfg.sliding_window)
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     w.add_bos_token_id(cfg.bos_token_id)
     w.add_eos_token_id(cfg.eos_token_id)
@@ -82,5 +91,5 @@ def test_an_unsupported_architecture_names_the_supported_ones(tmp_path):
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    with pytest.raises(CheckpointError, match=r"'gemma2' is not supported.*llama, qwen2, qwen3.*specs/gemma2.yaml"):
+    with pytest.raises(CheckpointError, match=r"'gemma2' is not supported.*llama, qwen2, qwen3, phi3.*specs/gemma2.yaml"):
         open_checkpoint(tmp_path / "g.gguf")
