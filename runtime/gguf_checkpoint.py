@@ -16,7 +16,7 @@ port of ggml's decoders) and gguf's type table.
 
 Architectures (`general.architecture`, see _ARCHS): llama (Llama 2/3.x, SmolLM2,
 TinyLlama, Mistral-as-llama), qwen2 (Qwen2, Qwen2.5), qwen3 (dense Qwen3) and phi3
-(Phi-3 mini/medium 4k, Phi-4 mini). They share llama.cpp's tensor names (qwen3 adds the
+(Phi-3 mini/medium 4k). They share llama.cpp's tensor names (qwen3 adds the
 per-head q/k norms, phi3 packs q|k|v and gate|up); only llama's q/k rows are permuted by
 the converter.
 """
