@@ -19,6 +19,7 @@ from .errors import Loc, SpecError, close_names, nearest, spec_warning
 from .expr import evaluate
 from .ir import Graph, Node, Value
 from .ops import OPS, REQUIRED, attr_problem
+from .rope_config import complete_longrope
 from .shape_inference import infer_node
 from .spec import NodeDecl, Spec, WeightDecl
 
@@ -362,7 +363,7 @@ def bind(spec: Spec, config: dict, checkpoint: WeightSource | None = None, *,
     A node whose value nothing reads is a SpecError (see _Binder.check_unused);
     `allow_unused=True` lets it through silently, for tests that build graphs with
     dead values on purpose (the dead-code pass's)."""
-    env = bind_symbols(spec, config)
+    env = bind_symbols(spec, complete_longrope(config))
     binder = _Binder(spec, env, checkpoint, allow_unused)
     graph = binder.bind()
     if checkpoint is not None:

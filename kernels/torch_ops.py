@@ -16,7 +16,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .rope_tables import inv_freq
+from .rope_tables import cos_sin
 
 _softmax_out = torch.ops.aten._softmax.out
 _gelu_out = torch.ops.aten.gelu.out
@@ -44,9 +44,7 @@ class Workspace:
         key = (head_dim, theta, repr(scaling))
         if key not in self._rope_tables:
             pos = torch.arange(self.max_context, dtype=torch.float32)
-            freqs = pos[:, None] * inv_freq(head_dim, theta, scaling)[None, :]
-            emb = torch.cat((freqs, freqs), dim=-1)
-            self._rope_tables[key] = (emb.cos(), emb.sin())
+            self._rope_tables[key] = cos_sin(pos, head_dim, theta, scaling)
         return self._rope_tables[key]
 
 

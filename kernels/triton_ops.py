@@ -35,7 +35,7 @@ import torch
 from rustinfer.compiler.step_inputs import to_device
 
 from . import torch_ops as _torch_ops
-from .rope_tables import inv_freq
+from .rope_tables import half_cos_sin
 from .triton import decode_attention as _decode
 from .triton import gather as _gather
 from .triton import gemv as _gemv
@@ -117,9 +117,9 @@ class Workspace:
         key = (head_dim, theta, repr(scaling))
         if key not in self._rope_tables:
             pos = torch.arange(self.max_context, dtype=torch.float32)
-            freqs = pos[:, None] * inv_freq(head_dim, theta, scaling)[None, :]
-            self._rope_tables[key] = (freqs.cos().to(self.device).contiguous(),
-                                      freqs.sin().to(self.device).contiguous())
+            cos, sin = half_cos_sin(pos, head_dim, theta, scaling)
+            self._rope_tables[key] = (cos.to(self.device).contiguous(),
+                                      sin.to(self.device).contiguous())
         return self._rope_tables[key]
 
 

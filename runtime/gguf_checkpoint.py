@@ -16,7 +16,7 @@ port of ggml's decoders) and gguf's type table.
 
 Architectures (`general.architecture`, see _ARCHS): llama (Llama 2/3.x, SmolLM2,
 TinyLlama, Mistral-as-llama), qwen2 (Qwen2, Qwen2.5), qwen3 (dense Qwen3) and phi3
-(Phi-3 mini/medium 4k). They share llama.cpp's tensor names (qwen3 adds the
+(Phi-3, Phi-3.5 mini). They share llama.cpp's tensor names (qwen3 adds the
 per-head q/k norms, phi3 packs q|k|v and gate|up); only llama's q/k rows are permuted by
 the converter.
 """
@@ -73,8 +73,7 @@ _ARCHS = {
 }
 # Tensors with no Hugging Face counterpart: rope_freqs is folded into config["rope_scaling"];
 # attn_rot_embd (old converters) is the rotary table, which Hugging Face recomputes;
-# rope_factors_long/short are Phi-3's LongRoPE factors (the config says "longrope", which
-# the rope tables refuse by name).
+# rope_factors_long/short are Phi-3's LongRoPE factors (folded into config["rope_scaling"]).
 _NOT_WEIGHTS = re.compile(r"rope_freqs\.weight|blk\.\d+\.attn_rot_embd\.weight"
                           r"|rope_factors_(long|short)\.weight")
 _BLOCK = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
@@ -337,8 +336,33 @@ class GGUFCheckpoint(Checkpoint):
             if window := get(f"{a}.attention.sliding_window"):
                 config["sliding_window"] = window
             if "rope_factors_long.weight" in self._file.tensors:
-                config["rope_scaling"] = {"rope_type": "longrope"}
+                config["rope_scaling"] = self._longrope(get)
+                config["original_max_position_embeddings"] = config["rope_scaling"][
+                    "original_max_position_embeddings"]
         return config
+
+    def _longrope(self, get) -> dict[str, Any]:
+        """Phi-3's LongRoPE as transformers' rope dict: llama.cpp's converter stores the two
+        factor lists as tensors and the original context and attention factor as keys."""
+        orig = get(f"{self.arch}.rope.scaling.original_context_length")
+        if orig is None:
+            raise CheckpointError(f"{self.path}: a LongRoPE GGUF (rope_factors_long) without "
+                                  f"{self.arch}.rope.scaling.original_context_length; "
+                                  "re-convert the model")
+
+        def factors(name: str) -> list[float]:
+            t = self._file.tensors[name]
+            return [float(x) for x in dequantize(t.data, t.qtype).ravel()]
+
+        rope = {"rope_type": "longrope", "long_factor": factors("rope_factors_long.weight"),
+                # llama.cpp takes the long factors when a file has no short ones
+                "short_factor": factors("rope_factors_short.weight"
+                                        if "rope_factors_short.weight" in self._file.tensors
+                                        else "rope_factors_long.weight"),
+                "original_max_position_embeddings": orig}
+        if (attn := get(f"{self.arch}.rope.scaling.attn_factor")) is not None:
+            rope["attention_factor"] = attn
+        return rope
 
     def _rope_scaling(self, get, theta: float, head_dim: int) -> dict[str, Any] | None:
         """Hugging Face rope_scaling from the metadata, or from the rope_freqs tensor for llama3.

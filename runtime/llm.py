@@ -22,6 +22,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from rustinfer.compiler.bind import bind, select_spec
+from rustinfer.compiler.rope_config import complete_longrope, uses_longrope
 from rustinfer.compiler.spec import load_spec
 from rustinfer.compiler.step_inputs import StepInputs
 
@@ -74,6 +75,10 @@ class LLM:
         self.tokenizer = _load_tokenizer(self.checkpoint)
         limit = int(self.graph.symbols.get("max_pos") or DEFAULT_MAX_MODEL_LEN)
         self.max_model_len = min(limit, max_model_len or DEFAULT_MAX_MODEL_LEN)
+        if uses_longrope(self.config):
+            # LongRoPE's factors depend on the context served (compiler/rope_config.py)
+            self.config = complete_longrope(self.config, self.max_model_len)
+            self.graph = bind(self.spec, self.config, self.checkpoint)
         self.block_size = block_size
         if num_kv_blocks is None:
             per_block = sum(block_size * v.shape[2] * v.shape[3] * 4 for v in self.graph.caches())

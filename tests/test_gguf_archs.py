@@ -33,8 +33,9 @@ def gguf_name(hf: str) -> str:
     return f"blk.{i}.{GGUF_NAMES[rest]}.{kind}"
 
 
-def write_arch_gguf(path, arch: str, model) -> None:
-    """model's weights and config as a float32 GGUF of architecture `arch`."""
+def write_arch_gguf(path, arch: str, model, extra=None) -> None:
+    """model's weights and config as a float32 GGUF of architecture `arch`; extra(writer)
+    adds keys and tensors."""
     cfg = model.config
     w = gguf.GGUFWriter(str(path), arch)
     w.add_block_count(cfg.num_hidden_layers)
@@ -56,6 +57,8 @@ def write_arch_gguf(path, arch: str, model) -> None:
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     w.add_bos_token_id(cfg.bos_token_id)
     w.add_eos_token_id(cfg.eos_token_id)
+    if extra:
+        extra(w)
     for name, value in model.state_dict().items():
         if cfg.tie_word_embeddings and name == "lm_head.weight":
             continue
