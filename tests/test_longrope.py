@@ -117,3 +117,19 @@ def test_a_longrope_gguf_matches_transformers(tmp_path, target):
         with torch.no_grad():
             want = model(torch.tensor([ids])).logits[0].numpy()
         np.testing.assert_allclose(llm.logits(ids), want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.cuda
+def test_longrope_on_the_cuda_target(tmp_path):
+    """The Triton rope kernels take the same tables: bf16 logits against the fp32
+    reference, compared by direction (bf16 weights and activations, see
+    test_cuda_graphs.py), for the short and the long factors."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    longrope_model(tmp_path / "m", partial=0.75)
+    for max_model_len, n in ((ORIG, 10), (4 * ORIG, 2 * ORIG + 3)):
+        ids = prompt(211, n, seed=5)
+        want = torch.from_numpy(load_llm(tmp_path / "m", "reference", max_model_len=max_model_len).logits(ids))
+        got = torch.from_numpy(load_llm(tmp_path / "m", "cuda", max_model_len=max_model_len).logits(ids))
+        cos = torch.nn.functional.cosine_similarity(got.float(), want.float(), dim=-1)
+        assert cos.min().item() >= 0.995, cos
