@@ -47,6 +47,20 @@ _QWEN2_SPLIT = (
 )
 
 
+# GPT-4o's (tiktoken o200k: Phi-4 mini, Llama 4) and Mistral's Tekken (Mistral Nemo,
+# Ministral, Mistral Small 3): cased words split apart, numbers by 3 (Tekken: by 1).
+_GPT4O_SPLIT = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_TEKKEN_SPLIT = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
+    r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
 def _split_then_bytes(regex: str):
     return pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(regex), behavior="isolated", invert=False),
@@ -85,9 +99,12 @@ _LLAMA3 = _Pre(lambda: _split_then_bytes(_LLAMA3_SPLIT), ignore_merges=True, add
 _DIGITS = _Pre(_digits_then_gpt2)
 _QWEN2 = _Pre(lambda: _split_then_bytes(_QWEN2_SPLIT))
 _GPT2 = _Pre(_gpt2)
+_GPT4O = _Pre(lambda: _split_then_bytes(_GPT4O_SPLIT))
+_TEKKEN = _Pre(lambda: _split_then_bytes(_TEKKEN_SPLIT), ignore_merges=True)
 _PRE_TOKENIZERS = {
     "llama-bpe": _LLAMA3, "llama3": _LLAMA3, "llama-v3": _LLAMA3, "smaug-bpe": _LLAMA3,
-    "falcon3": _LLAMA3, "dbrx": _LLAMA3,
+    "falcon3": _LLAMA3, "dbrx": _LLAMA3, "pixtral": _LLAMA3,
+    "gpt-4o": _GPT4O, "llama4": _GPT4O, "tekken": _TEKKEN,
     "smollm": _DIGITS, "starcoder": _DIGITS, "refact": _DIGITS, "codeshell": _DIGITS,
     "qwen2": _QWEN2, "deepseek-r1-qwen": _QWEN2,
     "gpt-2": _GPT2, "gpt2": _GPT2, "default": _GPT2, "mpt": _GPT2, "olmo": _GPT2,

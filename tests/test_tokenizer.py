@@ -201,6 +201,26 @@ def test_gguf_metadata_reader_matches_gguf_package(tmp_path):
     assert read_gguf_metadata(tmp_path / "be.gguf", prefixes=("",)) == ours
 
 
+@pytest.mark.parametrize("pre,ignore_merges", [("gpt-4o", False), ("tekken", True)])
+def test_gguf_gpt4o_and_tekken_splits_match_transformers(tmp_path, llama_dir, tok, pre, ignore_merges):
+    """Phi-4 mini / Llama 4 ("gpt-4o") and Mistral Nemo / Ministral ("tekken") GGUFs: the
+    split regexes against transformers' GGUF loader, on the Llama 3 vocabulary (any
+    byte-level vocabulary shows the split). llama.cpp takes a whole pre-token found in the
+    vocabulary as is for tekken, not for gpt-4o; transformers' loader never does, so its
+    model is set to llama.cpp's choice (with the other choice ~3% of these texts differ)."""
+    from transformers import AutoTokenizer
+
+    tokens, types, merges = _tokenizer_json_to_gguf_lists(llama_dir / "tokenizer.json")
+    path = _write_gguf(tmp_path / f"{pre}.gguf", tokens, types, merges, pre=pre,
+                       bos_token_id=128000, eos_token_id=128009, add_bos_token=False)
+    ours = Tokenizer.from_gguf(path)
+    hf = AutoTokenizer.from_pretrained(tmp_path, gguf_file=path.name)
+    hf.backend_tokenizer.model.ignore_merges = ignore_merges
+    texts = TEXTS + _random_texts(tok, 300, seed=5) + ["HelloWorld FOOBar fooBAR 12345 6789 ÀBC"]
+    for text in texts:
+        assert ours.encode(text, False) == hf.encode(text, add_special_tokens=False), repr(text)
+
+
 def test_unknown_pre_tokenizer_is_refused(tmp_path):
     path = _write_gguf(tmp_path / "t.gguf", _byte_vocab(), [NORMAL] * 256, [], pre="not-a-real-pre")
     with pytest.raises(ValueError, match="not-a-real-pre"):
