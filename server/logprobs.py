@@ -11,25 +11,10 @@ JSON has no -inf, so a masked token's logprob is sent as -9999.0 (as vLLM does).
 from __future__ import annotations
 
 import math
-import re
-from functools import lru_cache
+
+from rustinfer.runtime.token_bytes import bytes_of, vocabulary_kind
 
 NEG_INF_LOGPROB = -9999.0
-
-
-@lru_cache(maxsize=1)
-def _unicode_to_byte() -> dict[str, int]:
-    # GPT-2's bytes_to_unicode: printable bytes map to themselves, the rest to 256+.
-    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-                 + list(range(ord("®"), ord("ÿ") + 1)))
-    chars, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            chars[chr(b)] = b
-        else:
-            chars[chr(256 + extra)] = b
-            extra += 1
-    return chars
 
 
 class TokenText:
@@ -39,7 +24,7 @@ class TokenText:
         self.tok = tokenizer
         self._text: dict[int, str] = {}
         self._bytes: dict[int, bytes] = {}
-        self._sentencepiece = _spells_spaces_as_u2581(tokenizer)
+        self._sentencepiece = vocabulary_kind(tokenizer) == "sentencepiece"
 
     def text(self, token_id: int) -> str:
         t = self._text.get(token_id)
@@ -56,35 +41,11 @@ class TokenText:
     def bytes(self, token_id: int) -> bytes:
         b = self._bytes.get(token_id)
         if b is None:
-            piece = self.tok.id_to_token(token_id) or ""
-            table = _unicode_to_byte()
-            if token_id in self.tok.special_token_ids:
+            b = bytes_of(self.tok, token_id)
+            if b is None:                    # a special token: its text
                 b = self.tok.decode([token_id]).encode("utf-8")
-            elif self._sentencepiece:
-                # SentencePiece: "▁" is a space, and "<0xE4>" is the byte a byte-fallback
-                # token stands for
-                byte = _BYTE_TOKEN.fullmatch(piece)
-                b = bytes([int(byte[1], 16)]) if byte else piece.replace("\u2581", " ").encode("utf-8")
-            elif piece and all(c in table for c in piece) and not piece.startswith("<|"):
-                b = bytes(table[c] for c in piece)
-            else:  # other non-byte-level vocabularies
-                b = self.text(token_id).encode("utf-8")
             self._bytes[token_id] = b
         return b
-
-
-_BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
-
-
-def _spells_spaces_as_u2581(tokenizer) -> bool:
-    """Whether the vocabulary is SentencePiece-spelled ("▁Paris"): its decoder turns "▁" into
-    spaces (Llama 2 and Mistral tokenizer.json files, SentencePiece GGUFs)."""
-    backend = getattr(tokenizer, "backend", None)
-    decoder = getattr(backend, "decoder", None)
-    try:
-        return decoder is not None and "\u2581" in decoder.__getstate__().decode("utf-8")
-    except (AttributeError, UnicodeDecodeError):
-        return False
 
 
 def finite(x: float) -> float:
