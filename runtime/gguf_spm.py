@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers
 
-from .gguf_tokenizer import CONTROL, NORMAL, UNKNOWN, USER_DEFINED
+from .gguf_tokenizer import CONTROL, NORMAL, UNKNOWN, USER_DEFINED, rstripped_tokens
 
 SPACE = "\u2581"          # "▁", SentencePiece's visible space
 
@@ -71,9 +71,10 @@ def build_spm(meta: dict, tokens: list[str], types: list[int]) -> Tokenizer:
     steps = [decoders.Replace(SPACE, " "), decoders.ByteFallback(), decoders.Fuse()]
     tk.decoder = decoders.Sequence(steps + ([decoders.Strip(" ", 1, 0)] if space_prefix else []))
 
-    control = [AddedToken(t, special=True, normalized=False)
+    rstrip = rstripped_tokens(meta, tokens, types)          # Phi-3's special tokens
+    control = [AddedToken(t, special=True, normalized=False, rstrip=t in rstrip)
                for t, ty in zip(tokens, types) if ty in (CONTROL, UNKNOWN)]
-    user = [AddedToken(t, special=False, normalized=False)
+    user = [AddedToken(t, special=False, normalized=False, rstrip=t in rstrip)
             for t, ty in zip(tokens, types) if ty == USER_DEFINED]
     tk.add_special_tokens(control)
     tk.add_tokens(user)

@@ -111,6 +111,26 @@ _PRE_TOKENIZERS = {
 }
 
 
+# ------------------------------------------------------- stripped tokens ---
+
+
+def rstripped_tokens(meta: dict, tokens: list[str], types: list[int]) -> set[str]:
+    """The special tokens that swallow the whitespace after them (llama.cpp's
+    LLAMA_TOKEN_ATTR_RSTRIP; `AddedToken(rstrip=True)` in `tokenizers`).
+
+    The GGUF does not store this: llama.cpp (src/llama-vocab.cpp) sets it by model name.
+    For a `general.name` containing "phi-3" or "phi3", every control, user-defined and
+    unknown token and "</s>" strips, except <unk>, <s> and <|endoftext|>; that is Phi-3's
+    Hugging Face tokenizer, whose added tokens say rstrip=True. So Phi-3's chat prompt
+    "<|user|>\nHi<|end|>\n<|assistant|>\n" is <|user|> ▁Hi <|end|> <|assistant|>,
+    without the newlines."""
+    name = str(meta.get("general.name") or "").lower()
+    if "phi-3" not in name and "phi3" not in name:
+        return set()
+    special = {t for t, ty in zip(tokens, types) if ty in (CONTROL, USER_DEFINED, UNKNOWN)}
+    return (special | {"</s>"}) - {"<unk>", "<s>", "<|endoftext|>"}
+
+
 # ------------------------------------------------------ end of generation ---
 
 # The token texts llama.cpp (src/llama-vocab.cpp) treats as end-of-generation
@@ -270,8 +290,11 @@ def _build_bpe(path, meta: dict, tokens: list[str], types: list[int]) -> Tokeniz
     # Control tokens (<|im_end|>, <|eot_id|>) are matched whole in text and are
     # "special" (dropped by skip_special_tokens); user-defined ones (<think>) are
     # matched whole but kept. llama.cpp tokenizes with the same two sets.
-    control = [AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types) if ty == CONTROL]
-    user = [AddedToken(t, special=False, normalized=False) for t, ty in zip(tokens, types) if ty == USER_DEFINED]
+    rstrip = rstripped_tokens(meta, tokens, types)
+    control = [AddedToken(t, special=True, normalized=False, rstrip=t in rstrip)
+               for t, ty in zip(tokens, types) if ty == CONTROL]
+    user = [AddedToken(t, special=False, normalized=False, rstrip=t in rstrip)
+            for t, ty in zip(tokens, types) if ty == USER_DEFINED]
     tk.add_special_tokens(control)
     tk.add_tokens(user)
     # llama.cpp's default BOS follows the pre-tokenizer: Llama 3 adds it, GPT-2's family not

@@ -255,3 +255,22 @@ def test_streamed_text_equals_the_decoded_text(spm_file):
         chunks = [detok.push(i) for i in ids] + [detok.flush()]
         assert all("\ufffd" not in c for c in chunks)
         assert "".join(chunks) == tok.decode(prompt + ids)[len(tok.decode(prompt)):]
+
+
+@pytest.mark.parametrize("name,strips", [("Phi3", True), ("phi-3-mini-4k-instruct", True),
+                                         ("Llama 2 7B Chat", False)])
+def test_phi3_special_tokens_swallow_the_whitespace_after_them(vocab, tmp_path, name, strips):
+    """llama.cpp gives the special tokens of a GGUF named phi-3/phi3 RSTRIP (as Phi-3's Hugging
+    Face tokenizer has rstrip=True), except <unk>, <s> and <|endoftext|>: Phi-3's chat prompt
+    has no newline tokens after <|user|>, <|end|>, <|assistant|>. Other models keep them."""
+    tokens, scores, types = (list(x) for x in vocab)
+    for t in ("<|user|>", "<|end|>", "<|assistant|>", "<|endoftext|>"):
+        tokens.append(t), scores.append(0.0), types.append(CONTROL)
+    tok = Tokenizer.from_gguf(write_spm_gguf(tmp_path / "phi.gguf", tokens, scores, types, name=name))
+    prompt = "<|user|>\nHi there<|end|>\n<|assistant|>\n"
+    stripped = "<|user|>Hi there<|end|><|assistant|>"
+    want = stripped if strips else prompt
+    assert tok.encode(prompt) == spm_reference(want, tokens, scores, types)
+    # <|endoftext|>, <s> keep the whitespace after them
+    text = "<|endoftext|> x<s>\ny"
+    assert tok.encode(text) == spm_reference(text, tokens, scores, types)
