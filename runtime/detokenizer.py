@@ -83,8 +83,14 @@ class IncrementalDetokenizer:
 
     def _advance(self, new: str) -> str:
         chunk = new[self._sent:]
-        # The window slides: what was pending becomes left context.
-        self._prefix, self._read = self._read, len(self._ids)
+        # The window slides: what was pending becomes left context. Pending ids that decode
+        # to nothing (a special token skipped by skip_special_tokens) join the old context
+        # instead: as the only context they would decode to "", and a SentencePiece decoder
+        # would then drop the next token's leading space ("Hello", [INST], "▁world" must
+        # stream as "Hello world", not "Helloworld").
+        if new:
+            self._prefix = self._read
+        self._read = len(self._ids)
         self._prefix_text, self._sent = None, 0
         return self._emit(chunk)
 

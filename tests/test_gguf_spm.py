@@ -274,3 +274,16 @@ def test_phi3_special_tokens_swallow_the_whitespace_after_them(vocab, tmp_path, 
     # <|endoftext|>, <s> keep the whitespace after them
     text = "<|endoftext|> x<s>\ny"
     assert tok.encode(text) == spm_reference(text, tokens, scores, types)
+
+
+def test_streamed_text_keeps_the_space_after_a_skipped_special_token(spm_file):
+    """A control token in the middle of the output decodes to nothing with
+    skip_special_tokens; the SentencePiece word after it still starts with its space."""
+    tok = Tokenizer.from_gguf(spm_file)
+    ids = tok.encode("Hello", False) + [1] + tok.encode("world there", False) + [1, 1]
+    ids += tok.encode("again", False)
+    for skip in (True, False):
+        detok = tok.new_detokenizer(skip_special_tokens=skip)
+        streamed = "".join(detok.push(i) for i in ids) + detok.flush()
+        assert streamed == tok.decode(ids, skip_special_tokens=skip)
+    assert streamed.replace("<s>", "") == "Hello world there again"
