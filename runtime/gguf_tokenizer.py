@@ -222,6 +222,11 @@ def build_gguf_tokenizer(path: str | Path) -> GGUFTokenizer:
     if not tokens:
         raise ValueError(f"{path}: no tokenizer.ggml.tokens metadata")
     types = meta.get("tokenizer.ggml.token_type") or [NORMAL] * len(tokens)
+    if meta.get("tokenizer.ggml.model") == "llama":
+        # llama.cpp's ids for a SentencePiece vocabulary whose file names none: <unk>=0,
+        # <s>=1, </s>=2 (without them no BOS would be added and </s> would not stop)
+        meta = {f"tokenizer.ggml.{k}_token_id": i for k, i in (("unknown", 0), ("bos", 1), ("eos", 2))
+                if i < len(tokens)} | meta
 
     if "tokenizer.huggingface.json" in meta:
         # Some converters embed the original tokenizer.json: nothing to rebuild.

@@ -63,9 +63,10 @@ def write_spm_gguf(path, tokens, scores, types, **meta) -> pathlib.Path:
     w.add_token_list(tokens)
     w.add_token_scores(scores)
     w.add_token_types(types)
-    w.add_unk_token_id(0)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
+    if meta.pop("special_ids", True):
+        w.add_unk_token_id(0)
+        w.add_bos_token_id(1)
+        w.add_eos_token_id(2)
     for key, value in meta.items():          # add_bos_token=False, add_space_prefix=False, ...
         getattr(w, f"add_{key}")(value)
     w.write_header_to_file()
@@ -175,6 +176,14 @@ def test_file_flags_bos_and_space_prefix(vocab, tmp_path):
     default = Tokenizer.from_gguf(write_spm_gguf(tmp_path / "b.gguf", *vocab))
     assert default.encode(text)[0] == 1 and default.bos_token_id == 1 and default.eos_token_ids[0] == 2
     assert default.special_token_ids >= {0, 1, 2}
+
+
+def test_special_ids_default_to_llama_cpps_when_the_file_names_none(vocab, tmp_path):
+    """llama.cpp's SentencePiece defaults: <unk>=0, <s>=1, </s>=2."""
+    tok = Tokenizer.from_gguf(write_spm_gguf(tmp_path / "noids.gguf", *vocab, special_ids=False))
+    assert tok.bos_token_id == 1 and tok.eos_token_ids == [2]
+    assert tok.encode("Hello world") == spm_reference("Hello world", *vocab)
+    assert tok.special_tokens["eos_token"] == "</s>"
 
 
 def test_control_and_user_defined_tokens_stay_whole(vocab, tmp_path):
