@@ -125,7 +125,9 @@ def rstripped_tokens(meta: dict, tokens: list[str], types: list[int]) -> set[str
     "<|user|>\nHi<|end|>\n<|assistant|>\n" is <|user|> ▁Hi <|end|> <|assistant|>,
     without the newlines."""
     name = str(meta.get("general.name") or "").lower()
-    if "phi-3" not in name and "phi3" not in name:
+    # Also by architecture: a Phi-3 file named "Phi 3 Mini" is still Phi-3's tokenizer
+    # (llama.cpp would not strip there; Phi-3's own tokenizer does).
+    if "phi-3" not in name and "phi3" not in name and meta.get("general.architecture") != "phi3":
         return set()
     special = {t for t, ty in zip(tokens, types) if ty in (CONTROL, USER_DEFINED, UNKNOWN)}
     return (special | {"</s>"}) - {"<unk>", "<s>", "<|endoftext|>"}
