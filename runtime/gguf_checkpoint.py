@@ -194,7 +194,24 @@ class GGUFCheckpoint(Checkpoint):
                 f"{' ...' if len(unknown) > 8 else ''}. This {arch} GGUF has parts rustinfer does not map."
             )
         self.config = self._config()
+        self._refuse_unsupported_rope_scaling()
         self._perm_cache: dict[tuple[int, int], np.ndarray] = {}
+
+    def _refuse_unsupported_rope_scaling(self) -> None:
+        """Name the GGUF's own keys when its rope scaling cannot be computed (the rope tables'
+        own error speaks of config.json, which a GGUF user does not have), and what to do."""
+        from rustinfer.kernels.rope_tables import SUPPORTED_ROPE_TYPES, rope_type
+
+        scaling, a = self.config["rope_scaling"], self.arch
+        kind = rope_type(scaling)
+        if kind in SUPPORTED_ROPE_TYPES:
+            return
+        orig = scaling.get("original_max_position_embeddings")
+        raise CheckpointError(
+            f"{self.path}: {a}.rope.scaling.type={kind!r} (factor {scaling.get('factor')}) is not "
+            f"supported (supported: {', '.join(SUPPORTED_ROPE_TYPES)}). If your prompts fit in the "
+            f"original context{f' ({orig} tokens)' if orig else ''}, a copy without the key runs "
+            f"unscaled: gguf-new-metadata --remove-metadata {a}.rope.scaling.type IN.gguf OUT.gguf")
 
     # -- tensors ------------------------------------------------------------------
 

@@ -96,3 +96,20 @@ def test_an_unsupported_architecture_names_the_supported_ones(tmp_path):
     w.close()
     with pytest.raises(CheckpointError, match=r"'gemma2' is not supported.*llama, qwen2, qwen3, phi3.*specs/gemma2.yaml"):
         open_checkpoint(tmp_path / "g.gguf")
+
+
+def test_unsupported_rope_scaling_names_the_gguf_keys(tmp_path):
+    """Qwen2.5 with YaRN added (qwen2.rope.scaling.*) is refused when the file is opened, in
+    the GGUF's terms, saying what to do (LongRoPE runs: tests/test_longrope.py)."""
+    from rustinfer.runtime.checkpoint import CheckpointError, open_checkpoint
+
+    def yarn(w):
+        w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        w.add_rope_scaling_factor(4.0)
+        w.add_rope_scaling_orig_ctx_len(32768)
+
+    model = make_model("qwen2", tmp_path / "qwen", **FAMILY_CONFIGS["qwen2"]["tied-gqa"])
+    write_arch_gguf(tmp_path / "yarn.gguf", "qwen2", model, extra=yarn)
+    with pytest.raises(CheckpointError, match=r"qwen2.rope.scaling.type='yarn' \(factor 4.0\) is not "
+                       r"supported.*\(32768 tokens\).*--remove-metadata qwen2.rope.scaling.type"):
+        open_checkpoint(tmp_path / "yarn.gguf")
