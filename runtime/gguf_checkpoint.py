@@ -338,7 +338,9 @@ class GGUFCheckpoint(Checkpoint):
             "rope_theta": theta,
             "rope_scaling": self._rope_scaling(get, theta, head_dim),
             "max_position_embeddings": get(f"{a}.context_length", 2048),
-            # llama.cpp applies no sliding window to llama and qwen (phi3's is set below)
+            # llama.cpp applies no sliding window to llama and qwen. It ignores phi3's too (since
+            # its PR 13676); we keep phi3's, set below, as Hugging Face runs it: the two differ
+            # on prompts longer than the window (2047 for Phi-3 mini 4k).
             "use_sliding_window": False,
             "vocab_size": vocab,
             # llama.cpp writes output.weight only when it differs from the embedding.

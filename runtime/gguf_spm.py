@@ -37,7 +37,8 @@ def derive_merges(tokens: list[str], scores: list[float], types: list[int]) -> l
         for cut in range(1, len(t)):
             a, b = t[:cut], t[cut:]
             if a in ids and b in ids:
-                # best score first; then llama.cpp's leftmost-first needs nothing from us
+                # best score first. Equal scores of different tokens (a file without scores)
+                # rank by id here, where llama.cpp takes the leftmost pair of the text.
                 ranked.append((-scores[i], i, ids[a], (a, b)))
     ranked.sort()
     return [pair for *_, pair in ranked]
@@ -57,7 +58,8 @@ def build_spm(meta: dict, tokens: list[str], types: list[int]) -> Tokenizer:
     unk = tokens[unk_id] if isinstance(unk_id, int) and 0 <= unk_id < len(tokens) else None
     vocab = {t: i for i, t in enumerate(tokens)}
     if len(vocab) != len(tokens):
-        # A duplicate spelling would make two ids one entry; llama.cpp keeps the first.
+        # A duplicate spelling would make two ids one entry; we keep the first (llama.cpp's
+        # text-to-id map keeps the last, but decodes both).
         vocab = {}
         for i, t in enumerate(tokens):
             vocab.setdefault(t, i)
