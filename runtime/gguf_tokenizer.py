@@ -273,8 +273,9 @@ def _build_bpe(path, meta: dict, tokens: list[str], types: list[int]) -> Tokeniz
     pre = meta.get("tokenizer.ggml.pre", "default")
     if pre not in _PRE_TOKENIZERS:
         # Guessing would silently give wrong token ids, as llama.cpp also refuses.
-        raise ValueError(f"{path}: unknown pre-tokenizer tokenizer.ggml.pre={pre!r}; "
-                         f"known: {sorted(_PRE_TOKENIZERS)}")
+        raise ValueError(f"{path}: unknown pre-tokenizer tokenizer.ggml.pre={pre!r} "
+                         f"(known: {', '.join(sorted(_PRE_TOKENIZERS))}). Use the model's Hugging "
+                         "Face folder (config.json, *.safetensors, tokenizer.json) instead")
     spec = _PRE_TOKENIZERS[pre]
 
     # Vocab entries are spelled in the byte-level alphabet; the rare normal one
