@@ -26,7 +26,9 @@ from rustinfer.compiler.step_inputs import StepInputs, int64_tensor, padded_tabl
 
 from .block_manager import BlockManager, NoFreeBlocks
 from .engine_api import EngineStats, RequestError, RequestEvent
+from .json_constraint import JsonConstraint, JsonTokenIndex
 from .sampling import Sampler, SamplingParams, SequenceSamplingState
+from .token_bytes import token_bytes
 from .scheduler import ScheduledSeq, Scheduler
 from .sequence import Sequence, Status
 from .stop import StopChecker
@@ -61,6 +63,7 @@ class Engine:
         self.pending_events: list[RequestEvent] = []
         self.stats_ = EngineStats(kv_blocks_total=executor.num_blocks)
         self.overlap_decode = overlap_decode and getattr(executor, "accepts_device_tokens", False)
+        self._json: JsonTokenIndex | None = None
         self._inflight: _InFlight | None = None
         self.num_overlapped_steps = 0         # follow-up steps launched before a read-back
 
@@ -95,11 +98,16 @@ class Engine:
                                f"tokens; the prompt has {len(ids)} tokens: shorten it",
                                "context_length_exceeded", param="messages")
         eos = list(self.tokenizer.eos_token_ids) if self.tokenizer is not None else []
+        if params.json_mode and not eos:
+            raise RequestError("response_format json_object needs the model's tokenizer and its "
+                               "end-of-generation token; this model has none", "response_format")
         seqs = []
         for index in range(params.n):
             seq = Sequence(request_id, index, list(ids), params)
             seq.sampling = SequenceSamplingState(params, seq.prompt_token_ids, seed_offset=index,
                                                  eos_token_ids=eos)
+            if params.json_mode:
+                seq.sampling.constraint = JsonConstraint(self._json_index())
             seq.stop = StopChecker(self.tokenizer, params)
             if index > 0:
                 seq.waits_for = seqs[0]             # reuse the first choice's cached prompt
@@ -108,6 +116,14 @@ class Engine:
             self.scheduler.add(seq)
         self.requests[request_id] = seqs
         self.stats_.prompt_tokens_total += len(ids)
+
+    def _json_index(self) -> JsonTokenIndex:
+        """The vocabulary's JSON-mode index, built on the first JSON request (~1 s for 128k
+        tokens) and kept: its masks per automaton state are shared by all requests."""
+        if self._json is None:
+            self._json = JsonTokenIndex(token_bytes(self.tokenizer), self.vocab_size,
+                                        self.tokenizer.eos_token_ids)
+        return self._json
 
     def abort(self, request_id: str) -> None:
         for seq in self.requests.pop(request_id, []):
@@ -177,11 +193,13 @@ class Engine:
 
     @staticmethod
     def _samples_without_host(seq: Sequence) -> bool:
-        # Penalties count the output and min_tokens bans EOS by its length: both would miss
-        # the token still on the device. Logprobs are read back with the token (not here).
+        # Penalties count the output, min_tokens bans EOS by its length and JSON mode's mask
+        # follows the output: all would miss the token still on the device. Logprobs are read
+        # back with the token (not here).
         p = seq.params
-        return (p.logprobs is None and p.repetition_penalty == 1.0 and p.presence_penalty == 0
-                and p.frequency_penalty == 0 and len(seq.output_token_ids) >= p.min_tokens)
+        return (p.logprobs is None and not p.json_mode and p.repetition_penalty == 1.0
+                and p.presence_penalty == 0 and p.frequency_penalty == 0
+                and len(seq.output_token_ids) >= p.min_tokens)
 
     def _sample_in_flight(self, seqs: list[Sequence], logits, follow_up: bool) -> _InFlight:
         tokens = self.sampler.sample_tokens(logits, [s.sampling for s in seqs])

@@ -6,7 +6,8 @@
 
 Per row, in vLLM's order: logit_bias; min_tokens (EOS and stop_token_ids banned until
 min_tokens tokens are out); repetition penalty (HF: prompt + output); presence and frequency
-penalties (OpenAI: output). Logprobs are the log-softmax of these *processed* logits, before
+penalties (OpenAI: output); JSON mode's mask (response_format json_object: only tokens that
+keep the output a JSON object). Logprobs are the log-softmax of these *processed* logits, before
 temperature and filters (as OpenAI: the model's distribution after penalties, whatever the
 temperature). Then greedy (temperature 0: argmax, ties to the lowest id), or temperature,
 top_k, top_p, min_p (HF's order) and one draw from the sequence's own random stream.
@@ -49,6 +50,9 @@ class SamplingParams:
     prompt_logprobs: int | None = None   # None: off; k: per prompt token (echo scoring)
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    # OpenAI's response_format: None or {"type": "text"}; {"type": "json_object"} holds the
+    # output to one JSON object (json_constraint.py)
+    response_format: dict | None = None
 
     def __post_init__(self):
         if isinstance(self.stop, str):
@@ -82,6 +86,15 @@ class SamplingParams:
                    f"{name} must be between 0 and {MAX_LOGPROBS}, got {value}", name)
         _check(all(_finite(v) for v in self.logit_bias.values()),
                "logit_bias values must be finite numbers", "logit_bias")
+        kind = (self.response_format or {}).get("type", "text") \
+            if isinstance(self.response_format, (dict, type(None))) else None
+        _check(kind in ("text", "json_object"),
+               f"response_format type {kind!r} is not supported: 'text' or 'json_object' "
+               "(JSON Schema is not supported yet)", "response_format")
+
+    @property
+    def json_mode(self) -> bool:
+        return (self.response_format or {}).get("type") == "json_object"
 
     @property
     def greedy(self) -> bool:
@@ -130,6 +143,7 @@ class SequenceSamplingState:
         # Its own CPU generator: draws depend only on this sequence (not its batch nor the logits'
         # device) and advance only when it samples. Offset 0 keeps the plain seed; the odd
         # multiplier keeps (seed 1, choice 1) apart from (seed 2, choice 0).
+        self.constraint = None          # a JsonConstraint in JSON mode (set by the engine)
         self.generator = torch.Generator()
         if params.seed is None:
             self.generator.seed()
@@ -140,6 +154,8 @@ class SequenceSamplingState:
         """Record a kept token (the only way to add one: the penalties' counts follow it)."""
         token = int(token)
         self.output_token_ids.append(token)
+        if self.constraint is not None:
+            self.constraint.advance(token)
         i = self._slot.get(token)
         if i is None:
             i = self._slot[token] = self._num_seen
@@ -196,7 +212,8 @@ class Sampler:
             raise ValueError(f"logits {tuple(logits.shape)} must be [len(states)={len(states)}, V]")
         greedy = [i for i, s in enumerate(states) if s.params.greedy]
         drawn = [i for i, s in enumerate(states) if not s.params.greedy]
-        if not drawn and not any(self._edits(states, logits.shape[1])):
+        if not drawn and not any(self._edits(states, logits.shape[1])) \
+                and all(s.constraint is None for s in states):
             # the argmax of the logits as they are: a float32 copy of [rows, vocab] bf16
             # logits would find the same first maximum (the cast is exact), a kernel later
             return logits, greedy_argmax(logits)
@@ -219,7 +236,8 @@ class Sampler:
         into the result."""
         V, dev = logits.shape[1], logits.device
         bias, banned, penalized = self._edits(states, V)
-        if not (bias or banned or penalized) and logits.dtype == torch.float32:
+        constrained = [i for i, s in enumerate(states) if s.constraint is not None]
+        if not (bias or banned or penalized or constrained) and logits.dtype == torch.float32:
             return logits           # nothing to change: skip a copy of [rows, vocab]
         x = logits.to(torch.float32, copy=True)
         if bias:
@@ -231,6 +249,8 @@ class Sampler:
             rows, cols = zip(*banned)
             x[_ids(rows, dev), _ids(cols, dev)] = float("-inf")
         _penalize(x, penalized, [states[i] for i in penalized])
+        for i in constrained:
+            _constrain(x[i], states[i].constraint.allowed())
         return x
 
     @staticmethod
@@ -311,6 +331,18 @@ def _penalize(x: torch.Tensor, rows: list[int], states: list[SequenceSamplingSta
     # Divide positive logits, multiply negative ones: either way the token gets less likely.
     v = torch.where(v > 0, v / rep, v * rep)
     flat[at] = v - freq * cnt - pres * (cnt > 0)
+
+
+def _constrain(row: torch.Tensor, allowed: np.ndarray) -> None:
+    """-inf on every token JSON mode does not allow here. When that leaves nothing (the
+    object is complete but min_tokens still bans the end of generation), the allowed
+    tokens keep their logits: the JSON wins over min_tokens."""
+    keep = torch.from_numpy(allowed[:row.shape[0]]).to(row.device)
+    if row.shape[0] > keep.shape[0]:                 # logits wider than the vocabulary
+        keep = torch.cat([keep, keep.new_zeros(row.shape[0] - keep.shape[0])])
+    row.masked_fill_(~keep, float("-inf"))
+    if row.max() == float("-inf"):
+        row.masked_fill_(keep, 0.0)
 
 
 def _draw(x: torch.Tensor, states: list[SequenceSamplingState]) -> torch.Tensor:

@@ -237,7 +237,7 @@ def _no_constants(name: str):
 
 
 def build_params(req: SamplingFields, *, max_tokens: int, vocab_size: int, logprobs: int | None,
-                 prompt_logprobs: int | None = None) -> dict:
+                 prompt_logprobs: int | None = None, response_format: dict | None = None) -> dict:
     """The SamplingParams for the engine, validated here so that errors are 400s
     with the field's name (the engine would refuse them too, less helpfully)."""
     bias = {int(k): v for k, v in (req.logit_bias or {}).items()}
@@ -250,7 +250,8 @@ def build_params(req: SamplingFields, *, max_tokens: int, vocab_size: int, logpr
                   stop=[req.stop] if isinstance(req.stop, str) else list(req.stop or []),
                   stop_token_ids=list(req.stop_token_ids or []), logprobs=logprobs,
                   prompt_logprobs=prompt_logprobs, skip_special_tokens=req.skip_special_tokens,
-                  include_stop_str_in_output=req.include_stop_str_in_output)
+                  include_stop_str_in_output=req.include_stop_str_in_output,
+                  response_format=response_format)
     for name in ("temperature", "top_p", "top_k", "min_p", "presence_penalty",
                  "frequency_penalty", "repetition_penalty"):
         if getattr(req, name) is not None:

@@ -178,6 +178,29 @@ def test_raw_http_errors(server):
             model=MODEL, messages=[], max_tokens=2)
 
 
+def test_json_mode(client, server):
+    """response_format json_object: the answer is one JSON object, streamed or not; JSON
+    Schema and JSON mode with tools are 400s that say why."""
+    ask = [{"role": "user", "content": "What is the capital of France? Answer in JSON."}]
+    r = client.chat.completions.create(model=MODEL, messages=ask, max_tokens=64, temperature=0,
+                                       response_format={"type": "json_object"})
+    assert r.choices[0].finish_reason == "stop"
+    assert isinstance(json.loads(r.choices[0].message.content), dict)
+    chunks = client.chat.completions.create(model=MODEL, messages=ask, max_tokens=64, temperature=0,
+                                            response_format={"type": "json_object"}, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == \
+        r.choices[0].message.content
+    body = {"model": MODEL, "messages": ask, "response_format": {"type": "json_schema",
+                                                                   "json_schema": {"name": "x"}}}
+    r = httpx.post(server + "/v1/chat/completions", json=body)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "response_format"
+    assert "json_object" in r.json()["error"]["message"]
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    r = httpx.post(server + "/v1/chat/completions", json={**body, "tools": [tool],
+                                                         "response_format": {"type": "json_object"}})
+    assert r.status_code == 400 and "tools" in r.json()["error"]["message"]
+
+
 def test_health_stays_fast_while_tokenizing_a_huge_prompt(server):
     result = {}
     huge = "the quick brown fox jumps over the lazy dog " * 60000   # ~2.6 MB, ~540k tokens
