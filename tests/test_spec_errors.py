@@ -158,7 +158,7 @@ def test_unsupported_rope_scaling_is_a_spec_error_not_called_a_shape_mismatch():
     err = str(_error(SPEC_TEXT, config))
     assert "shape mismatch" not in err
     assert ("cannot compute rope 'layers.0/attn/q_rot': config.json's rope_scaling type 'yarn' "
-            "is not supported (supported: default, linear, llama3)") in err
+            "is not supported (supported: default, linear, llama3, longrope)") in err
 
 
 # --- attribute types -------------------------------------------------------------
