@@ -26,7 +26,7 @@ from rustinfer.compiler.step_inputs import StepInputs, int64_tensor, padded_tabl
 
 from .block_manager import BlockManager, NoFreeBlocks
 from .engine_api import EngineStats, RequestError, RequestEvent
-from .json_constraint import JsonConstraint, JsonTokenIndex
+from .json_constraint import Automaton, JsonConstraint, JsonTokenIndex
 from .sampling import Sampler, SamplingParams, SequenceSamplingState
 from .token_bytes import token_bytes
 from .scheduler import ScheduledSeq, Scheduler
@@ -64,6 +64,7 @@ class Engine:
         self.stats_ = EngineStats(kv_blocks_total=executor.num_blocks)
         self.overlap_decode = overlap_decode and getattr(executor, "accepts_device_tokens", False)
         self._json: JsonTokenIndex | None = None
+        self._automata: dict[str, Automaton] = {}
         self._inflight: _InFlight | None = None
         self.num_overlapped_steps = 0         # follow-up steps launched before a read-back
 
@@ -99,7 +100,7 @@ class Engine:
                                "context_length_exceeded", param="messages")
         eos = list(self.tokenizer.eos_token_ids) if self.tokenizer is not None else []
         if params.json_mode and not eos:
-            raise RequestError("response_format json_object needs the model's tokenizer and its "
+            raise RequestError("response_format json_object / json_schema needs the model's tokenizer and its "
                                "end-of-generation token; this model has none", "response_format")
         seqs = []
         for index in range(params.n):
@@ -107,7 +108,8 @@ class Engine:
             seq.sampling = SequenceSamplingState(params, seq.prompt_token_ids, seed_offset=index,
                                                  eos_token_ids=eos)
             if params.json_mode:
-                seq.sampling.constraint = JsonConstraint(self._json_index())
+                seq.sampling.constraint = JsonConstraint(self._json_index(),
+                                                         self._automaton(params.schema))
             seq.stop = StopChecker(self.tokenizer, params)
             if index > 0:
                 seq.waits_for = seqs[0]             # reuse the first choice's cached prompt
@@ -124,6 +126,14 @@ class Engine:
             self._json = JsonTokenIndex(token_bytes(self.tokenizer), self.vocab_size,
                                         self.tokenizer.eos_token_ids)
         return self._json
+
+    def _automaton(self, schema) -> Automaton:
+        """One automaton per schema (its masks are cached in the index under the schema)."""
+        if schema.key not in self._automata:
+            if len(self._automata) >= 64:
+                self._automata.pop(next(iter(self._automata)))
+            self._automata[schema.key] = Automaton(schema)
+        return self._automata[schema.key]
 
     def abort(self, request_id: str) -> None:
         for seq in self.requests.pop(request_id, []):

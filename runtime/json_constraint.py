@@ -1,17 +1,19 @@
-"""JSON mode: response_format {"type": "json_object"} holds the output to one JSON object.
+"""JSON mode: response_format json_object / json_schema holds the output to one JSON value.
 
 At every step the sampler may only pick a token whose bytes keep the output a prefix of
-a JSON object (RFC 8259, with leading whitespace); once the object is closed, only an
-end-of-generation token. The output is then valid JSON unless max_tokens cuts it short
-(finish_reason "length", as with OpenAI).
+a JSON value the schema allows (json_object: any object; json_schema: see
+json_schema.py); once the value is complete, only an end-of-generation token. The output
+then parses (and validates) unless max_tokens cuts it short (finish_reason "length", as
+with OpenAI).
 
-How. `step(state, byte)` is a byte-level pushdown automaton for JSON (states are small
-tuples, so they hash). A token is allowed in a state when the automaton accepts all its
-bytes from there: `JsonTokenIndex` walks a trie of the vocabulary's token bytes from the
-state, pruning a branch at its first rejected byte, and remembers the mask per state. Inside
-a string almost every token is allowed; those made only of plain string bytes are one
-precomputed mask, and only the rest (with a quote, a backslash, a control byte or a
-UTF-8 continuation byte first) is walked.
+How. `Automaton.step(state, byte)` is a byte-level pushdown automaton for JSON that
+follows the schema's node table (states are small tuples, so they hash). A token is
+allowed in a state when the automaton accepts all its bytes from there:
+`JsonTokenIndex` walks a trie of the vocabulary's token bytes from the state, pruning a
+branch at its first rejected byte, and remembers the mask per (schema, state). Inside a
+free string almost every token is allowed: those made only of plain string bytes are one
+precomputed mask, and only the rest (a quote, a backslash, a control byte, a UTF-8
+continuation byte first) is walked.
 
 Limits that keep a model from running away inside the constraint: at most 32 nested
 containers and 32 whitespace bytes in a row between tokens of JSON.
@@ -22,8 +24,10 @@ from collections import OrderedDict
 
 import numpy as np
 
+from .json_schema import ANY, ANY_ARRAY, ANY_OBJECT, JSON_OBJECT, Schema
+
 # What the automaton expects next.
-TOP, VALUE, OBJ_OPEN, KEY, COLON, AFTER, ARR_OPEN, STRING, NUMBER, LITERAL, DONE = range(11)
+VALUE, OBJ_OPEN, KEY, COLON, AFTER, ARR_OPEN, STRING, NUMBER, LITERAL, LITS, DONE = range(11)
 MAX_DEPTH = 32
 MAX_WS = 32
 _WS = frozenset(b" \t\n\r")
@@ -41,109 +45,205 @@ _NUMBER = {
     "exp": {d: "exp" for d in _DIGITS},
 }
 _NUMBER_END = frozenset({"zero", "int", "frac", "exp"})
-_LITERALS = {ord("t"): b"rue", ord("f"): b"alse", ord("n"): b"ull"}
+_INTEGER_ONLY = frozenset({"minus", "zero", "int"})
+_LITERALS = {ord("t"): (b"rue", "boolean"), ord("f"): (b"alse", "boolean"), ord("n"): (b"ull", "null")}
 
-# state = (mode, stack, whitespace run, detail); stack: "O" / "A" per open container;
-# detail: STRING (is_key, escape, utf8 bytes still due), NUMBER phase, LITERAL bytes due.
-START = (TOP, "", 0, None)
+# state = (mode, frames, whitespace run, detail, node)
+#   frames: one (kind "O"/"A", container node, next property index) per open container
+#   detail: STRING (key, escape, utf8 bytes due, typed key bytes or None); NUMBER (phase,
+#           integer only); LITERAL bytes due; LITS typed bytes
+#   node:   the schema node of the value being written (VALUE, ARR_OPEN's items, COLON's)
 
 
-def _after_value(stack: str):
-    return (AFTER, stack, 0, None) if stack else (DONE, "", 0, None)
+class Automaton:
+    """JSON, as one schema allows it (json_schema.py's node table)."""
 
+    def __init__(self, schema: Schema = JSON_OBJECT):
+        self.schema = schema
+        self.nodes = schema.nodes
+        self.start = (VALUE, (), 0, None, schema.root)
 
-def _value(stack: str, b: int):
-    if b == 0x7B or b == 0x5B:                           # { [
-        if len(stack) >= MAX_DEPTH:
+    # -- helpers --------------------------------------------------------------------------
+    def _after_value(self, frames: tuple):
+        return (AFTER, frames, 0, None, None) if frames else (DONE, (), 0, None, None)
+
+    def _candidates(self, obj: int, idx: int) -> list[int]:
+        """Property slots a key may name next: from idx up to the first required one."""
+        props = self.nodes[obj][1]
+        out = []
+        for j in range(idx, len(props)):
+            out.append(j)
+            if props[j][2]:
+                break
+        return out
+
+    def _may_close(self, obj: int, idx: int) -> bool:
+        return not any(p[2] for p in self.nodes[obj][1][idx:])
+
+    def _value(self, frames: tuple, node: int, b: int):
+        """The state after byte b starts a value of `node`."""
+        spec = self.nodes[node]
+        kind = spec[0]
+        if kind == "union":
+            branch = spec[2].get(b)
+            return None if branch is None else self._value(frames, branch, b)
+        if kind == "lits":
+            return (LITS, frames, 0, bytes([b]), node) if any(c[0] == b for c in spec[1]) else None
+        if b == 0x7B and kind in ("any", "object"):                         # {
+            if len(frames) >= MAX_DEPTH:
+                return None
+            obj = ANY_OBJECT if kind == "any" else node
+            return (OBJ_OPEN, frames + (("O", obj, 0),), 0, None, None)
+        if b == 0x5B and kind in ("any", "array"):                          # [
+            if len(frames) >= MAX_DEPTH:
+                return None
+            arr = ANY_ARRAY if kind == "any" else node
+            return (ARR_OPEN, frames + (("A", arr, 0),), 0, None, self.nodes[arr][1])
+        if b == 0x22 and kind in ("any", "string"):                         # "
+            return (STRING, frames, 0, (False, 0, 0, None), node)
+        if kind in ("any", "number") and (b == 0x2D or b in _DIGITS):      # - 0-9
+            integer = kind == "number" and spec[1]
+            phase = "minus" if b == 0x2D else "zero" if b == 0x30 else "int"
+            return (NUMBER, frames, 0, (phase, integer), node)
+        if b in _LITERALS and kind in ("any", _LITERALS[b][1]):
+            return (LITERAL, frames, 0, _LITERALS[b][0], node)
+        return None
+
+    def _string(self, state, b: int):
+        _, frames, _, (is_key, esc, due, typed), node = state
+        if typed is not None:                       # a declared property's name
+            obj, idx = frames[-1][1], frames[-1][2]
+            props = self.nodes[obj][1]
+            if b == 0x22:
+                for j in self._candidates(obj, idx):
+                    if props[j][0] == typed:
+                        top = ("O", obj, j + 1)
+                        return (COLON, frames[:-1] + (top,), 0, None, props[j][1])
+                return None
+            longer = typed + bytes([b])
+            if any(props[j][0].startswith(longer) for j in self._candidates(obj, idx)):
+                return (STRING, frames, 0, (True, 0, 0, longer), None)
             return None
-        return (OBJ_OPEN, stack + "O", 0, None) if b == 0x7B else (ARR_OPEN, stack + "A", 0, None)
-    if b == 0x22:                                        # "
-        return (STRING, stack, 0, (False, 0, 0))
-    if b == 0x2D:                                        # -
-        return (NUMBER, stack, 0, "minus")
-    if b in _DIGITS:
-        return (NUMBER, stack, 0, "zero" if b == 0x30 else "int")
-    if b in _LITERALS:
-        return (LITERAL, stack, 0, _LITERALS[b])
-    return None
+        if due:                                     # inside a multi-byte character
+            return (STRING, frames, 0, (is_key, 0, due - 1, None), node) if 0x80 <= b <= 0xBF else None
+        if esc == 1:                                # after a backslash
+            if b == ord("u"):
+                return (STRING, frames, 0, (is_key, 14, 0, None), node)    # 10 + 4 hex due
+            return (STRING, frames, 0, (is_key, 0, 0, None), node) if b in b'"\\/bfnrt' else None
+        if esc:                                     # \uXXXX
+            if b not in _HEX:
+                return None
+            return (STRING, frames, 0, (is_key, 0 if esc == 11 else esc - 1, 0, None), node)
+        if b == 0x22:
+            if is_key:                              # a free key: its value follows the object's extra
+                return (COLON, frames, 0, None, self.nodes[frames[-1][1]][2])
+            return self._after_value(frames)
+        if b == 0x5C:
+            return (STRING, frames, 0, (is_key, 1, 0, None), node)
+        if b < 0x20:
+            return None                             # control bytes must be escaped
+        if b < 0x80:
+            return state
+        due = 1 if 0xC2 <= b <= 0xDF else 2 if 0xE0 <= b <= 0xEF else 3 if 0xF0 <= b <= 0xF4 else -1
+        return None if due < 0 else (STRING, frames, 0, (is_key, 0, due, None), node)
 
-
-def _string(state, b: int):
-    _, stack, _, (is_key, esc, due) = state
-    if due:                                              # inside a multi-byte character
-        return (STRING, stack, 0, (is_key, 0, due - 1)) if 0x80 <= b <= 0xBF else None
-    if esc == 1:                                         # after a backslash
-        if b == ord("u"):
-            return (STRING, stack, 0, (is_key, 14, 0))   # 10 + 4 hex digits due
-        return (STRING, stack, 0, (is_key, 0, 0)) if b in b'"\\/bfnrt' else None
-    if esc:                                              # \uXXXX
-        if b not in _HEX:
+    # -- the automaton --------------------------------------------------------------------
+    def step(self, state, b: int):
+        """The state after byte b, or None when no allowed JSON value starts with what came
+        so far + b."""
+        mode, frames, ws, detail, node = state
+        if mode == STRING:
+            return self._string(state, b)
+        if mode == NUMBER:
+            phase, integer = detail
+            nxt = _NUMBER[phase].get(b)
+            if nxt is not None and not (integer and nxt not in _INTEGER_ONLY):
+                return (NUMBER, frames, 0, (nxt, integer), node)
+            return self.step(self._after_value(frames), b) if phase in _NUMBER_END else None
+        if mode == LITERAL:
+            if b != detail[0]:
+                return None
+            return (LITERAL, frames, 0, detail[1:], node) if len(detail) > 1 else self._after_value(frames)
+        if mode == LITS:
+            typed, candidates = detail + bytes([b]), self.nodes[node][1]
+            if any(c.startswith(typed) for c in candidates):
+                if typed in candidates and not any(len(c) > len(typed) and c.startswith(typed)
+                                                   for c in candidates):
+                    return self._after_value(frames)        # nothing longer: done
+                return (LITS, frames, 0, typed, node)
+            return self.step(self._after_value(frames), b) if detail in candidates else None
+        if mode == DONE:
             return None
-        return (STRING, stack, 0, (is_key, 0 if esc == 11 else esc - 1, 0))
-    if b == 0x22:
-        return (COLON, stack, 0, None) if is_key else _after_value(stack)
-    if b == 0x5C:
-        return (STRING, stack, 0, (is_key, 1, 0))
-    if b < 0x20:
-        return None                                      # control bytes must be escaped
-    if b < 0x80:
+        if b in _WS:
+            return (mode, frames, ws + 1, detail, node) if ws < MAX_WS else None
+        if mode == VALUE:
+            return self._value(frames, node, b)
+        if mode == ARR_OPEN:
+            return self._after_value(frames[:-1]) if b == 0x5D else self._value(frames, node, b)
+        if mode == COLON:
+            return (VALUE, frames, 0, None, node) if b == 0x3A else None
+        kind, container, idx = frames[-1]
+        if mode in (OBJ_OPEN, KEY) and b == 0x22:
+            if self.nodes[container][1]:            # declared properties
+                return (STRING, frames, 0, (True, 0, 0, b""), None) \
+                    if self._candidates(container, idx) else None
+            return (STRING, frames, 0, (True, 0, 0, None), None) \
+                if self.nodes[container][2] is not None else None
+        if mode == OBJ_OPEN and b == 0x7D:
+            return self._after_value(frames[:-1]) if self._may_close(container, idx) else None
+        if mode == AFTER:
+            if kind == "O":
+                if b == 0x2C:
+                    props, extra = self.nodes[container][1], self.nodes[container][2]
+                    more = idx < len(props) if props else extra is not None
+                    return (KEY, frames, 0, None, None) if more else None
+                if b == 0x7D and self._may_close(container, idx):
+                    return self._after_value(frames[:-1])
+                return None
+            if b == 0x2C:
+                return (VALUE, frames, 0, None, self.nodes[container][1])
+            if b == 0x5D:
+                return self._after_value(frames[:-1])
+        return None
+
+    def feed(self, state, data: bytes):
+        for b in data:
+            state = self.step(state, b)
+            if state is None:
+                return None
         return state
-    due = 1 if 0xC2 <= b <= 0xDF else 2 if 0xE0 <= b <= 0xEF else 3 if 0xF0 <= b <= 0xF4 else -1
-    return None if due < 0 else (STRING, stack, 0, (is_key, 0, due))
+
+    def complete(self, state) -> bool:
+        """Whether the output so far is a whole value (end of generation may come now)."""
+        mode, frames, _, detail, node = state
+        if mode == DONE:
+            return True
+        if frames:
+            return False
+        if mode == NUMBER:
+            return detail[0] in _NUMBER_END
+        return mode == LITS and detail in self.nodes[node][1]
+
+
+JSON_OBJECT_AUTOMATON = Automaton()
+START = JSON_OBJECT_AUTOMATON.start
 
 
 def step(state, b: int):
-    """The state after byte b, or None when no JSON object starts with what came so far + b."""
-    mode, stack, ws, detail = state
-    if mode == STRING:
-        return _string(state, b)
-    if mode == NUMBER:
-        nxt = _NUMBER[detail].get(b)
-        if nxt is not None:
-            return (NUMBER, stack, 0, nxt)
-        return step(_after_value(stack), b) if detail in _NUMBER_END else None
-    if mode == LITERAL:
-        if b != detail[0]:
-            return None
-        return (LITERAL, stack, 0, detail[1:]) if len(detail) > 1 else _after_value(stack)
-    if mode == DONE:
-        return None
-    if b in _WS:
-        return (mode, stack, ws + 1, detail) if ws < MAX_WS else None
-    if mode == TOP:
-        return (OBJ_OPEN, "O", 0, None) if b == 0x7B else None
-    if mode == VALUE:
-        return _value(stack, b)
-    if mode == ARR_OPEN:
-        return _after_value(stack[:-1]) if b == 0x5D else _value(stack, b)
-    if mode in (OBJ_OPEN, KEY) and b == 0x22:
-        return (STRING, stack, 0, (True, 0, 0))
-    if mode == OBJ_OPEN and b == 0x7D:
-        return _after_value(stack[:-1])
-    if mode == COLON:
-        return (VALUE, stack, 0, None) if b == 0x3A else None
-    if mode == AFTER:
-        top = stack[-1]
-        if b == 0x2C:
-            return (KEY if top == "O" else VALUE, stack, 0, None)
-        if b == (0x7D if top == "O" else 0x5D):
-            return _after_value(stack[:-1])
-    return None
+    """json_object's automaton, one byte (tests and the docstring's examples)."""
+    return JSON_OBJECT_AUTOMATON.step(state, b)
 
 
 def feed(state, data: bytes):
-    for b in data:
-        state = step(state, b)
-        if state is None:
-            return None
-    return state
+    return JSON_OBJECT_AUTOMATON.feed(state, data)
 
 
 def _plain_string_bytes(data: bytes) -> bool:
-    """Whether data is accepted inside any string at a character boundary without ending,
-    escaping or leaving it mid-way through an escape (a trailing partial character is fine)."""
-    return bool(data) and feed((STRING, "", 0, (False, 0, 0)), data) is not None \
-        and all(b >= 0x20 and b not in (0x22, 0x5C) for b in data)
+    """Whether data is accepted inside any free string at a character boundary without
+    ending or escaping it (a trailing partial character is fine)."""
+    free = (STRING, (("O", ANY_OBJECT, 0),), 0, (False, 0, 0, None), ANY)
+    return bool(data) and all(b >= 0x20 and b not in (0x22, 0x5C) for b in data) \
+        and JSON_OBJECT_AUTOMATON.feed(free, data) is not None
 
 
 class _Trie:
@@ -164,9 +264,9 @@ class _Trie:
 
 
 class JsonTokenIndex:
-    """Per vocabulary: the tokens' bytes as tries, and each state's mask of allowed ids."""
+    """Per vocabulary: the tokens' bytes as tries, and each (schema, state)'s allowed ids."""
 
-    def __init__(self, token_bytes: list[bytes | None], vocab_size: int, eos_ids, cache: int = 512):
+    def __init__(self, token_bytes: list[bytes | None], vocab_size: int, eos_ids, cache: int = 1024):
         self.vocab_size = vocab_size
         self.eos_ids = [int(t) for t in eos_ids if 0 <= int(t) < vocab_size]
         entries = [(i, b) for i, b in enumerate(token_bytes[:vocab_size]) if b]
@@ -179,31 +279,34 @@ class JsonTokenIndex:
             else:
                 rest.append((i, b))
         self.all = _Trie(entries)
-        self.rest = _Trie(rest)                     # what a string's plain mask leaves out
+        self.rest = _Trie(rest)                     # what a free string's plain mask leaves out
         self._masks: OrderedDict = OrderedDict()
         self._cache = cache
 
-    def allowed(self, state) -> np.ndarray:
+    def allowed(self, automaton: Automaton, state) -> np.ndarray:
         """bool [vocab_size]: the tokens allowed in `state` (do not write into it)."""
-        mask = self._masks.get(state)
+        key = (automaton.schema.key, state)
+        mask = self._masks.get(key)
         if mask is not None:
-            self._masks.move_to_end(state)
+            self._masks.move_to_end(key)
             return mask
         mask = np.zeros(self.vocab_size, bool)
-        if state[0] == DONE:
-            mask[self.eos_ids] = True
-        elif state[0] == STRING and state[3] == (state[3][0], 0, 0):
+        mode, detail = state[0], state[3]
+        if mode == STRING and detail[1:] == (0, 0, None):
             mask |= self.plain
-            self._walk(self.rest, state, mask)
-        else:
-            self._walk(self.all, state, mask)
-        self._masks[state] = mask
+            self._walk(automaton, self.rest, state, mask)
+        elif mode != DONE:
+            self._walk(automaton, self.all, state, mask)
+        if automaton.complete(state):
+            mask[self.eos_ids] = True
+        self._masks[key] = mask
         if len(self._masks) > self._cache:
             self._masks.popitem(last=False)
         return mask
 
     @staticmethod
-    def _walk(trie: _Trie, state, mask: np.ndarray) -> None:
+    def _walk(automaton: Automaton, trie: _Trie, state, mask: np.ndarray) -> None:
+        step = automaton.step
         todo = [(0, state)]
         while todo:
             node, s = todo.pop()
@@ -218,24 +321,25 @@ class JsonTokenIndex:
 
 
 class JsonConstraint:
-    """One sequence's place in its JSON object: allowed() before a step, advance() after."""
+    """One sequence's place in its JSON value: allowed() before a step, advance() after."""
 
-    def __init__(self, index: JsonTokenIndex):
+    def __init__(self, index: JsonTokenIndex, automaton: Automaton = JSON_OBJECT_AUTOMATON):
         self.index = index
-        self.state = START
+        self.automaton = automaton
+        self.state = automaton.start
 
     @property
     def done(self) -> bool:
         return self.state[0] == DONE
 
     def allowed(self) -> np.ndarray:
-        return self.index.allowed(self.state)
+        return self.index.allowed(self.automaton, self.state)
 
     def advance(self, token: int) -> None:
         data = self.index.token_bytes[token] if 0 <= token < len(self.index.token_bytes) else None
         if self.done or not data:
             return                                   # end of generation, or a special token
-        nxt = feed(self.state, data)
+        nxt = self.automaton.feed(self.state, data)
         if nxt is None:
             raise ValueError(f"token {token} ({data!r}) does not continue the JSON output; "
                              "the sampler should not have allowed it")

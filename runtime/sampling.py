@@ -23,6 +23,7 @@ import torch
 from rustinfer.compiler.step_inputs import to_device
 
 from .engine_api import TokenLogprob
+from .json_schema import SchemaError, schema_of
 
 
 MAX_LOGPROBS = 20
@@ -51,8 +52,9 @@ class SamplingParams:
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
     # OpenAI's response_format: None or {"type": "text"}; {"type": "json_object"} holds the
-    # output to one JSON object (json_constraint.py)
-    response_format: dict | None = None
+    # output to one JSON object, {"type": "json_schema", "json_schema": {"schema": {...}}} to
+    # one value of that schema (json_constraint.py, json_schema.py)
+    response_format: dict | None = None     # (compiled into .schema, not a field: not sent)
 
     def __post_init__(self):
         if isinstance(self.stop, str):
@@ -86,15 +88,15 @@ class SamplingParams:
                    f"{name} must be between 0 and {MAX_LOGPROBS}, got {value}", name)
         _check(all(_finite(v) for v in self.logit_bias.values()),
                "logit_bias values must be finite numbers", "logit_bias")
-        kind = (self.response_format or {}).get("type", "text") \
-            if isinstance(self.response_format, (dict, type(None))) else None
-        _check(kind in ("text", "json_object"),
-               f"response_format type {kind!r} is not supported: 'text' or 'json_object' "
-               "(JSON Schema is not supported yet)", "response_format")
+        try:
+            self.schema = schema_of(self.response_format)
+        except SchemaError as e:
+            raise SamplingParamsError(str(e), "response_format") from None
 
     @property
     def json_mode(self) -> bool:
-        return (self.response_format or {}).get("type") == "json_object"
+        """Whether the output is held to JSON (response_format json_object / json_schema)."""
+        return self.schema is not None
 
     @property
     def greedy(self) -> bool:

@@ -72,14 +72,10 @@ async def create_chat_completion(state: ServerState, request: Request):
     if req.top_logprobs is not None and not req.logprobs:
         raise invalid("top_logprobs needs logprobs: true", "top_logprobs")
     fmt = (req.response_format or {}).get("type", "text")
-    if fmt not in ("text", "json_object"):
-        raise invalid(f"response_format {fmt!r} is not supported: 'text' or 'json_object' (JSON "
-                      "mode: the answer is one JSON object; JSON Schema is not supported yet)",
-                      "response_format")
     tool_list = [t.model_dump(exclude_none=True) for t in req.tools or []]
-    if fmt == "json_object" and tool_list and req.tool_choice != "none":
-        raise invalid("response_format json_object cannot be combined with tools: send one or "
-                      "the other (or tool_choice: \"none\")", "response_format")
+    if fmt != "text" and tool_list and req.tool_choice != "none":
+        raise invalid(f"response_format {fmt} cannot be combined with tools: send one or the "
+                      "other (or tool_choice: \"none\")", "response_format")
     if req.tool_choice not in (None, "none", "auto") and not tool_list:
         raise invalid("tool_choice needs tools", "tool_choice")
     tools.check_tools(tool_list)
@@ -101,7 +97,7 @@ async def create_chat_completion(state: ServerState, request: Request):
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
         params = build_params(req, max_tokens=max(1, min(wanted, limit - len(ids))),
                               vocab_size=state.vocab_size, logprobs=logprobs,
-                              response_format={"type": fmt})
+                              response_format=req.response_format)
         tools_on = bool(tool_list) and req.tool_choice != "none"
         declared = {t["function"]["name"]: t["function"].get("parameters") for t in tool_list}
         one_call = isinstance(req.tool_choice, dict) or not req.parallel_tool_calls

@@ -1,5 +1,5 @@
-"""JSON mode (response_format {"type": "json_object"}): runtime/json_constraint.py and its
-use by the sampler and the engine.
+"""JSON mode (response_format json_object / json_schema): runtime/json_constraint.py,
+runtime/json_schema.py and their use by the sampler and the engine.
 
 Oracles: Python's json module (what a client parses the answer with) for the automaton,
 and a brute-force check of every token's bytes for the masks.
@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from rustinfer.runtime import LLM, SamplingParams
-from rustinfer.runtime.json_constraint import (DONE, START, JsonConstraint, JsonTokenIndex,
-                                               feed)
+from rustinfer.runtime.json_constraint import (DONE, JSON_OBJECT_AUTOMATON, START, Automaton,
+                                               JsonConstraint, JsonTokenIndex, feed)
+from rustinfer.runtime.json_schema import SchemaError, compile_schema
 from rustinfer.runtime.sampling import SamplingParamsError
 from rustinfer.runtime.token_bytes import token_bytes
 from rustinfer.runtime.tokenizer import Tokenizer
@@ -111,7 +112,7 @@ def test_masks_equal_a_brute_force_check_of_every_token(smol_tokenizer):
     for prefix in [b"", b"{", b'{\n  "na', b'{"a": ', b'{"a": "x\\', b'{"a": "\\u00', b'{"a": "\xc3',
                    b'{"a": [1, 2', b'{"a": [1.5e', b'{"a": t', b'{"a": {}', b'{"a": "x"}']:
         state = feed(START, prefix)
-        mask = index.allowed(state)
+        mask = index.allowed(JSON_OBJECT_AUTOMATON, state)
         if state[0] == DONE:
             assert set(np.flatnonzero(mask)) == set(smol_tokenizer.eos_token_ids)
             continue
@@ -149,6 +150,110 @@ def test_json_mode_constraint_follows_the_tokens(smol_tokenizer):
 
 
 def test_unsupported_response_formats_are_refused():
-    with pytest.raises(SamplingParamsError, match="json_schema.*not supported"):
+    with pytest.raises(SamplingParamsError, match="json_schema needs json_schema.schema"):
         SamplingParams(response_format={"type": "json_schema", "json_schema": {}})
+    with pytest.raises(SamplingParamsError, match="'xml' is not supported"):
+        SamplingParams(response_format={"type": "xml"})
     assert SamplingParams(response_format={"type": "text"}).json_mode is False
+
+
+# --- JSON Schema --------------------------------------------------------------------------
+
+PERSON = {  # as pydantic's model_json_schema() writes a model with a nested one
+    "$defs": {"Pet": {"properties": {"kind": {"enum": ["cat", "dog"], "title": "Kind"},
+                                     "legs": {"type": "integer"}},
+                      "required": ["kind", "legs"], "title": "Pet", "type": "object"}},
+    "properties": {"name": {"type": "string"}, "age": {"type": "integer"},
+                   "height": {"anyOf": [{"type": "number"}, {"type": "null"}], "default": None},
+                   "pets": {"type": "array", "items": {"$ref": "#/$defs/Pet"}},
+                   "verified": {"type": "boolean"}, "tags": {"type": "array"}},
+    "required": ["name", "age", "pets"], "title": "Person", "type": "object"}
+
+
+def random_person(rng: random.Random) -> dict:
+    out = {"name": random_string(rng), "age": rng.randint(-5, 120)}
+    if rng.random() < 0.5:
+        out["height"] = rng.choice([None, 1.5, 180, -2e-3])
+    out["pets"] = [{"kind": rng.choice(["cat", "dog"]), "legs": rng.randint(0, 4)}
+                   for _ in range(rng.randint(0, 2))]
+    if rng.random() < 0.5:
+        out["verified"] = rng.random() < 0.5
+    if rng.random() < 0.5:
+        out["tags"] = [random_value(rng, 2) for _ in range(rng.randint(0, 2))]
+    return out
+
+
+def test_schema_accepts_its_instances_in_property_order():
+    a = Automaton(compile_schema(PERSON))
+    rng = random.Random(2)
+    for _ in range(200):
+        text = json.dumps(random_person(rng), indent=rng.choice([None, 2]),
+                          ensure_ascii=rng.random() < 0.5).encode()
+        state = a.start
+        for k in range(len(text)):
+            assert state[0] != DONE
+            state = a.step(state, text[k])
+            assert state is not None, (text, text[:k + 1])
+        assert state[0] == DONE
+
+
+@pytest.mark.parametrize("text", [
+    '{"age": 1, "name": "x", "pets": []}',                      # out of order
+    '{"name": "x", "pets": []}',                                # a required key left out
+    '{"name": "x", "age": 1, "pets": [], "extra": 1}',          # an undeclared key
+    '{"name": 1, "age": 1, "pets": []}',                        # wrong type
+    '{"name": "x", "age": 1.5, "pets": []}',                    # not an integer
+    '{"name": "x", "age": 1e3, "pets": []}',
+    '{"name": "x", "age": 1, "pets": [{"kind": "cow", "legs": 4}]}',   # not in the enum
+    '{"name": "x", "age": 1, "height": "tall", "pets": []}',   # anyOf number | null
+    '{"name": "x", "age": 1, "pets": {}}',                      # array expected
+    '["name"]'])
+def test_schema_rejects_what_it_does_not_allow(text):
+    a = Automaton(compile_schema(PERSON))
+    state = a.feed(a.start, text.encode())
+    assert state is None or state[0] != DONE
+
+
+def test_schema_top_level_values_end_where_they_can():
+    a = Automaton(compile_schema({"enum": ["a", "ab", 1, 10]}))
+    assert a.feed(a.start, b'"ab"')[0] == DONE and a.feed(a.start, b'"a"')[0] == DONE
+    assert a.complete(a.feed(a.start, b"1")) and not a.complete(a.feed(a.start, b'"a'))
+    assert a.feed(a.start, b"2") is None
+    n = Automaton(compile_schema({"type": "integer"}))
+    assert n.complete(n.feed(n.start, b"-12")) and n.feed(n.start, b"1.") is None
+
+
+@pytest.mark.parametrize("schema,match", [
+    ({"type": "string", "pattern": "^a"}, "pattern not supported"),
+    ({"type": "object", "properties": {"a": {"type": "string", "format": "date"}}},
+     r"schema.properties.a: JSON Schema keyword\(s\) format"),
+    ({"anyOf": [{"type": "object"}, {"type": "object", "properties": {}}]}, "start alike"),
+    ({"$ref": "#/$defs/Missing"}, "points at nothing"),
+    ({"type": "object", "required": ["a"]}, "does not declare"),
+    ({"type": "date"}, "not a JSON Schema type")])
+def test_unsupported_schemas_say_what_and_where(schema, match):
+    with pytest.raises(SchemaError, match=match):
+        compile_schema(schema)
+
+
+def test_schema_masks_equal_a_brute_force_check(smol_tokenizer):
+    tb = token_bytes(smol_tokenizer)
+    index = JsonTokenIndex(tb, len(tb), smol_tokenizer.eos_token_ids)
+    a = Automaton(compile_schema(PERSON))
+    for prefix in [b"", b"{", b'{"na', b'{"name": "x", ', b'{"name": "x", "age": 1', b'{"name": "x", "age": 1,',
+                   b'{"name": "x", "age": 1, "pets": [{"kind": "c', b'{"name": "x", "age": 1, "pets": []']:
+        state = a.feed(a.start, prefix)
+        want = np.array([b is not None and len(b) > 0 and a.feed(state, b) is not None for b in tb])
+        assert (index.allowed(a, state) == want).all(), prefix
+
+
+def test_json_schema_answers_an_instance(llm):
+    person = {"type": "object", "properties": {"name": {"type": "string"},
+                                                 "age": {"type": "integer"}},
+              "required": ["name", "age"]}
+    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": person}}
+    out = llm.chat([{"role": "user", "content": "Invent a person: name and age, in JSON."}],
+                   SamplingParams(max_tokens=64, temperature=0, response_format=fmt))
+    value = json.loads(out.text)
+    assert out.finish_reason == "stop" and list(value) == ["name", "age"], out.text
+    assert isinstance(value["name"], str) and isinstance(value["age"], int)

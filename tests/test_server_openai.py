@@ -179,8 +179,9 @@ def test_raw_http_errors(server):
 
 
 def test_json_mode(client, server):
-    """response_format json_object: the answer is one JSON object, streamed or not; JSON
-    Schema and JSON mode with tools are 400s that say why."""
+    """response_format json_object / json_schema: the answer is one JSON object (of the
+    schema), streamed or not; what cannot be held to, and JSON mode with tools, are 400s
+    that say why."""
     ask = [{"role": "user", "content": "What is the capital of France? Answer in JSON."}]
     r = client.chat.completions.create(model=MODEL, messages=ask, max_tokens=64, temperature=0,
                                        response_format={"type": "json_object"})
@@ -190,11 +191,23 @@ def test_json_mode(client, server):
                                             response_format={"type": "json_object"}, stream=True)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == \
         r.choices[0].message.content
+    city = {"type": "object", "properties": {"city": {"type": "string"},
+                                              "country": {"enum": ["France", "Spain"]}},
+            "required": ["city", "country"], "additionalProperties": False}
+    r = client.chat.completions.create(
+        model=MODEL, messages=ask, max_tokens=64, temperature=0,
+        response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": city,
+                                                                "strict": True}})
+    answer = json.loads(r.choices[0].message.content)
+    assert list(answer) == ["city", "country"] and answer["country"] in ("France", "Spain")
     body = {"model": MODEL, "messages": ask, "response_format": {"type": "json_schema",
                                                                    "json_schema": {"name": "x"}}}
     r = httpx.post(server + "/v1/chat/completions", json=body)
     assert r.status_code == 400 and r.json()["error"]["param"] == "response_format"
-    assert "json_object" in r.json()["error"]["message"]
+    assert "json_schema.schema" in r.json()["error"]["message"]
+    body["response_format"]["json_schema"]["schema"] = {"type": "string", "pattern": "^P"}
+    r = httpx.post(server + "/v1/chat/completions", json=body)
+    assert r.status_code == 400 and "pattern" in r.json()["error"]["message"]
     tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
     r = httpx.post(server + "/v1/chat/completions", json={**body, "tools": [tool],
                                                          "response_format": {"type": "json_object"}})

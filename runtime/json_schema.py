@@ -1,0 +1,193 @@
+"""JSON Schema -> the small table of nodes JSON mode's automaton follows (json_constraint.py).
+
+Supported: `type` (one or a list), `properties` / `required` / `additionalProperties`,
+`items`, `enum`, `const`, `anyOf` / `oneOf`, `$ref` into `$defs` / `definitions`
+(recursive too), and annotations, which are ignored (`title`, `description`, ...). That
+covers what OpenAI's strict structured outputs and pydantic's `model_json_schema()` write.
+
+The automaton produces a subset of the valid instances, always valid ones:
+- an object with `properties` has exactly those keys, in the schema's order, the optional
+  ones maybe left out (no additional keys, even where the schema would allow them);
+- `enum` / `const` values are written as `json.dumps` spells them.
+
+A keyword that constrains values in a way the automaton cannot hold (`pattern`, `format`,
+`minLength`, `minimum`, `minItems`, `allOf`, ...) is refused, naming it and where it is:
+dropping it silently would produce answers that fail the schema.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+# Node kinds: ("any",) ("object", props, extra) ("array", items) ("string",) ("number", integer)
+# ("boolean",) ("null",) ("lits", candidates) ("union", branches, first)
+ANY, ANY_OBJECT, ANY_ARRAY = 0, 1, 2
+
+ANNOTATIONS = frozenset({"title", "description", "default", "examples", "$schema", "$id", "$comment",
+                         "deprecated", "readOnly", "writeOnly", "$defs", "definitions"})
+KEYWORDS = frozenset({"type", "properties", "required", "additionalProperties", "items", "enum",
+                      "const", "anyOf", "oneOf", "$ref"})
+TYPES = ("object", "array", "string", "number", "integer", "boolean", "null")
+_FIRST = {"object": b"{", "array": b"[", "string": b'"', "number": b"-0123456789",
+          "boolean": b"tf", "null": b"n"}
+
+
+class SchemaError(ValueError):
+    """A schema rustinfer cannot hold the output to; the message says which part and why."""
+
+
+@dataclass
+class Schema:
+    nodes: list[tuple] = field(default_factory=lambda: [("any",), ("object", (), ANY), ("array", ANY)])
+    root: int = ANY_OBJECT
+    key: str = "json_object"           # what the masks are cached under
+
+    def first_bytes(self, node: int) -> frozenset[int] | None:
+        """The bytes a value of node can start with (None: any value's)."""
+        kind = self.nodes[node][0]
+        if kind == "any":
+            return None
+        if kind == "lits":
+            return frozenset(c[0] for c in self.nodes[node][1])
+        if kind == "union":
+            out: set[int] = set()
+            for b in self.nodes[node][1]:
+                part = self.first_bytes(b)
+                if part is None:
+                    return None
+                out |= part
+            return frozenset(out)
+        return frozenset(_FIRST["number" if kind == "number" else kind])
+
+
+JSON_OBJECT = Schema()
+
+
+def compile_schema(schema) -> Schema:
+    """The node table for a JSON Schema (a dict); SchemaError when a part is not supported."""
+    if not isinstance(schema, dict):
+        raise SchemaError(f"the schema must be a JSON object, got {type(schema).__name__}")
+    out = Schema(key=json.dumps(schema, sort_keys=True))
+    refs: dict[str, int] = {}
+
+    def add(node: tuple) -> int:
+        out.nodes.append(node)
+        return len(out.nodes) - 1
+
+    def resolve(ref: str, where: str) -> dict:
+        if not ref.startswith("#/"):
+            raise SchemaError(f"{where}: only local $ref ('#/$defs/Name') is supported, got {ref!r}")
+        target = schema
+        for part in ref[2:].split("/"):
+            part = part.replace("~1", "/").replace("~0", "~")
+            if not isinstance(target, dict) or part not in target:
+                raise SchemaError(f"{where}: $ref {ref!r} points at nothing in the schema")
+            target = target[part]
+        return target
+
+    def node(s, where: str) -> int:
+        if s is True or s == {}:
+            return ANY
+        if not isinstance(s, dict):
+            raise SchemaError(f"{where}: a schema must be an object or true, got {s!r}")
+        unknown = sorted(k for k in s if k not in KEYWORDS and k not in ANNOTATIONS)
+        if unknown:
+            raise SchemaError(f"{where}: JSON Schema keyword(s) {', '.join(unknown)} not supported "
+                              f"(supported: {', '.join(sorted(KEYWORDS))}); drop them or hold the "
+                              "answer to them yourself")
+        if "$ref" in s:
+            ref = s["$ref"]
+            if ref not in refs:
+                refs[ref] = add(("any",))             # a placeholder: recursive schemas
+                out.nodes[refs[ref]] = out.nodes[node(resolve(ref, where), ref)]
+            return refs[ref]
+        if "const" in s:
+            return add(("lits", (_spell(s["const"]),)))
+        if "enum" in s:
+            values = s["enum"]
+            if not isinstance(values, list) or not values:
+                raise SchemaError(f"{where}: enum must be a non-empty list")
+            return add(("lits", tuple(dict.fromkeys(_spell(v) for v in values))))
+        for key in ("anyOf", "oneOf"):
+            if key in s:
+                if not isinstance(s[key], list) or not s[key]:
+                    raise SchemaError(f"{where}: {key} must be a non-empty list")
+                return union([node(b, f"{where}.{key}[{i}]") for i, b in enumerate(s[key])],
+                             where)
+        kind = s.get("type")
+        if kind is None:
+            return ANY
+        if isinstance(kind, list):
+            return union([node({**s, "type": k}, f"{where}.type[{i}]") for i, k in enumerate(kind)],
+                         where)
+        if kind not in TYPES:
+            raise SchemaError(f"{where}: type {kind!r} is not a JSON Schema type ({', '.join(TYPES)})")
+        if kind == "object":
+            return obj(s, where)
+        if kind == "array":
+            return add(("array", node(s.get("items", True), f"{where}.items")))
+        if kind in ("number", "integer"):
+            return add(("number", kind == "integer"))
+        return add((kind,))
+
+    def obj(s: dict, where: str) -> int:
+        props = s.get("properties") or {}
+        if not isinstance(props, dict):
+            raise SchemaError(f"{where}: properties must be an object")
+        required = set(s.get("required") or ())
+        missing = sorted(required - set(props))
+        if missing:
+            raise SchemaError(f"{where}: required names {missing} that properties does not declare")
+        slot = add(("any",))                          # before the children: a stable id
+        extra = None
+        if not props:
+            more = s.get("additionalProperties", True)
+            extra = None if more is False else node(more, f"{where}.additionalProperties")
+        out.nodes[slot] = ("object", tuple(
+            (json.dumps(name, ensure_ascii=False)[1:-1].encode(), node(p, f"{where}.properties.{name}"),
+             name in required) for name, p in props.items()), extra)
+        return slot
+
+    def union(branches: list[int], where: str) -> int:
+        first: dict[int, int] = {}
+        for b in branches:
+            starts = out.first_bytes(b)
+            if starts is None:
+                return ANY                             # one branch is any value: so is the union
+            for byte in starts:
+                if byte in first and first[byte] != b:
+                    raise SchemaError(f"{where}: anyOf / oneOf / type branches that can start "
+                                      f"alike ({chr(byte)!r}) are not supported; the branches must "
+                                      "be of different JSON types")
+                first[byte] = b
+        return add(("union", tuple(branches), first))
+
+    out.root = node(schema, "schema")
+    return out
+
+
+def _spell(value) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def schema_of(response_format: dict | None) -> Schema | None:
+    """The Schema an OpenAI response_format asks for: None for text, JSON_OBJECT for
+    json_object, the compiled json_schema.schema for json_schema (SchemaError otherwise)."""
+    if response_format is None:
+        return None
+    if not isinstance(response_format, dict):
+        raise SchemaError(f"response_format must be an object, got {response_format!r}")
+    kind = response_format.get("type", "text")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return JSON_OBJECT
+    if kind == "json_schema":
+        spec = response_format.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+            raise SchemaError("response_format json_schema needs json_schema.schema, the JSON "
+                              'Schema: {"type": "json_schema", "json_schema": {"name": ..., '
+                              '"schema": {...}}}')
+        return compile_schema(spec["schema"])
+    raise SchemaError(f"response_format type {kind!r} is not supported: 'text', 'json_object' "
+                      "or 'json_schema'")
