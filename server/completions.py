@@ -78,7 +78,8 @@ async def create_completion(state: ServerState, request: Request):
         logprobs = req.logprobs
         params = build_params(req, max_tokens=max(1, min(max_tokens, room)), vocab_size=vocab,
                               logprobs=logprobs,
-                              prompt_logprobs=logprobs if req.echo and logprobs is not None else None)
+                              prompt_logprobs=logprobs if req.echo and logprobs is not None else None,
+                              response_format=req.response_format)
         run = _Completion(state, req, prompts, texts, score_only=max_tokens == 0)
         streams = await state.submit(run.id, prompts, params)
     except BaseException:

@@ -72,6 +72,7 @@ class CompletionRequest(SamplingFields):
     logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
     suffix: str | None = None
     best_of: int | None = None
+    response_format: dict[str, Any] | None = None     # vLLM's extension: JSON mode here too
 
     @field_validator("prompt")
     @classmethod

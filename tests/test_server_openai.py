@@ -200,6 +200,11 @@ def test_json_mode(client, server):
                                                                 "strict": True}})
     answer = json.loads(r.choices[0].message.content)
     assert list(answer) == ["city", "country"] and answer["country"] in ("France", "Spain")
+    # /v1/completions takes it too (vLLM's extension)
+    capital = {"type": "json_schema", "json_schema": {"name": "c", "schema": {"enum": ["Paris", "Rome"]}}}
+    r = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=16,
+                                  temperature=0, extra_body={"response_format": capital})
+    assert r.choices[0].finish_reason == "stop" and json.loads(r.choices[0].text) in ("Paris", "Rome")
     body = {"model": MODEL, "messages": ask, "response_format": {"type": "json_schema",
                                                                    "json_schema": {"name": "x"}}}
     r = httpx.post(server + "/v1/chat/completions", json=body)
