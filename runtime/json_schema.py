@@ -42,7 +42,7 @@ class Schema:
     root: int = ANY_OBJECT
     key: str = "json_object"           # what the masks are cached under
 
-    def first_bytes(self, node: int) -> frozenset[int] | None:
+    def first_bytes(self, node: int, _seen: frozenset = frozenset()) -> frozenset[int] | None:
         """The bytes a value of node can start with (None: any value's)."""
         kind = self.nodes[node][0]
         if kind == "any":
@@ -50,9 +50,11 @@ class Schema:
         if kind == "lits":
             return frozenset(c[0] for c in self.nodes[node][1])
         if kind == "union":
+            if node in _seen:                          # a union that is its own branch
+                return frozenset()
             out: set[int] = set()
             for b in self.nodes[node][1]:
-                part = self.first_bytes(b)
+                part = self.first_bytes(b, _seen | {node})
                 if part is None:
                     return None
                 out |= part
@@ -69,6 +71,7 @@ def compile_schema(schema) -> Schema:
         raise SchemaError(f"the schema must be a JSON object, got {type(schema).__name__}")
     out = Schema(key=json.dumps(schema, sort_keys=True))
     refs: dict[str, int] = {}
+    unions: dict[int, str] = {}                       # union node -> where it is (errors)
 
     def add(node: tuple) -> int:
         out.nodes.append(node)
@@ -149,21 +152,34 @@ def compile_schema(schema) -> Schema:
         return slot
 
     def union(branches: list[int], where: str) -> int:
-        first: dict[int, int] = {}
-        for b in branches:
-            starts = out.first_bytes(b)
-            if starts is None:
-                return ANY                             # one branch is any value: so is the union
-            for byte in starts:
-                if byte in first and first[byte] != b:
-                    raise SchemaError(f"{where}: anyOf / oneOf / type branches that can start "
-                                      f"alike ({chr(byte)!r}) are not supported; the branches must "
-                                      "be of different JSON types")
-                first[byte] = b
-        return add(("union", tuple(branches), first))
+        # Which branch each first byte picks is worked out once every $ref is resolved: a
+        # branch may be a $ref still being compiled (a recursive schema's placeholder).
+        u = add(("union", tuple(branches), None))
+        unions[u] = where
+        return u
 
     out.root = node(schema, "schema")
+    for u, spec in enumerate(out.nodes):              # $ref copies of unions included
+        if spec[0] == "union" and spec[2] is None:
+            out.nodes[u] = _first_branches(out, u, unions.get(u, "schema"))
     return out
+
+
+def _first_branches(out: Schema, u: int, where: str) -> tuple:
+    """A union's node with its map first byte -> branch, or ("any",) when a branch is any
+    value."""
+    first: dict[int, int] = {}
+    for b in out.nodes[u][1]:
+        starts = out.first_bytes(b, frozenset({u}))
+        if starts is None:
+            return ("any",)                            # one branch is any value: so is the union
+        for byte in starts:
+            if byte in first and first[byte] != b:
+                raise SchemaError(f"{where}: anyOf / oneOf / type branches that can start "
+                                  f"alike ({chr(byte)!r}) are not supported; the branches must "
+                                  "be of different JSON types")
+            first[byte] = b
+    return ("union", out.nodes[u][1], first)
 
 
 def _spell(value) -> bytes:

@@ -257,3 +257,22 @@ def test_json_schema_answers_an_instance(llm):
     value = json.loads(out.text)
     assert out.finish_reason == "stop" and list(value) == ["name", "age"], out.text
     assert isinstance(value["name"], str) and isinstance(value["age"], int)
+
+
+CHAIN = {  # pydantic: class Chain(BaseModel): value: int; next: Optional["Chain"]
+    "$defs": {"Chain": {"type": "object", "additionalProperties": False, "required": ["value", "next"],
+                        "properties": {"value": {"type": "integer"},
+                                       "next": {"anyOf": [{"$ref": "#/$defs/Chain"}, {"type": "null"}]}}}},
+    "$ref": "#/$defs/Chain"}
+
+
+@pytest.mark.parametrize("text,ok", [
+    ('{"value": 1, "next": null}', True),
+    ('{"value": 1, "next": {"value": 2, "next": {"value": 3, "next": null}}}', True),
+    ('{"value": 1, "next": 12}', False),                     # was any value: a recursive $ref
+    ('{"value": 1, "next": {"value": 2, "next": "x"}}', False),  # in anyOf read as "any"
+    ('{"value": 1, "next": {"value": 2}}', False)])
+def test_recursive_ref_inside_anyof_keeps_its_schema(text, ok):
+    a = Automaton(compile_schema(CHAIN))
+    state = a.feed(a.start, text.encode())
+    assert (state is not None and state[0] == DONE) == ok
