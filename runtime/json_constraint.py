@@ -114,15 +114,16 @@ class Automaton:
         if typed is not None:                       # a declared property's name
             obj, idx = frames[-1][1], frames[-1][2]
             props = self.nodes[obj][1]
+            longer = typed + bytes([b])
+            # Names are spelled escaped: a quote that continues one is its \" (never the
+            # end of another, complete name: that cannot end inside an escape).
+            if any(props[j][0].startswith(longer) for j in self._candidates(obj, idx)):
+                return (STRING, frames, 0, (True, 0, 0, longer), None)
             if b == 0x22:
                 for j in self._candidates(obj, idx):
                     if props[j][0] == typed:
                         top = ("O", obj, j + 1)
                         return (COLON, frames[:-1] + (top,), 0, None, props[j][1])
-                return None
-            longer = typed + bytes([b])
-            if any(props[j][0].startswith(longer) for j in self._candidates(obj, idx)):
-                return (STRING, frames, 0, (True, 0, 0, longer), None)
             return None
         if due:                                     # inside a multi-byte character
             return (STRING, frames, 0, (is_key, 0, due - 1, None), node) if 0x80 <= b <= 0xBF else None

@@ -276,3 +276,18 @@ def test_recursive_ref_inside_anyof_keeps_its_schema(text, ok):
     a = Automaton(compile_schema(CHAIN))
     state = a.feed(a.start, text.encode())
     assert (state is not None and state[0] == DONE) == ok
+
+
+@pytest.mark.parametrize("name", ['say "hi"', "a\\b", 'x\\"', "tab\there", "é"])
+def test_declared_names_that_need_escapes_can_be_written(name):
+    """A name with a quote was a dead end after its backslash (the quote was read as the
+    name's end): no token fitted, and sampling from nothing failed every request."""
+    schema = {"type": "object", "properties": {name: {"type": "integer"}, "b": {"type": "integer"}},
+              "required": [name, "b"]}
+    a = Automaton(compile_schema(schema))
+    text = json.dumps({name: 1, "b": 2}, ensure_ascii=False).encode()
+    state = a.start
+    for k in range(len(text)):
+        state = a.step(state, text[k])
+        assert state is not None, text[:k + 1]
+    assert state[0] == DONE
