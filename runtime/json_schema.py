@@ -69,7 +69,7 @@ def compile_schema(schema) -> Schema:
     """The node table for a JSON Schema (a dict); SchemaError when a part is not supported."""
     if not isinstance(schema, dict):
         raise SchemaError(f"the schema must be a JSON object, got {type(schema).__name__}")
-    out = Schema(key=json.dumps(schema, sort_keys=True))
+    out = Schema(key=json.dumps(schema))              # not sort_keys: the order of keys matters
     refs: dict[str, int] = {}
     unions: dict[int, str] = {}                       # union node -> where it is (errors)
 

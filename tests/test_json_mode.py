@@ -291,3 +291,22 @@ def test_declared_names_that_need_escapes_can_be_written(name):
         state = a.step(state, text[k])
         assert state is not None, text[:k + 1]
     assert state[0] == DONE
+
+
+def test_schemas_that_differ_in_property_order_do_not_share_masks(smol_tokenizer):
+    """Keys come in the schema's order, so the masks cached for one order must not serve
+    the other (they were: the cache key sorted the schema's keys)."""
+    tb = token_bytes(smol_tokenizer)
+    index = JsonTokenIndex(tb, len(tb), smol_tokenizer.eos_token_ids)
+    props = [("name", {"type": "string"}), ("age", {"type": "integer"})]
+    answers = {}
+    for order in (props, props[::-1]):
+        schema = {"type": "object", "properties": dict(order), "required": ["name", "age"]}
+        a = Automaton(compile_schema(schema))
+        c = JsonConstraint(index, a)
+        for t in smol_tokenizer.encode('{"', add_special_tokens=False):
+            c.advance(t)
+        allowed = c.allowed()
+        answers[order[0][0]] = {tb[t] for t in np.flatnonzero(allowed)}
+    assert b"name" in answers["name"] and b"age" not in answers["name"]
+    assert b"age" in answers["age"] and b"name" not in answers["age"]
