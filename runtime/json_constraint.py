@@ -16,7 +16,9 @@ precomputed mask, and only the rest (a quote, a backslash, a control byte, a UTF
 continuation byte first) is walked.
 
 Limits that keep a model from running away inside the constraint: at most 32 nested
-containers and 32 whitespace bytes in a row between tokens of JSON.
+containers and 32 whitespace bytes in a row between tokens of JSON. A container (or an
+optional property) whose required contents would not fit in the nesting left is not
+started: no state is a dead end.
 """
 from __future__ import annotations
 
@@ -24,11 +26,10 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .json_schema import ANY, ANY_ARRAY, ANY_OBJECT, JSON_OBJECT, Schema
+from .json_schema import ANY, ANY_ARRAY, ANY_OBJECT, JSON_OBJECT, MAX_DEPTH, Schema, min_depths
 
 # What the automaton expects next.
 VALUE, OBJ_OPEN, KEY, COLON, AFTER, ARR_OPEN, STRING, NUMBER, LITERAL, LITS, DONE = range(11)
-MAX_DEPTH = 32
 MAX_WS = 32
 _WS = frozenset(b" \t\n\r")
 _HEX = frozenset(b"0123456789abcdefABCDEF")
@@ -61,21 +62,32 @@ class Automaton:
     def __init__(self, schema: Schema = JSON_OBJECT):
         self.schema = schema
         self.nodes = schema.nodes
+        self.need = min_depths(schema.nodes)        # per node: nesting its value needs
         self.start = (VALUE, (), 0, None, schema.root)
 
     # -- helpers --------------------------------------------------------------------------
     def _after_value(self, frames: tuple):
         return (AFTER, frames, 0, None, None) if frames else (DONE, (), 0, None, None)
 
-    def _candidates(self, obj: int, idx: int) -> list[int]:
-        """Property slots a key may name next: from idx up to the first required one."""
-        props = self.nodes[obj][1]
+    def _candidates(self, frames: tuple) -> list[int]:
+        """Property slots a key may name next: from the object's next index up to the first
+        required one, leaving out optional ones whose value would not fit in the nesting
+        left (a required one always fits: its object was only opened when they did)."""
+        _, obj, idx = frames[-1]
+        props, room = self.nodes[obj][1], MAX_DEPTH - len(frames)
         out = []
         for j in range(idx, len(props)):
-            out.append(j)
             if props[j][2]:
+                out.append(j)
                 break
+            if self.need[props[j][1]] <= room:
+                out.append(j)
         return out
+
+    def _free_key(self, frames: tuple) -> bool:
+        """Whether a key the object does not declare may come next."""
+        extra = self.nodes[frames[-1][1]][2]
+        return extra is not None and self.need[extra] <= MAX_DEPTH - len(frames)
 
     def _may_close(self, obj: int, idx: int) -> bool:
         return not any(p[2] for p in self.nodes[obj][1][idx:])
@@ -90,9 +102,9 @@ class Automaton:
         if kind == "lits":
             return (LITS, frames, 0, bytes([b]), node) if any(c[0] == b for c in spec[1]) else None
         if b == 0x7B and kind in ("any", "object"):                         # {
-            if len(frames) >= MAX_DEPTH:
-                return None
             obj = ANY_OBJECT if kind == "any" else node
+            if len(frames) + self.need[obj] > MAX_DEPTH:
+                return None
             return (OBJ_OPEN, frames + (("O", obj, 0),), 0, None, None)
         if b == 0x5B and kind in ("any", "array"):                          # [
             if len(frames) >= MAX_DEPTH:
@@ -112,15 +124,15 @@ class Automaton:
     def _string(self, state, b: int):
         _, frames, _, (is_key, esc, due, typed), node = state
         if typed is not None:                       # a declared property's name
-            obj, idx = frames[-1][1], frames[-1][2]
+            obj = frames[-1][1]
             props = self.nodes[obj][1]
             longer = typed + bytes([b])
             # Names are spelled escaped: a quote that continues one is its \" (never the
             # end of another, complete name: that cannot end inside an escape).
-            if any(props[j][0].startswith(longer) for j in self._candidates(obj, idx)):
+            if any(props[j][0].startswith(longer) for j in self._candidates(frames)):
                 return (STRING, frames, 0, (True, 0, 0, longer), None)
             if b == 0x22:
-                for j in self._candidates(obj, idx):
+                for j in self._candidates(frames):
                     if props[j][0] == typed:
                         top = ("O", obj, j + 1)
                         return (COLON, frames[:-1] + (top,), 0, None, props[j][1])
@@ -187,16 +199,15 @@ class Automaton:
         if mode in (OBJ_OPEN, KEY) and b == 0x22:
             if self.nodes[container][1]:            # declared properties
                 return (STRING, frames, 0, (True, 0, 0, b""), None) \
-                    if self._candidates(container, idx) else None
-            return (STRING, frames, 0, (True, 0, 0, None), None) \
-                if self.nodes[container][2] is not None else None
+                    if self._candidates(frames) else None
+            return (STRING, frames, 0, (True, 0, 0, None), None) if self._free_key(frames) else None
         if mode == OBJ_OPEN and b == 0x7D:
             return self._after_value(frames[:-1]) if self._may_close(container, idx) else None
         if mode == AFTER:
             if kind == "O":
                 if b == 0x2C:
-                    props, extra = self.nodes[container][1], self.nodes[container][2]
-                    more = idx < len(props) if props else extra is not None
+                    more = self._candidates(frames) if self.nodes[container][1] \
+                        else self._free_key(frames)
                     return (KEY, frames, 0, None, None) if more else None
                 if b == 0x7D and self._may_close(container, idx):
                     return self._after_value(frames[:-1])

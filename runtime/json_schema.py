@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 # Node kinds: ("any",) ("object", props, extra) ("array", items) ("string",) ("number", integer)
 # ("boolean",) ("null",) ("lits", candidates) ("union", branches, first)
 ANY, ANY_OBJECT, ANY_ARRAY = 0, 1, 2
+MAX_DEPTH = 32                          # containers open at once (json_constraint.py holds to it)
+_UNBOUNDED = 1 << 30
 
 ANNOTATIONS = frozenset({"title", "description", "default", "examples", "$schema", "$id", "$comment",
                          "deprecated", "readOnly", "writeOnly", "$defs", "definitions"})
@@ -162,7 +164,32 @@ def compile_schema(schema) -> Schema:
     for u, spec in enumerate(out.nodes):              # $ref copies of unions included
         if spec[0] == "union" and spec[2] is None:
             out.nodes[u] = _first_branches(out, u, unions.get(u, "schema"))
+    if min_depths(out.nodes)[out.root] > MAX_DEPTH:
+        raise SchemaError(f"schema: no instance fits in {MAX_DEPTH} nested objects / arrays (does "
+                          "a required property require itself, through $ref?)")
     return out
+
+
+def min_depths(nodes: list[tuple]) -> list[int]:
+    """Per node: the fewest containers a value of it must open one inside another (0: a
+    scalar will do; an array may be empty; an object opens its required properties')."""
+    need = [_UNBOUNDED] * len(nodes)
+    changed = True
+    while changed:                                    # a fixpoint: $ref makes cycles
+        changed = False
+        for i, spec in enumerate(nodes):
+            kind = spec[0]
+            if kind == "object":
+                v = 1 + max([need[p[1]] for p in spec[1] if p[2]], default=0)
+            elif kind == "array":
+                v = 1
+            elif kind == "union":
+                v = min(need[b] for b in spec[1])
+            else:
+                v = 0
+            if v < need[i]:
+                need[i], changed = v, True
+    return need
 
 
 def _first_branches(out: Schema, u: int, where: str) -> tuple:

@@ -310,3 +310,45 @@ def test_schemas_that_differ_in_property_order_do_not_share_masks(smol_tokenizer
         answers[order[0][0]] = {tb[t] for t in np.flatnonzero(allowed)}
     assert b"name" in answers["name"] and b"age" not in answers["name"]
     assert b"age" in answers["age"] and b"name" not in answers["age"]
+
+
+SECTION = {  # a section: its content (an object with a list) and its subsections
+    "$defs": {"Content": {"type": "object", "properties": {"paragraphs": {"type": "array",
+                                                                            "items": {"type": "string"}}},
+                          "required": ["paragraphs"]},
+              "Section": {"type": "object", "required": ["title", "content", "subsections"],
+                          "properties": {"title": {"type": "string"}, "content": {"$ref": "#/$defs/Content"},
+                                         "subsections": {"type": "array",
+                                                         "items": {"$ref": "#/$defs/Section"}}}}},
+    "$ref": "#/$defs/Section"}
+
+
+def test_nesting_limit_leaves_no_dead_end():
+    """A section opened with too little nesting left could not write its content's list:
+    a state no token continues (sampling from nothing failed every request). Such a
+    section is not started; the one around it can still end."""
+    a = Automaton(compile_schema(SECTION))
+    state, depth = a.start, 0
+    while True:
+        inside = a.feed(state, b'{"title": "x", "content": {"paragraphs": ')
+        if inside is None:
+            assert a.step(state, ord("{")) is None          # refused at its first byte...
+            assert a.feed(state, b"]}" * depth)[0] == DONE        # ...and the rest can end
+            break
+        assert a.step(inside, ord("[")) is not None, depth
+        state, depth = a.feed(inside, b'[]}, "subsections": ['), depth + 1
+    assert 10 < depth < 20
+    # an optional property that would not fit is not offered either
+    deep = {"type": "object", "properties": {"a": SECTION["$defs"]["Content"], "b": {"type": "integer"}}}
+    for _ in range(31):
+        deep = {"type": "array", "items": deep}
+    d = Automaton(compile_schema(deep))
+    state = d.feed(d.start, b"[" * 31 + b'{"')
+    assert d.step(state, ord("a")) is None and d.step(state, ord("b")) is not None
+
+
+def test_a_schema_with_no_finite_instance_is_refused():
+    loop = {"$defs": {"A": {"type": "object", "properties": {"a": {"$ref": "#/$defs/A"}},
+                            "required": ["a"]}}, "$ref": "#/$defs/A"}
+    with pytest.raises(SchemaError, match="no instance fits"):
+        compile_schema(loop)
