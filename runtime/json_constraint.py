@@ -309,7 +309,10 @@ class JsonTokenIndex:
             self._walk(automaton, self.rest, state, mask)
         elif mode != DONE:
             self._walk(automaton, self.all, state, mask)
-        if automaton.complete(state):
+        if automaton.complete(state) or not mask.any():
+            # A state no token continues (a vocabulary without a byte the JSON needs) ends
+            # the answer: sampling from no allowed token would pick one the automaton
+            # refuses, and that fails every request in the engine.
             mask[self.eos_ids] = True
         self._masks[key] = mask
         if len(self._masks) > self._cache:

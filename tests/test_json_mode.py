@@ -352,3 +352,13 @@ def test_a_schema_with_no_finite_instance_is_refused():
                             "required": ["a"]}}, "$ref": "#/$defs/A"}
     with pytest.raises(SchemaError, match="no instance fits"):
         compile_schema(loop)
+
+
+def test_a_state_no_token_continues_allows_only_the_end():
+    tb = [None, b"{", b"a"]                           # no quote, no brace to close: stuck after {
+    index = JsonTokenIndex(tb, len(tb), [0])
+    c = JsonConstraint(index)
+    assert list(np.flatnonzero(c.allowed())) == [1]
+    c.advance(1)
+    assert list(np.flatnonzero(c.allowed())) == [0]   # the end of generation, not nothing
+    c.advance(0)                                        # (a special token: no bytes, no error)
