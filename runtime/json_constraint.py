@@ -22,6 +22,7 @@ started: no state is a dead end.
 """
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import OrderedDict
 
 import numpy as np
@@ -100,7 +101,7 @@ class Automaton:
             branch = spec[2].get(b)
             return None if branch is None else self._value(frames, branch, b)
         if kind == "lits":
-            return (LITS, frames, 0, bytes([b]), node) if any(c[0] == b for c in spec[1]) else None
+            return (LITS, frames, 0, bytes([b]), node) if _prefixes(spec[1], bytes([b])) else None
         if b == 0x7B and kind in ("any", "object"):                         # {
             obj = ANY_OBJECT if kind == "any" else node
             if len(frames) + self.need[obj] > MAX_DEPTH:
@@ -178,13 +179,16 @@ class Automaton:
                 return None
             return (LITERAL, frames, 0, detail[1:], node) if len(detail) > 1 else self._after_value(frames)
         if mode == LITS:
+            # candidates are sorted: those starting with `typed` follow one another from
+            # bisect_left's place, typed itself first when it is one (a large enum stays cheap)
             typed, candidates = detail + bytes([b]), self.nodes[node][1]
-            if any(c.startswith(typed) for c in candidates):
-                if typed in candidates and not any(len(c) > len(typed) and c.startswith(typed)
-                                                   for c in candidates):
+            i = bisect_left(candidates, typed)
+            if i < len(candidates) and candidates[i].startswith(typed):
+                if candidates[i] == typed and not (i + 1 < len(candidates)
+                                                   and candidates[i + 1].startswith(typed)):
                     return self._after_value(frames)        # nothing longer: done
                 return (LITS, frames, 0, typed, node)
-            return self.step(self._after_value(frames), b) if detail in candidates else None
+            return self.step(self._after_value(frames), b) if _is_one(candidates, detail) else None
         if mode == DONE:
             return None
         if b in _WS:
@@ -234,7 +238,18 @@ class Automaton:
             return False
         if mode == NUMBER:
             return detail[0] in _NUMBER_END
-        return mode == LITS and detail in self.nodes[node][1]
+        return mode == LITS and _is_one(self.nodes[node][1], detail)
+
+
+def _prefixes(candidates: tuple, prefix: bytes) -> bool:
+    """Whether a candidate (sorted) starts with prefix."""
+    i = bisect_left(candidates, prefix)
+    return i < len(candidates) and candidates[i].startswith(prefix)
+
+
+def _is_one(candidates: tuple, value: bytes) -> bool:
+    i = bisect_left(candidates, value)
+    return i < len(candidates) and candidates[i] == value
 
 
 JSON_OBJECT_AUTOMATON = Automaton()

@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass, field
 
 # Node kinds: ("any",) ("object", props, extra) ("array", items) ("string",) ("number", integer)
-# ("boolean",) ("null",) ("lits", candidates) ("union", branches, first)
+# ("boolean",) ("null",) ("lits", sorted spellings) ("union", branches, first)
 ANY, ANY_OBJECT, ANY_ARRAY = 0, 1, 2
 MAX_DEPTH = 32                          # containers open at once (json_constraint.py holds to it)
 _UNBOUNDED = 1 << 30
@@ -112,7 +112,7 @@ def compile_schema(schema) -> Schema:
             values = s["enum"]
             if not isinstance(values, list) or not values:
                 raise SchemaError(f"{where}: enum must be a non-empty list")
-            return add(("lits", tuple(dict.fromkeys(_spell(v) for v in values))))
+            return add(("lits", tuple(sorted({_spell(v) for v in values}))))   # sorted: bisect
         for key in ("anyOf", "oneOf"):
             if key in s:
                 if not isinstance(s[key], list) or not s[key]:
