@@ -100,18 +100,27 @@ def compile_schema(schema) -> Schema:
             raise SchemaError(f"{where}: JSON Schema keyword(s) {', '.join(unknown)} not supported "
                               f"(supported: {', '.join(sorted(KEYWORDS))}); drop them or hold the "
                               "answer to them yourself")
+        for key, fine in (("$ref", ()), ("const", ("type",)), ("enum", ("type",)), ("anyOf", ()),
+                          ("oneOf", ())):
+            beside = sorted(k for k in s if k in KEYWORDS and k != key and k not in fine)
+            if key in s and beside:                   # they would be dropped: answers could fail
+                raise SchemaError(f"{where}: {key} next to {', '.join(beside)} is not supported; "
+                                  f"move them into the {key}'s schemas")
         if "$ref" in s:
             ref = s["$ref"]
             if ref not in refs:
                 refs[ref] = add(("any",))             # a placeholder: recursive schemas
                 out.nodes[refs[ref]] = out.nodes[node(resolve(ref, where), ref)]
             return refs[ref]
-        if "const" in s:
-            return add(("lits", (_spell(s["const"]),)))
-        if "enum" in s:
-            values = s["enum"]
+        if "const" in s or "enum" in s:
+            values = [s["const"]] if "const" in s else s["enum"]
             if not isinstance(values, list) or not values:
                 raise SchemaError(f"{where}: enum must be a non-empty list")
+            if "type" in s:                           # values of another type cannot validate
+                values = [v for v in values if _of_type(v, s["type"])]
+                if not values:
+                    raise SchemaError(f"{where}: no {'const' if 'const' in s else 'enum'} value is "
+                                      f"of type {s['type']!r}")
             return add(("lits", tuple(sorted({_spell(v) for v in values}))))   # sorted: bisect
         for key in ("anyOf", "oneOf"):
             if key in s:
@@ -120,8 +129,13 @@ def compile_schema(schema) -> Schema:
                 return union([node(b, f"{where}.{key}[{i}]") for i, b in enumerate(s[key])],
                              where)
         kind = s.get("type")
-        if kind is None:
-            return ANY
+        if kind is None:                              # the keywords say which, if any
+            if {"properties", "required", "additionalProperties"} & s.keys():
+                kind = "object"
+            elif "items" in s:
+                kind = "array"
+            else:
+                return ANY
         if isinstance(kind, list):
             return union([node({**s, "type": k}, f"{where}.type[{i}]") for i, k in enumerate(kind)],
                          where)
@@ -207,6 +221,15 @@ def _first_branches(out: Schema, u: int, where: str) -> tuple:
                                   "be of different JSON types")
             first[byte] = b
     return ("union", out.nodes[u][1], first)
+
+
+def _of_type(value, kind) -> bool:
+    kinds = kind if isinstance(kind, list) else [kind]
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return any({"null": value is None, "boolean": isinstance(value, bool),
+                "integer": number and float(value).is_integer(), "number": number,
+                "string": isinstance(value, str), "array": isinstance(value, list),
+                "object": isinstance(value, dict)}.get(k, False) for k in kinds)
 
 
 def _spell(value) -> bytes:

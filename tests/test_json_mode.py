@@ -385,3 +385,31 @@ def test_a_large_enum_stays_cheap():
     word = sorted(words)[7]
     end = a.feed(a.start, f'"{word}"'.encode())
     assert end[0] == DONE and a.feed(a.start, f'"{word[:-1]}"'.encode()) is None
+
+
+@pytest.mark.parametrize("schema,text,ok", [
+    # properties / required / items without "type" were read as any value
+    ({"properties": {"a": {"type": "string"}}, "required": ["a"]}, '{"a": "x"}', True),
+    ({"properties": {"a": {"type": "string"}}, "required": ["a"]}, "{}", False),
+    ({"properties": {"a": {"type": "string"}}, "required": ["a"]}, '{"a": 5}', False),
+    ({"additionalProperties": {"type": "integer"}}, '{"k": "v"}', False),
+    ({"items": {"type": "integer"}}, '[1, 2]', True),
+    ({"items": {"type": "integer"}}, '["x"]', False),
+    # an enum value of another type than "type" can never validate
+    ({"type": "string", "enum": ["a", 1]}, "1", False),
+    ({"type": "string", "enum": ["a", 1]}, '"a"', True),
+    ({"type": "integer", "const": 2}, "2", True)])
+def test_keywords_hold_without_or_beside_type(schema, text, ok):
+    a = Automaton(compile_schema(schema))
+    state = a.feed(a.start, text.encode())
+    assert (state is not None and a.complete(state)) == ok
+
+
+@pytest.mark.parametrize("schema,match", [
+    ({"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"],
+      "anyOf": [{"type": "object"}]}, "anyOf next to properties, required, type"),
+    ({"$defs": {"X": {"type": "string"}}, "$ref": "#/$defs/X", "type": "integer"}, r"\$ref next to type"),
+    ({"type": "string", "enum": [1, 2]}, "no enum value is of type 'string'")])
+def test_keywords_that_would_be_dropped_are_refused(schema, match):
+    with pytest.raises(SchemaError, match=match):
+        compile_schema(schema)
