@@ -8,7 +8,10 @@ covers what OpenAI's strict structured outputs and pydantic's `model_json_schema
 The automaton produces a subset of the valid instances, always valid ones:
 - an object with `properties` has exactly those keys, in the schema's order, the optional
   ones maybe left out (no additional keys, even where the schema would allow them);
-- `enum` / `const` values are written as `json.dumps` spells them.
+- `enum` / `const` values are written as `json.dumps` spells them;
+- `anyOf` / `oneOf` / a `type` list pick their branch by the value's first byte, so the
+  branches must be of different JSON types (`integer` beside `number` is read as `number`);
+- an object or array that would not fit in the nesting limit (32) is not started.
 
 A keyword that constrains values in a way the automaton cannot hold (`pattern`, `format`,
 `minLength`, `minimum`, `minItems`, `allOf`, ...) is refused, naming it and where it is:
@@ -209,8 +212,12 @@ def min_depths(nodes: list[tuple]) -> list[int]:
 def _first_branches(out: Schema, u: int, where: str) -> tuple:
     """A union's node with its map first byte -> branch, or ("any",) when a branch is any
     value."""
+    branches = out.nodes[u][1]
+    if any(out.nodes[b] == ("number", False) for b in branches):
+        # integer | number (pydantic's int | float) is number: integers are numbers
+        branches = tuple(b for b in branches if out.nodes[b] != ("number", True))
     first: dict[int, int] = {}
-    for b in out.nodes[u][1]:
+    for b in branches:
         starts = out.first_bytes(b, frozenset({u}))
         if starts is None:
             return ("any",)                            # one branch is any value: so is the union
@@ -220,7 +227,7 @@ def _first_branches(out: Schema, u: int, where: str) -> tuple:
                                   f"alike ({chr(byte)!r}) are not supported; the branches must "
                                   "be of different JSON types")
             first[byte] = b
-    return ("union", out.nodes[u][1], first)
+    return ("union", branches, first)
 
 
 def _of_type(value, kind) -> bool:

@@ -413,3 +413,13 @@ def test_keywords_hold_without_or_beside_type(schema, text, ok):
 def test_keywords_that_would_be_dropped_are_refused(schema, match):
     with pytest.raises(SchemaError, match=match):
         compile_schema(schema)
+
+
+@pytest.mark.parametrize("schema", [{"anyOf": [{"type": "integer"}, {"type": "number"}]},
+                                    {"type": ["integer", "number", "null"]}])
+def test_integer_or_number_is_a_number(schema):
+    """pydantic's int | float: was refused (branches that start alike)."""
+    a = Automaton(compile_schema(schema))
+    for text in ("2", "-1.5e3"):
+        assert a.complete(a.feed(a.start, text.encode()))
+    assert a.feed(a.start, b'"2"') is None
