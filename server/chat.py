@@ -76,6 +76,10 @@ async def create_chat_completion(state: ServerState, request: Request):
     if fmt != "text" and tool_list and req.tool_choice != "none":
         raise invalid(f"response_format {fmt} cannot be combined with tools: send one or the "
                       "other (or tool_choice: \"none\")", "response_format")
+    if fmt != "text" and req.continue_final_message:
+        raise invalid(f"response_format {fmt} cannot continue the final assistant message "
+                      "(continue_final_message): the answer would be a whole JSON value of its "
+                      "own, after that message's text", "response_format")
     if req.tool_choice not in (None, "none", "auto") and not tool_list:
         raise invalid("tool_choice needs tools", "tool_choice")
     tools.check_tools(tool_list)

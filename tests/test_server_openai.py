@@ -217,6 +217,12 @@ def test_json_mode(client, server):
     r = httpx.post(server + "/v1/chat/completions", json={**body, "tools": [tool],
                                                          "response_format": {"type": "json_object"}})
     assert r.status_code == 400 and "tools" in r.json()["error"]["message"]
+    # a prefilled answer would be followed by a second, whole JSON value
+    prefill = ask + [{"role": "assistant", "content": '{"city": '}]
+    r = httpx.post(server + "/v1/chat/completions", json={
+        "model": MODEL, "messages": prefill, "continue_final_message": True,
+        "add_generation_prompt": False, "max_tokens": 8, "response_format": {"type": "json_object"}})
+    assert r.status_code == 400 and "continue_final_message" in r.json()["error"]["message"]
 
 
 def test_health_stays_fast_while_tokenizing_a_huge_prompt(server):
