@@ -48,6 +48,15 @@ _NUMBER = {
 }
 _NUMBER_END = frozenset({"zero", "int", "frac", "exp"})
 _INTEGER_ONLY = frozenset({"minus", "zero", "int"})
+# \uXXXX: (escape phase, byte) -> next phase (0: the escape is over). 14..11: 4..1 hex
+# digits due; 20: after \ud, a surrogate or not; 22, 21: a high surrogate's last two;
+# 30..33: its low surrogate's \, u, d, [c-f]. A lone surrogate is valid JSON grammar but
+# not text: pydantic (what OpenAI's client parses with) refuses it.
+_ESCAPE = {**{(14, h): 20 if h in b"dD" else 13 for h in _HEX},
+           **{(e, h): e - 1 for e in (13, 12, 22) for h in _HEX}, **{(11, h): 0 for h in _HEX},
+           **{(20, h): 12 for h in b"01234567"}, **{(20, h): 22 for h in b"89abAB"},
+           **{(21, h): 30 for h in _HEX}, (30, 0x5C): 31, (31, ord("u")): 32,
+           (32, ord("d")): 33, (32, ord("D")): 33, **{(33, h): 12 for h in b"cdefCDEF"}}
 _LITERALS = {ord("t"): (b"rue", "boolean"), ord("f"): (b"alse", "boolean"), ord("n"): (b"ull", "null")}
 
 # state = (mode, frames, whitespace run, detail, node)
@@ -144,10 +153,9 @@ class Automaton:
             if b == ord("u"):
                 return (STRING, frames, 0, (is_key, 14, 0, None), node)    # 10 + 4 hex due
             return (STRING, frames, 0, (is_key, 0, 0, None), node) if b in b'"\\/bfnrt' else None
-        if esc:                                     # \uXXXX
-            if b not in _HEX:
-                return None
-            return (STRING, frames, 0, (is_key, 0 if esc == 11 else esc - 1, 0, None), node)
+        if esc:                                     # \uXXXX, surrogates in pairs
+            esc = _ESCAPE.get((esc, b))
+            return None if esc is None else (STRING, frames, 0, (is_key, esc, 0, None), node)
         if b == 0x22:
             if is_key:                              # a free key: its value follows the object's extra
                 return (COLON, frames, 0, None, self.nodes[frames[-1][1]][2])

@@ -423,3 +423,15 @@ def test_integer_or_number_is_a_number(schema):
     for text in ("2", "-1.5e3"):
         assert a.complete(a.feed(a.start, text.encode()))
     assert a.feed(a.start, b'"2"') is None
+
+
+@pytest.mark.parametrize("text,ok", [
+    ('{"a": "\\ud83d\\ude00"}', True), ('{"a": "\\uD83D\\uDE00 \\u00e9\\uffff\\u0000"}', True),
+    ('{"\\ud83d\\ude00": 1}', True),
+    ('{"a": "\\ud83d"}', False), ('{"a": "\\ud83dx"}', False), ('{"a": "\\ud83d\\u0041"}', False),
+    ('{"a": "\\ude00"}', False), ('{"a": "\\ud83d\\ud83d"}', False)])
+def test_surrogate_escapes_come_in_pairs(text, ok):
+    """json.loads reads a lone surrogate, but pydantic (the openai client's parse()) says
+    'Invalid JSON: lone leading surrogate in hex escape'."""
+    state = feed(START, text.encode())
+    assert (state is not None and state[0] == DONE) == ok
