@@ -435,3 +435,16 @@ def test_surrogate_escapes_come_in_pairs(text, ok):
     'Invalid JSON: lone leading surrogate in hex escape'."""
     state = feed(START, text.encode())
     assert (state is not None and state[0] == DONE) == ok
+
+
+def test_json_mode_is_never_sampled_ahead_of_the_host():
+    """The overlapped decode (cuda) samples the next token before the host has seen the
+    last one; JSON mode's mask follows the output, so it must not (no CPU test reaches
+    this path with a tokenizer: test_overlap_decode's model has none)."""
+    from types import SimpleNamespace
+
+    from rustinfer.runtime.engine import Engine
+    for fmt, ok in ((None, True), ({"type": "json_object"}, False),
+                    ({"type": "json_schema", "json_schema": {"schema": {"type": "integer"}}}, False)):
+        seq = SimpleNamespace(params=SamplingParams(response_format=fmt), output_token_ids=[1, 2])
+        assert Engine._samples_without_host(seq) == ok
