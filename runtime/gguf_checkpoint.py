@@ -8,13 +8,13 @@ Three translations happen here so that nothing above this module sees GGUF:
    where Hugging Face rotates the two halves of each head (NeoX style). We undo
    that row permutation, on dequantized values (`load`) and on raw block rows
    (`raw`), which is the same reordering because each row is whole blocks.
-3. Config: the `llama.*` metadata becomes a LlamaConfig-style dict.
+3. Config: the `{arch}.*` metadata becomes a config.json-style dict (gguf_config.py).
 
 The header is parsed by gguf_file.py (not `gguf.GGUFReader`, which is slow to
 open). Block decoding uses `gguf.quants.dequantize` (the gguf package's numpy
 port of ggml's decoders) and gguf's type table.
 
-Architectures (`general.architecture`, see _ARCHS): llama (Llama 2/3.x, SmolLM2,
+Architectures (`general.architecture`, see ARCHS): llama (Llama 2/3.x, SmolLM2,
 TinyLlama, Mistral-as-llama), qwen2 (Qwen2, Qwen2.5), qwen3 (dense Qwen3) and phi3
 (Phi-3, Phi-3.5 mini). They share llama.cpp's tensor names (qwen3 adds the
 per-head q/k norms, phi3 packs q|k|v and gate|up); only llama's q/k rows are permuted by
@@ -26,8 +26,6 @@ from __future__ import annotations
 import math
 import pathlib
 import re
-import warnings
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -36,7 +34,8 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf.quants import dequantize
 
 from .checkpoint import Checkpoint, CheckpointError
-from .gguf_file import FLOAT32, GGUFError, map_gguf, parse_gguf_header
+from .gguf_config import ARCHS, GGUFConfig
+from .gguf_file import GGUFError, map_gguf, parse_gguf_header
 
 _LAYER_NAMES = {
     "attn_norm": "input_layernorm",
@@ -52,25 +51,6 @@ _LAYER_NAMES = {
 _GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 
 
-@dataclass(frozen=True)
-class _Arch:
-    """What differs between the GGUF architectures read here."""
-    model_type: str                 # config.json's, which picks the spec
-    architecture: str               # config.json's `architectures`
-    permuted_qk: bool               # llama.cpp's converter interleaves the rotary halves
-    layer_names: dict               # extra per-layer tensors
-    default_eps: float
-
-
-_ARCHS = {
-    "llama": _Arch("llama", "LlamaForCausalLM", True, {}, 1e-5),
-    "qwen2": _Arch("qwen2", "Qwen2ForCausalLM", False, {}, 1e-6),
-    "qwen3": _Arch("qwen3", "Qwen3ForCausalLM", False,
-                   {"attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm"}, 1e-6),
-    # Phi-3 stores q|k|v and gate|up packed, as its Hugging Face checkpoints do
-    "phi3": _Arch("phi3", "Phi3ForCausalLM", False,
-                  {"attn_qkv": "self_attn.qkv_proj", "ffn_up": "mlp.gate_up_proj"}, 1e-5),
-}
 # Tensors with no Hugging Face counterpart: rope_freqs is folded into config["rope_scaling"];
 # attn_rot_embd (old converters) is the rotary table, which Hugging Face recomputes;
 # rope_factors_long/short are Phi-3's LongRoPE factors (folded into config["rope_scaling"]).
@@ -84,7 +64,7 @@ def gguf_to_hf_name(name: str, arch: str = "llama") -> str | None:
     """The Hugging Face name of a GGUF tensor of architecture `arch`, or None when it has none."""
     if m := _BLOCK.fullmatch(name):
         i, part, kind = m.groups()
-        hf = _ARCHS[arch].layer_names.get(part) or _LAYER_NAMES.get(part)
+        hf = ARCHS[arch].layer_names.get(part) or _LAYER_NAMES.get(part)
         return f"model.layers.{i}.{hf}.{kind}" if hf else None
     stem, _, kind = name.rpartition(".")
     if stem in _GLOBAL_NAMES and kind in ("weight", "bias"):
@@ -172,10 +152,10 @@ class GGUFCheckpoint(Checkpoint):
         self._file = _GGUFFile(self.path)
         md = self._file.metadata
         arch = md.get("general.architecture")
-        if arch not in _ARCHS:
+        if arch not in ARCHS:
             raise CheckpointError(
                 f"{self.path}: GGUF architecture {arch!r} is not supported; rustinfer reads "
-                f"{', '.join(_ARCHS)} GGUF files (Llama 2/3.x, SmolLM2, Mistral, Qwen2/2.5, "
+                f"{', '.join(ARCHS)} GGUF files (Llama 2/3.x, SmolLM2, Mistral, Qwen2/2.5, "
                 f"Qwen3, Phi-3). {_hf_folder_hint(arch)}"
             )
         self.arch = arch
@@ -193,25 +173,8 @@ class GGUFCheckpoint(Checkpoint):
                 f"{self.path}: tensors with no known Hugging Face name: {', '.join(unknown[:8])}"
                 f"{' ...' if len(unknown) > 8 else ''}. This {arch} GGUF has parts rustinfer does not map."
             )
-        self.config = self._config()
-        self._refuse_unsupported_rope_scaling()
+        self.config = GGUFConfig(self.path, arch, self._file).build()
         self._perm_cache: dict[tuple[int, int], np.ndarray] = {}
-
-    def _refuse_unsupported_rope_scaling(self) -> None:
-        """Name the GGUF's own keys when its rope scaling cannot be computed (the rope tables'
-        own error speaks of config.json, which a GGUF user does not have), and what to do."""
-        from rustinfer.kernels.rope_tables import SUPPORTED_ROPE_TYPES, rope_type
-
-        scaling, a = self.config["rope_scaling"], self.arch
-        kind = rope_type(scaling)
-        if kind in SUPPORTED_ROPE_TYPES:
-            return
-        orig = scaling.get("original_max_position_embeddings")
-        raise CheckpointError(
-            f"{self.path}: {a}.rope.scaling.type={kind!r} (factor {scaling.get('factor')}) is not "
-            f"supported (supported: {', '.join(SUPPORTED_ROPE_TYPES)}). If your prompts fit in the "
-            f"original context{f' ({orig} tokens)' if orig else ''}, a copy without the key runs "
-            f"unscaled: gguf-new-metadata --remove-metadata {a}.rope.scaling.type IN.gguf OUT.gguf")
 
     # -- tensors ------------------------------------------------------------------
 
@@ -267,7 +230,7 @@ class GGUFCheckpoint(Checkpoint):
         rotary halves; we gather rows with the inverse, as transformers'
         LlamaTensorProcessor._reverse_permute_weights does.
         """
-        if not _ARCHS[self.arch].permuted_qk:
+        if not ARCHS[self.arch].permuted_qk:
             return None
         if ".self_attn.q_proj." in name:
             heads = self.config["num_attention_heads"]
@@ -288,181 +251,3 @@ class GGUFCheckpoint(Checkpoint):
     @property
     def metadata(self) -> dict[str, Any]:
         return self._file.metadata
-
-    def _config(self) -> dict[str, Any]:
-        md = self._file.metadata
-
-        def get(key: str, default: Any = None, required: bool = False) -> Any:
-            if key not in md:
-                if required:
-                    raise CheckpointError(f"{self.path}: GGUF metadata lacks {key!r}; re-convert the model.")
-                return default
-            v = md[key]
-            # llama.cpp stores floats as float32: 1e-5 arrives as 9.999999747378752e-06.
-            # Use the shortest decimal that is the same float32, which is what config.json said.
-            return float(str(np.float32(v))) if self._file.value_types.get(key) == FLOAT32 else v
-
-        a = self.arch
-        kind = _ARCHS[a]
-        hidden = get(f"{a}.embedding_length", required=True)
-        heads = get(f"{a}.attention.head_count", required=True)
-        kv_heads = get(f"{a}.attention.head_count_kv", heads)
-        # key_length is the real per-head width when it is not hidden/heads; for llama the
-        # rotary width (rope.dimension_count) is the whole head, so either one gives head_dim.
-        rotary = get(f"{a}.rope.dimension_count")
-        if a == "phi3":      # a partial rotary (Phi-4 mini) rotates fewer dims than a head has
-            head_dim = get(f"{a}.attention.key_length") or hidden // heads
-        else:
-            head_dim = get(f"{a}.attention.key_length") or rotary or hidden // heads
-        if "blk.0.attn_q.weight" in self._file.tensors:
-            q_rows = self._file.tensors["blk.0.attn_q.weight"].dims[1]
-            if q_rows != heads * head_dim:
-                raise CheckpointError(
-                    f"{self.path}: attn_q has {q_rows} rows, but the metadata says {heads} heads of "
-                    f"{head_dim}; the file is inconsistent."
-                )
-        embd = self._file.tensors.get("token_embd.weight")
-        vocab = embd.dims[1] if embd is not None else get(f"{a}.vocab_size") or len(md.get("tokenizer.ggml.tokens", []))
-        theta = get(f"{a}.rope.freq_base", 10000.0)
-        config = {
-            "architectures": [kind.architecture],
-            "model_type": kind.model_type,
-            "hidden_size": hidden,
-            "intermediate_size": get(f"{a}.feed_forward_length", required=True),
-            "num_hidden_layers": get(f"{a}.block_count", required=True),
-            "num_attention_heads": heads,
-            "num_key_value_heads": kv_heads,
-            "head_dim": head_dim,
-            "hidden_act": "silu",
-            "rms_norm_eps": get(f"{a}.attention.layer_norm_rms_epsilon", kind.default_eps),
-            "rope_theta": theta,
-            "rope_scaling": self._rope_scaling(get, theta, head_dim),
-            "max_position_embeddings": get(f"{a}.context_length", 2048),
-            # llama.cpp applies no sliding window to llama and qwen. It ignores phi3's too (since
-            # its PR 13676); we keep phi3's, set below, as Hugging Face runs it: the two differ
-            # on prompts longer than the window (2047 for Phi-3 mini 4k).
-            "use_sliding_window": False,
-            "vocab_size": vocab,
-            # llama.cpp writes output.weight only when it differs from the embedding.
-            "tie_word_embeddings": "output.weight" not in self._file.tensors,
-            "attention_bias": "blk.0.attn_q.bias" in self._file.tensors,
-            "mlp_bias": False,
-            "bos_token_id": get("tokenizer.ggml.bos_token_id"),
-            "eos_token_id": get("tokenizer.ggml.eos_token_id"),
-        }
-        if a == "phi3":
-            config["partial_rotary_factor"] = (rotary or head_dim) / head_dim
-            if window := get(f"{a}.attention.sliding_window"):
-                config["sliding_window"] = window
-            if "rope_factors_long.weight" in self._file.tensors:
-                config["rope_scaling"] = self._longrope(get)
-                config["original_max_position_embeddings"] = config["rope_scaling"][
-                    "original_max_position_embeddings"]
-        return config
-
-    def _longrope(self, get) -> dict[str, Any]:
-        """Phi-3's LongRoPE as transformers' rope dict: llama.cpp's converter stores the two
-        factor lists as tensors and the original context and attention factor as keys."""
-        orig = get(f"{self.arch}.rope.scaling.original_context_length")
-        if orig is None:
-            raise CheckpointError(f"{self.path}: a LongRoPE GGUF (rope_factors_long) without "
-                                  f"{self.arch}.rope.scaling.original_context_length; "
-                                  "re-convert the model")
-
-        def factors(name: str) -> list[float]:
-            t = self._file.tensors[name]
-            return [float(x) for x in dequantize(t.data, t.qtype).ravel()]
-
-        rope = {"rope_type": "longrope", "long_factor": factors("rope_factors_long.weight"),
-                # llama.cpp takes the long factors when a file has no short ones
-                "short_factor": factors("rope_factors_short.weight"
-                                        if "rope_factors_short.weight" in self._file.tensors
-                                        else "rope_factors_long.weight"),
-                "original_max_position_embeddings": orig}
-        if (attn := get(f"{self.arch}.rope.scaling.attn_factor")) is not None:
-            rope["attention_factor"] = attn
-        return rope
-
-    def _rope_scaling(self, get, theta: float, head_dim: int) -> dict[str, Any] | None:
-        """Hugging Face rope_scaling from the metadata, or from the rope_freqs tensor for llama3.
-
-        llama.cpp's converter writes `rope.scaling.*` keys for linear and yarn
-        scaling, but for Llama 3.1's "llama3" scaling it writes no key at all: it
-        precomputes one divisor per rotary frequency into a `rope_freqs` tensor.
-        We fit the llama3 parameters back from that tensor (see
-        `llama3_rope_scaling_from_freqs`).
-        """
-        a = self.arch
-        kind = get(f"{a}.rope.scaling.type")
-        factor = get(f"{a}.rope.scaling.factor")
-        if kind is None and get(f"{a}.rope.scale_linear"):  # the key of pre-2024 converters
-            kind, factor = "linear", get(f"{a}.rope.scale_linear")
-        if kind not in (None, "none") and factor:
-            out: dict[str, Any] = {"rope_type": kind, "factor": factor}
-            if orig := get(f"{a}.rope.scaling.original_context_length"):
-                out["original_max_position_embeddings"] = orig
-            return out
-        freqs = self._file.tensors.get("rope_freqs.weight")
-        if freqs is not None:
-            return llama3_rope_scaling_from_freqs(dequantize(freqs.data, freqs.qtype).ravel(), theta, head_dim)
-        return None
-
-
-# The converter reads `original_max_position_embeddings` from the top level of
-# config.json, where Llama 3.1 does not put it (it is inside rope_scaling), so
-# every converted file used this default. It happens to be Llama 3.1's value.
-_LLAMA_CPP_ORIGINAL_CONTEXT = 8192
-
-
-def llama3_factors(theta: float, head_dim: int, factor: float, low: float, high: float,
-                   original: int = _LLAMA_CPP_ORIGINAL_CONTEXT) -> np.ndarray:
-    """llama.cpp's rope_freqs for Llama 3 scaling (convert_hf_to_gguf.py, LlamaModel)."""
-    freqs = 1.0 / (np.float32(theta) ** (np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)))
-    wavelen = 2 * math.pi / freqs.astype(np.float64)
-    smooth = (original / wavelen - low) / (high - low)
-    mid = 1 / ((1 - smooth) / factor + smooth)
-    return np.where(wavelen < original / high, 1.0, np.where(wavelen > original / low, factor, mid))
-
-
-def llama3_rope_scaling_from_freqs(factors: np.ndarray, theta: float, head_dim: int) -> dict[str, Any] | None:
-    """Recover Hugging Face's llama3 rope_scaling from llama.cpp's rope_freqs tensor.
-
-    factor is the largest divisor. The divisors in the transition band satisfy
-    1/r = (1-s)/factor + s with s linear in original/wavelen; a line fit gives
-    low_freq_factor and high_freq_factor for original = 8192 (the converter's
-    value). With fewer than two points in the band the fit is underdetermined
-    and Llama 3's published (1, 4) is tried. The choice is checked by recomputing
-    the tensor; a mismatch warns (the model still loads, with the best guess).
-    """
-    r = np.asarray(factors, dtype=np.float64)
-    factor = float(str(np.float32(r.max())))
-    if factor <= 1.0 + 1e-6:
-        return None
-    orig = _LLAMA_CPP_ORIGINAL_CONTEXT
-    freqs = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
-    x = orig * freqs / (2 * math.pi)
-    s = (1 / r - 1 / factor) / (1 - 1 / factor)
-    band = (r > 1 + 1e-6) & (r < factor * (1 - 1e-6))
-    candidates = [(1.0, 4.0)]
-    if band.sum() >= 2:
-        slope, intercept = np.polyfit(x[band], s[band], 1)
-        low = -intercept / slope
-        candidates.insert(0, (round(low, 4), round(low + 1 / slope, 4)))
-
-    def error(c: tuple[float, float]) -> float:
-        return float(np.abs(llama3_factors(theta, head_dim, factor, *c) - r).max())
-
-    low, high = min(candidates, key=error)
-    if len(r) != head_dim // 2 or error((low, high)) > 1e-3 * factor:
-        warnings.warn(
-            f"rope_freqs does not match llama3 scaling with factor={factor}, low_freq_factor={low}, "
-            f"high_freq_factor={high}, original_max_position_embeddings={orig}; using those anyway.",
-            stacklevel=3,
-        )
-    return {
-        "rope_type": "llama3",
-        "factor": factor,
-        "low_freq_factor": float(low),
-        "high_freq_factor": float(high),
-        "original_max_position_embeddings": orig,
-    }

@@ -24,7 +24,7 @@ import torch
 from gguf import GGMLQuantizationType as Q
 
 from rustinfer.runtime.checkpoint import CheckpointError, open_checkpoint
-from rustinfer.runtime.gguf_checkpoint import llama3_factors, llama3_rope_scaling_from_freqs
+from rustinfer.runtime.gguf_config import llama3_factors, llama3_rope_scaling_from_freqs
 
 transformers = pytest.importorskip("transformers")
 
@@ -63,12 +63,12 @@ def random_state_dict(cfg, seed: int = 0) -> dict[str, np.ndarray]:
     return sd
 
 
-def gguf_name(hf: str) -> str:
+def gguf_name(hf: str, names: dict = HF_TO_GGUF) -> str:
     module, _, kind = hf.rpartition(".")
-    if module in HF_TO_GGUF:
-        return f"{HF_TO_GGUF[module]}.{kind}"
+    if module in names:
+        return f"{names[module]}.{kind}"
     _, _, i, rest = module.split(".", 3)
-    return f"blk.{i}.{HF_TO_GGUF[rest]}.{kind}"
+    return f"blk.{i}.{names[rest]}.{kind}"
 
 
 def write_gguf(path: pathlib.Path, cfg, tensors: dict[str, np.ndarray], qtype_of, extra=None) -> dict[str, tuple]:

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from family_models import FAMILY_CONFIGS, greedy, hf_greedy, load_llm, make_model, prompt
-from test_checkpoint_gguf import HF_TO_GGUF
+from test_checkpoint_gguf import HF_TO_GGUF, gguf_name
 
 GGUF_NAMES = HF_TO_GGUF | {"self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
                            "self_attn.qkv_proj": "attn_qkv", "mlp.gate_up_proj": "ffn_up"}
@@ -23,14 +23,6 @@ GGUF_NAMES = HF_TO_GGUF | {"self_attn.q_norm": "attn_q_norm", "self_attn.k_norm"
 # none). Phi-3: a sliding window and a partial rotary, both stated in the file.
 CASES = [("qwen2", "tied-gqa"), ("qwen2", "untied-mha"), ("qwen3", "tied"), ("qwen3", "untied-bias"),
          ("phi3", "gqa"), ("phi3", "partial-rotary-hd16"), ("phi3", "gqa-hd16-window")]
-
-
-def gguf_name(hf: str) -> str:
-    module, _, kind = hf.rpartition(".")
-    if module in GGUF_NAMES:
-        return f"{GGUF_NAMES[module]}.{kind}"
-    _, _, i, rest = module.split(".", 3)
-    return f"blk.{i}.{GGUF_NAMES[rest]}.{kind}"
 
 
 def write_arch_gguf(path, arch: str, model, extra=None) -> None:
@@ -62,7 +54,7 @@ def write_arch_gguf(path, arch: str, model, extra=None) -> None:
     for name, value in model.state_dict().items():
         if cfg.tie_word_embeddings and name == "lm_head.weight":
             continue
-        w.add_tensor(gguf_name(name), value.detach().numpy().astype(np.float32))
+        w.add_tensor(gguf_name(name, GGUF_NAMES), value.detach().numpy().astype(np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
