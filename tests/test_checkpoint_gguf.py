@@ -71,16 +71,21 @@ def gguf_name(hf: str, names: dict = HF_TO_GGUF) -> str:
     return f"blk.{i}.{names[rest]}.{kind}"
 
 
-def write_gguf(path: pathlib.Path, cfg, tensors: dict[str, np.ndarray], qtype_of, extra=None) -> dict[str, tuple]:
-    """Write a llama GGUF; returns {hf name: (qtype, stored array)} as written (permuted)."""
-    w = gguf.GGUFWriter(str(path), "llama")
-    w.add_name("tiny")
+def add_shape_keys(w, cfg) -> None:
+    """The `{arch}.*` keys every converter writes from config.json's sizes."""
     w.add_block_count(cfg.num_hidden_layers)
     w.add_context_length(cfg.max_position_embeddings)
     w.add_embedding_length(cfg.hidden_size)
     w.add_feed_forward_length(cfg.intermediate_size)
     w.add_head_count(cfg.num_attention_heads)
     w.add_head_count_kv(cfg.num_key_value_heads)
+
+
+def write_gguf(path: pathlib.Path, cfg, tensors: dict[str, np.ndarray], qtype_of, extra=None) -> dict[str, tuple]:
+    """Write a llama GGUF; returns {hf name: (qtype, stored array)} as written (permuted)."""
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_name("tiny")
+    add_shape_keys(w, cfg)
     w.add_rope_dimension_count(cfg.head_dim)
     w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from family_models import FAMILY_CONFIGS, greedy, hf_greedy, load_llm, make_model, prompt
-from test_checkpoint_gguf import HF_TO_GGUF, gguf_name
+from test_checkpoint_gguf import HF_TO_GGUF, add_shape_keys, gguf_name
 
 GGUF_NAMES = HF_TO_GGUF | {"self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
                            "self_attn.qkv_proj": "attn_qkv", "mlp.gate_up_proj": "ffn_up"}
@@ -30,12 +30,7 @@ def write_arch_gguf(path, arch: str, model, extra=None) -> None:
     adds keys and tensors."""
     cfg = model.config
     w = gguf.GGUFWriter(str(path), arch)
-    w.add_block_count(cfg.num_hidden_layers)
-    w.add_context_length(cfg.max_position_embeddings)
-    w.add_embedding_length(cfg.hidden_size)
-    w.add_feed_forward_length(cfg.intermediate_size)
-    w.add_head_count(cfg.num_attention_heads)
-    w.add_head_count_kv(cfg.num_key_value_heads)
+    add_shape_keys(w, cfg)
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     if arch == "qwen3":                 # convert_hf_to_gguf writes key/value_length for Qwen3
         w.add_key_length(head_dim)
