@@ -38,6 +38,8 @@ def _add_sampling_args(p: argparse.ArgumentParser, max_tokens: int) -> None:
     p.add_argument("--min-p", type=float, default=0.0)
     p.add_argument("--seed", type=int)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--json", action="store_true",
+                   help="answer with one JSON object (response_format json_object)")
 
 
 def _params(args):
@@ -45,7 +47,8 @@ def _params(args):
 
     return SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature,
                           top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
-                          seed=args.seed, stop=args.stop)
+                          seed=args.seed, stop=args.stop,
+                          response_format={"type": "json_object"} if args.json else None)
 
 
 def cuda_problem() -> str | None:

@@ -132,6 +132,15 @@ def test_generate_streams_an_answer_from_the_default_model(smollm2_gguf, capsys)
 
 
 @pytest.mark.slow
+def test_generate_json_answers_one_object(smollm2_gguf, capsys):
+    import json
+
+    assert rustinfer_cli.main(["generate", "What is the capital of France? Answer in JSON.",
+                               "--model", str(smollm2_gguf), "--json", "--max-tokens", "48"]) == 0
+    assert isinstance(json.loads(capsys.readouterr().out), dict)
+
+
+@pytest.mark.slow
 def test_chat_keeps_the_conversation(smollm2_gguf, monkeypatch, capsys):
     lines = iter(["What is the capital of France?", "And of Italy?", "/exit"])
     monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
