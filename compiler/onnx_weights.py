@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from rustinfer.kernels.rope_tables import cos_sin
+from rustinfer.kernels.rope_tables import half_cos_sin
 
 from .ir import Graph, Node
 from .onnx_quant import TRANSCODABLE, NBitsWeight, concat_rows, quantize, transcode
@@ -104,16 +104,16 @@ class WeightStore:
         return self.add(f"{name}+{offset}", self.f32(name) + np.float32(offset))
 
     def rope_tables(self, head_dim: int, theta: float, scaling) -> tuple[str, str]:
-        """cos, sin [max_pos, head_dim/2] from the shared rope tables (Llama-3 scaling included)."""
+        """cos, sin [max_pos, head_dim/2] from the shared rope tables (Llama 3 and LongRoPE scaling included)."""
         spec = (head_dim, theta, repr(sorted((scaling or {}).items())))
         key = self._rope.setdefault(spec, f"rope/{len(self._rope)}")
         if f"{key}/cos" not in self.names:
             import torch
 
             positions = torch.arange(int(self.g.symbols.get("max_pos") or 8192))
-            cos, sin = cos_sin(positions, head_dim, theta, scaling)
-            self.add(f"{key}/cos", cos[:, :head_dim // 2].contiguous().numpy())
-            self.add(f"{key}/sin", sin[:, :head_dim // 2].contiguous().numpy())
+            cos, sin = half_cos_sin(positions, head_dim, theta, scaling)
+            self.add(f"{key}/cos", cos.contiguous().numpy())
+            self.add(f"{key}/sin", sin.contiguous().numpy())
         return f"{key}/cos", f"{key}/sin"
 
     # -- linear layers -------------------------------------------------------------------

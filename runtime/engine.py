@@ -28,10 +28,10 @@ from .block_manager import BlockManager, NoFreeBlocks
 from .engine_api import EngineStats, RequestError, RequestEvent
 from .json_constraint import Automaton, JsonConstraint, JsonTokenIndex
 from .sampling import Sampler, SamplingParams, SequenceSamplingState
-from .token_bytes import token_bytes
 from .scheduler import ScheduledSeq, Scheduler
 from .sequence import Sequence, Status
 from .stop import StopChecker
+from .token_bytes import token_bytes
 
 
 @dataclass
