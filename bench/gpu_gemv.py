@@ -21,7 +21,10 @@ In one run, on one card:
 2. the 1B bs=1 decode TPOT at context 512 (engine-style step, and graph replay alone),
    once on cuBLAS and once with the GEMV: triton_ops.TRITON_GEMV is flipped before the
    executor captures its graphs, which is what RUSTINFER_TRITON_GEMV=1 does at import;
-   plus how far apart the two runs' logits are for one decode step after a prefill.
+   plus how far apart the two runs' logits are for one decode step after a prefill;
+3. the same TPOT with programmatic dependent launch (PDL_VARIANTS): the GEMVs launched
+   early, with their first weight tile loaded before they wait (preload), and decode
+   attention + merge launched early too (attention), each A/B against the plain GEMV.
 Writes gemv.json and gemv.md into --out (after each part: a timeout keeps what ran).
 """
 from __future__ import annotations
@@ -208,11 +211,29 @@ def bench_fused(iters: int, flush: torch.Tensor) -> list[dict]:
     return results
 
 
-def bench_tpot(use_gemv: bool, steps: int, pdl: bool = False,
-               prefetch: bool = True) -> tuple[dict, torch.Tensor]:
+# The programmatic-dependent-launch variants bench_tpot times after the plain GEMV: the
+# GEMVs alone, with their first weight tile loaded before gdc_wait, and with decode
+# attention and its merge launched early too.
+PDL_VARIANTS = (dict(), dict(preload=True), dict(attention_pdl=True),
+                dict(preload=True, attention_pdl=True))
+
+
+def variant_name(t: dict) -> str:
+    """A bench_tpot result's row name."""
+    name = "Triton GEMV" if t["gemv"] else "cuBLAS (the fused ops in parts)"
+    if t.get("pdl"):
+        name += " + PDL" + ", L2 prefetch" * bool(t.get("prefetch")) \
+            + ", preload" * bool(t.get("preload")) + ", attention" * bool(t.get("attention_pdl"))
+    return name
+
+
+def bench_tpot(use_gemv: bool, steps: int, pdl: bool = False, prefetch: bool = False,
+               preload: bool = False, attention_pdl: bool = False) -> tuple[dict, torch.Tensor]:
     """bs=1 decode on Llama-3.2-1B (random bf16 weights) with or without the GEMV (and its
-    programmatic dependent launch): timings, and the logits of one decode step after a
+    programmatic dependent launch: L2 prefetch, or the first weight tile preloaded; decode
+    attention launched with PDL too): timings, and the logits of one decode step after a
     128-token prefill."""
+    from rustinfer.kernels.triton import decode_attention as attention_mod
     from rustinfer.kernels.triton import gemv as gemv_mod
     from rustinfer.compiler.build import CompileOptions, compile_model
     from rustinfer.compiler.spec import SPECS_DIR
@@ -229,6 +250,8 @@ def bench_tpot(use_gemv: bool, steps: int, pdl: bool = False,
     saved, triton_ops.TRITON_GEMV = triton_ops.TRITON_GEMV, use_gemv
     saved_pdl, gemv_mod.PDL = gemv_mod.PDL, pdl
     saved_prefetch, gemv_mod.PDL_PREFETCH = gemv_mod.PDL_PREFETCH, prefetch
+    saved_preload, gemv_mod.PDL_PRELOAD = gemv_mod.PDL_PRELOAD, preload
+    saved_attention, attention_mod.PDL = attention_mod.PDL, attention_pdl
     try:
         ex = CudaExecutor(folder / "plan.py", ckpt, num_blocks=-(-max_len // BLOCK) + 8,
                           block_size=BLOCK, max_model_len=max_len, max_batch=1)
@@ -244,12 +267,15 @@ def bench_tpot(use_gemv: bool, steps: int, pdl: bool = False,
             tok = greedy_argmax(ex.forward_device(step)).tolist()[0]
             times.append(time.perf_counter() - t0)
         r = dict(gemv=use_gemv, pdl=pdl, prefetch=pdl and prefetch,
+                 preload=pdl and preload and not prefetch, attention_pdl=attention_pdl,
                  tpot_ms=1e3 * statistics.median(times[3:]), replay_ms=replay_ms(ex.graphs[1]),
                  overlap_ms=overlapped_tpot_ms(ex, table, steps))
     finally:
         triton_ops.TRITON_GEMV = saved
         gemv_mod.PDL = saved_pdl
         gemv_mod.PDL_PREFETCH = saved_prefetch
+        gemv_mod.PDL_PRELOAD = saved_preload
+        attention_mod.PDL = saved_attention
     del ex
     gc.collect()
     torch.cuda.empty_cache()
@@ -361,9 +387,7 @@ def table(device: str, bandwidth: float, linears: list[dict], tpot: list[dict],
         rows += ["", "| Llama-3.2-1B bs=1, context 512 | TPOT ms | overlapped TPOT ms | "
                  "graph replay ms |", "|---|---|---|---|"]
         for t in tpot:
-            name = ("Triton GEMV" if t["gemv"] else "cuBLAS (the fused ops in parts)") \
-                + ((" + PDL, L2 prefetch" if t.get("prefetch") else " + PDL")
-                   if t.get("pdl") else "")
+            name = variant_name(t)
             if "error" in t:
                 rows.append(f"| {name} | failed: {t['error']} | | |")
                 continue
@@ -373,8 +397,7 @@ def table(device: str, bandwidth: float, linears: list[dict], tpot: list[dict],
                         f"| {t['replay_ms']:.3f}{note} |")
         for t in tpot[1:]:
             if "error" not in t:
-                name = "GEMV" + ((" + PDL, prefetch" if t.get("prefetch") else " + PDL")
-                                 if t.get("pdl") else "")
+                name = variant_name(t).replace("Triton GEMV", "GEMV")
                 rows.append(f"| cuBLAS / {name} | "
                             f"{tpot[0]['tpot_ms'] / t['tpot_ms']:.3f} | "
                             f"{tpot[0].get('overlap_ms', 1) / t.get('overlap_ms', 1):.3f} | "
@@ -420,14 +443,15 @@ def main(argv=None) -> int:
     if not args.no_tpot:
         (off, ref), (on, got) = bench_tpot(False, args.steps), bench_tpot(True, args.steps)
         tpot += [off, on]
-        for prefetch in (True, False):  # opt-in until measured: a failure must not lose the rest
+        for variant in PDL_VARIANTS:   # opt-in until measured: a failure must not lose the rest
             try:
-                pdl, got_pdl = bench_tpot(True, args.steps, pdl=True, prefetch=prefetch)
+                pdl, got_pdl = bench_tpot(True, args.steps, pdl=True, **variant)
                 pdl["max_abs_vs_gemv"] = (got_pdl - got).abs().max().item()
                 tpot.append(pdl)
             except Exception as err:   # noqa: BLE001 (reported in the table)
-                tpot.append(dict(gemv=True, pdl=True, prefetch=prefetch,
+                tpot.append(dict(gemv=True, pdl=True, **variant,
                                  error=f"{type(err).__name__}: {err}"[:300]))
+            write()
         diff = dict(max_abs=(got - ref).abs().max().item(), scale=ref.abs().max().item(),
                     same_argmax=bool(got.argmax() == ref.argmax()))
         print(json.dumps(dict(tpot=tpot, logits_diff=diff)), flush=True)

@@ -308,6 +308,67 @@ def test_gemv_rope_kv_matches_unfused_kernels():
         assert torch.equal(fused.abs().sum(dim=(2, 3)) > 0, parts.abs().sum(dim=(2, 3)) > 0)
 
 
+@pytest.mark.parametrize("preload", [False, True])
+def test_pdl_layer_chain_matches_plain_launches_eager_and_replayed(preload):
+    """A 1B bs=1 layer as the fused plan launches it, every kernel with programmatic
+    dependent launch: norm+qkv+RoPE+KV append, decode attention (8 splits) and its merge
+    signalling their dependents at once, o + residual, norm+gate_up+SwiGLU, down +
+    residual; the GEMVs with and without their first weight tile loaded before gdc_wait.
+    Three layers in a row (each reads the cache and the residual the last one wrote),
+    eagerly and under CUDA graph replay, give exactly what plain launches give."""
+    from rustinfer.kernels.triton.decode_attention import decode_attention
+    from rustinfer.kernels.triton.gemv import gemv, gemv_rope_kv
+
+    heads, kvh, d, hidden, ffn, splits = 32, 8, 64, 2048, 8192, 8
+    g = torch.Generator("cuda").manual_seed(1)
+    rnd = lambda *s, a=0.02: (a * torch.randn(*s, device="cuda", generator=g)).to(BF16)
+    w_qkv, w_o = rnd((heads + 2 * kvh) * d, hidden), rnd(hidden, heads * d)
+    w_gu, w_d = rnd(2 * ffn, hidden), rnd(hidden, ffn)
+    ln1, ln2 = (1 + rnd(hidden, a=0.1).float()).to(BF16), (1 + rnd(hidden, a=0.1).float()).to(BF16)
+    h0 = rnd(1, hidden, a=3.0)
+    cos = torch.randn(600, d // 2, device="cuda", generator=g)
+    sin = torch.randn(600, d // 2, device="cuda", generator=g)
+    cache0 = [rnd(40, 16, kvh, d, a=1.0) for _ in range(2)]
+    table = torch.arange(40, device="cuda").view(1, 40)
+    h, x1 = torch.empty_like(h0), torch.empty_like(h0)
+    q, attn = (torch.empty(1, heads * d, device="cuda", dtype=BF16) for _ in range(2))
+    act = torch.empty(1, ffn, device="cuda", dtype=BF16)
+    po = torch.empty(heads * splits * d, device="cuda")
+    plse = torch.empty(heads * splits, device="cuda")
+    caches = [c.clone() for c in cache0]
+    pos, slot, ctx = (torch.empty(1, dtype=torch.int64, device="cuda") for _ in range(3))
+
+    def layers(pdl):
+        h.copy_(h0)
+        for c, c0 in zip(caches, cache0):
+            c.copy_(c0)
+        for i in range(3):
+            for t, value in ((pos, 500 + i), (slot, 500 + i), (ctx, 501 + i)):
+                t.fill_(value)
+            gemv_rope_kv(h, w_qkv, q, pos, slot, cos, sin, *caches, heads=heads, kv_heads=kvh,
+                         head_dim=d, norm_weight=ln1, eps=1e-5, pdl=pdl, preload=preload)
+            decode_attention(q, *caches, table, ctx, attn, po, plse, heads=heads, kv_heads=kvh,
+                             head_dim=d, scale=d ** -0.5, splits=splits, pdl=pdl)
+            gemv(attn, w_o, x1, residual=h, pdl=pdl, preload=preload)
+            gemv(x1, w_gu, act, norm_weight=ln2, eps=1e-5, swiglu=True, pdl=pdl,
+                 preload=preload)
+            gemv(act, w_d, h, residual=x1, pdl=pdl, preload=preload)
+        return h.clone(), caches[0].clone(), caches[1].clone()
+
+    want = layers(False)
+    for got in layers(True), layers(True):
+        assert all(torch.equal(a, b) for a, b in zip(got, want))
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        layers(True)
+    for _ in range(3):
+        h.zero_()
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(h, want[0]) and torch.equal(caches[0], want[1])
+
+
 @pytest.mark.parametrize("rows", [1, 32])
 def test_chunked_argmax_at_llama3_vocab(rows):
     """Greedy sampling's argmax on the GPU (kernels/triton/argmax.py) == torch.argmax on a

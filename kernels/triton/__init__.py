@@ -68,6 +68,21 @@ def launch(kernel, grid: tuple, *args, num_warps: int = 4, num_stages: int | Non
     kernel[grid](*args, **constexprs, **opts)
 
 
+_pdl_capable: dict[int, bool] = {}
+
+
+def pdl_capable(device: torch.device) -> bool:
+    """Whether kernels on `device` can launch with programmatic dependent launch: a CUDA
+    device of compute capability 9+ (Hopper), never under the interpreter (it has no
+    griddepcontrol)."""
+    if INTERPRET or device.type != "cuda":
+        return False
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _pdl_capable:
+        _pdl_capable[index] = torch.cuda.get_device_capability(index)[0] >= 9
+    return _pdl_capable[index]
+
+
 @contextmanager
 def record_launches():
     """Collect (kernel, grid, args, constexprs, num_warps) instead of launching."""

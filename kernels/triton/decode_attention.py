@@ -19,10 +19,12 @@ chunk from the length on device. Reference twins: torch_ops.cached_attention
 """
 from __future__ import annotations
 
+import os
+
 import triton
 import triton.language as tl
 
-from . import INTERPRET, check_contiguous, check_rows, launch, next_pow2
+from . import INTERPRET, check_contiguous, check_rows, launch, next_pow2, pdl_capable
 
 LOG2E = 1.4426950408889634
 # NOTE: 64 keys per tile = 4 cache blocks of 16: each tile's loads are 64 x 128 B rows.
@@ -31,6 +33,15 @@ BLOCK_N = 64
 # bench/gpu_attention.py timed in a graph on an H200 (2026-11-26: bs 32 at 512 tokens
 # 15.0 vs 15.7 us a layer, bs 128 36.8 vs 43.1).
 NUM_WARPS = 2
+# Programmatic dependent launch (Hopper+), opt-in: RUSTINFER_ATTENTION_PDL=1. Both kernels
+# launch early and gdc_wait before reading what the kernel before them wrote, and signal
+# their own dependents early: at bs=1 the chain attention -> merge -> o GEMV then has the
+# o projection's programs resident, their weights loaded (gemv.PDL_PRELOAD), while
+# attention still runs. A grid of more than EARLY_PROGRAMS signals only after its loop, so
+# that waiting dependents never take SM slots from its own later programs.
+# NOTE: new 2026-11-27, timed by bench/gpu_gemv.py's PDL rows.
+PDL = os.environ.get("RUSTINFER_ATTENTION_PDL", "0") == "1"
+EARLY_PROGRAMS = 256
 
 
 @triton.jit
@@ -38,16 +49,22 @@ def _decode_attention_kernel(q_ptr, kc_ptr, vc_ptr, bt_ptr, ctx_ptr, out_ptr, po
                              stride_q, stride_out, stride_bt, qk_scale, num_splits,
                              KV_HEADS: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
                              BLOCK_SIZE: tl.constexpr, G_PAD: tl.constexpr, D_PAD: tl.constexpr,
-                             BLOCK_N: tl.constexpr, DIRECT: tl.constexpr, DOT_FP32: tl.constexpr):
+                             BLOCK_N: tl.constexpr, DIRECT: tl.constexpr, DOT_FP32: tl.constexpr,
+                             PDL: tl.constexpr = False, EARLY: tl.constexpr = False):
     # q:      [B, HEADS * HEAD_DIM], row stride stride_q; HEADS = KV_HEADS * GROUP
     # kc, vc: [blocks, BLOCK_SIZE, KV_HEADS, HEAD_DIM] contiguous
     # bt:     [B, max_blocks] block table, row stride stride_bt; ctx: [B] context lengths
     # out:    [B, HEADS * HEAD_DIM] (DIRECT), row stride stride_out
     # po:     [B, HEADS, num_splits, HEAD_DIM] fp32 partial outputs; plse: [B, HEADS, num_splits]
     # qk_scale = softmax scale * log2(e): scores are in base 2 (exp2 is one instruction)
+    # PDL: launched early; EARLY: lets its own dependents launch at once, else after the loop
     seq = tl.program_id(0).to(tl.int64)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
+    if PDL:
+        if EARLY:
+            tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()          # q and the new token's k / v come from the GEMV
     ctx = tl.load(ctx_ptr + seq)
     chunk = tl.cdiv(tl.cdiv(ctx, num_splits), BLOCK_N) * BLOCK_N
     start = split * chunk
@@ -89,6 +106,8 @@ def _decode_attention_kernel(q_ptr, kc_ptr, vc_ptr, bt_ptr, ctx_ptr, out_ptr, po
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
         m_i = m_new
 
+    if PDL and not EARLY:
+        tl.extra.cuda.gdc_launch_dependents()
     empty = l_i == 0.0
     o = acc / tl.where(empty, 1.0, l_i)[:, None]
     omask = gmask[:, None] & dmask[None, :]
@@ -105,11 +124,15 @@ def _decode_attention_kernel(q_ptr, kc_ptr, vc_ptr, bt_ptr, ctx_ptr, out_ptr, po
 @triton.jit
 def _merge_kernel(po_ptr, plse_ptr, out_ptr, stride_out, num_splits,
                   HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, S_PAD: tl.constexpr,
-                  D_PAD: tl.constexpr):
+                  D_PAD: tl.constexpr, PDL: tl.constexpr = False, EARLY: tl.constexpr = False):
     # po: [B, HEADS, num_splits, HEAD_DIM] fp32; plse: [B, HEADS, num_splits] fp32 (base 2)
     # out: [B, HEADS * HEAD_DIM], row stride stride_out; grid: (B, HEADS)
     seq = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)
+    if PDL:
+        if EARLY:
+            tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()          # the partials come from the attention kernel
     s = tl.arange(0, S_PAD)
     d = tl.arange(0, D_PAD)
     smask = s < num_splits
@@ -135,10 +158,11 @@ def num_splits(batch: int, kv_heads: int, max_context: int, num_sms: int) -> int
 
 def decode_attention(q, k_cache, v_cache, block_table, context_lens, out, partial_out,
                      partial_lse, *, heads: int, kv_heads: int, head_dim: int, scale: float,
-                     splits: int, block_n: int = BLOCK_N, num_warps: int = NUM_WARPS) -> None:
+                     splits: int, block_n: int = BLOCK_N, num_warps: int = NUM_WARPS,
+                     pdl: bool | None = None) -> None:
     """partial_out / partial_lse: fp32 scratch of at least B * heads * splits (* head_dim).
     block_n (keys per tile) and num_warps: defaults the plan uses (bench/gpu_attention.py
-    sweeps them)."""
+    sweeps them); pdl overrides the module's PDL switch (tests, benchmarks)."""
     b = q.shape[0]
     check_rows("decode q", q, heads * head_dim, b)
     check_rows("decode out", out, heads * head_dim, b)
@@ -159,14 +183,17 @@ def decode_attention(q, k_cache, v_cache, block_table, context_lens, out, partia
                        or partial_lse.numel() < b * heads * splits):
         raise ValueError("decode attention scratch too small for "
                          f"{b} rows x {heads} heads x {splits} splits")
+    pdl = PDL and pdl_capable(q.device) if pdl is None else pdl
     launch(_decode_attention_kernel, (b, kv_heads, splits), q, k_cache, v_cache, block_table,
            context_lens, out,
            partial_out, partial_lse, q.stride(0), out.stride(0), block_table.stride(0),
            float(scale) * LOG2E, splits,
            KV_HEADS=kv_heads, GROUP=group, HEAD_DIM=head_dim, BLOCK_SIZE=k_cache.shape[1],
            G_PAD=max(16, next_pow2(group)), D_PAD=max(16, next_pow2(head_dim)),
-           BLOCK_N=block_n, DIRECT=direct, DOT_FP32=INTERPRET, num_warps=num_warps)
+           BLOCK_N=block_n, DIRECT=direct, DOT_FP32=INTERPRET, num_warps=num_warps,
+           PDL=pdl, EARLY=b * kv_heads * splits <= EARLY_PROGRAMS, launch_pdl=pdl)
     if not direct:
         launch(_merge_kernel, (b, heads), partial_out, partial_lse, out, out.stride(0), splits,
                HEADS=heads, HEAD_DIM=head_dim, S_PAD=max(2, next_pow2(splits)),
-               D_PAD=next_pow2(head_dim))
+               D_PAD=next_pow2(head_dim), PDL=pdl, EARLY=b * heads <= EARLY_PROGRAMS,
+               launch_pdl=pdl)
