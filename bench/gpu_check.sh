@@ -16,8 +16,8 @@
 # engine.log, engine.md, profile.txt and summary.md into OUTDIR.
 # Designed to finish in < 8 minutes: each stage has its own timeout.
 # STAGES="tests gemv bench engine profile" (the default) picks stages, for a short lease;
-# STAGES=pdl runs gpu.py and the engine with PDL on everywhere (RUSTINFER_GEMV_PDL=1,
-# RUSTINFER_ATTENTION_PDL=1); STAGES=gemvgraph runs bench/gpu_gemv_graph.py (the GEMV configs timed inside a graph),
+# STAGES=nopdl runs gpu.py and the engine with programmatic dependent launch off
+# (the default on Hopper); STAGES=gemvgraph runs bench/gpu_gemv_graph.py (the GEMV configs timed inside a graph),
 # STAGES=attention bench/gpu_attention.py (decode attention's split counts, in a graph);
 # GEMV_ARGS (default --sweep --batched --rows 1,8,32), BENCH_ARGS, PROFILE_ARGS and
 # GEMV_TIMEOUT tune them.
@@ -81,16 +81,16 @@ want profile && timeout 50 $py bench/gpu_profile.py --out "$out" ${PROFILE_ARGS:
 # the default stages' worst case stays under 8 minutes.
 want profile && timeout 25 $py bench/gpu_profile.py --batch 32 --out "$out" 2>&1 | tee "$out/profile_bs32.log"
 
-# Not in the default stages (~90 s): gpu.py (1B and 8B) and the engine with programmatic
-# dependent launch on everywhere it exists (GEMVs with their first weight tile preloaded,
-# decode attention and merge), into gpu_pdl.md / engine_pdl.md beside the default's.
-pdl_rc=skipped
-want pdl && { mkdir -p "$out/pdl" && RUSTINFER_GEMV_PDL=1 RUSTINFER_ATTENTION_PDL=1 \
-  timeout ${PDL_TIMEOUT:-150} bash -c "$py bench/gpu.py --models 1b,8b --out '$out/pdl' && \
-  $py bench/gpu_engine.py --out '$out/pdl'" 2>&1 | tee "$out/pdl.log"
-pdl_rc=${PIPESTATUS[0]}
-for f in gpu.md engine.md gpu.json; do [ -f "$out/pdl/$f" ] && mv "$out/pdl/$f" "$out/${f%.*}_pdl.${f##*.}"; done
-rm -rf "$out/pdl"; }
+# Not in the default stages (~40 s): gpu.py (1B and 8B) and the engine with programmatic
+# dependent launch off (RUSTINFER_GEMV_PDL=0 RUSTINFER_ATTENTION_PDL=0), into
+# gpu_nopdl.md / engine_nopdl.md beside the default's: the A/B of the host's cost too.
+nopdl_rc=skipped
+want nopdl && { mkdir -p "$out/nopdl" && RUSTINFER_GEMV_PDL=0 RUSTINFER_ATTENTION_PDL=0 \
+  timeout ${NOPDL_TIMEOUT:-150} bash -c "$py bench/gpu.py --models 1b,8b --out '$out/nopdl' && \
+  $py bench/gpu_engine.py --out '$out/nopdl'" 2>&1 | tee "$out/nopdl.log"
+nopdl_rc=${PIPESTATUS[0]}
+for f in gpu.md engine.md gpu.json; do [ -f "$out/nopdl/$f" ] && mv "$out/nopdl/$f" "$out/${f%.*}_nopdl.${f##*.}"; done
+rm -rf "$out/nopdl"; }
 
 # Not in the default stages (a tuning run, ~4 minutes): the GEMV configs timed in a graph.
 want gemvgraph && timeout ${GEMV_GRAPH_TIMEOUT:-280} $py bench/gpu_gemv_graph.py --out "$out" \
@@ -106,13 +106,13 @@ want attention && timeout ${ATTENTION_TIMEOUT:-120} $py bench/gpu_attention.py -
   echo "bench/gpu_gemv.py: exit $gemv_rc"
   echo "bench/gpu.py: exit $bench_rc"
   echo "bench/gpu_engine.py: exit $engine_rc"
-  echo "PDL everywhere (gpu.py + engine): exit $pdl_rc; total $(( $(date +%s) - started )) s"
+  echo "PDL off (gpu.py + engine): exit $nopdl_rc; total $(( $(date +%s) - started )) s"
   echo
   cat "$out/gpu.md" 2>/dev/null || echo "(no benchmark table)"
   echo; cat "$out/gemv.md" 2>/dev/null || echo "(no GEMV table)"
   echo; cat "$out/engine.md" 2>/dev/null || echo "(no engine run)"
-  [ -f "$out/gpu_pdl.md" ] && { echo; echo "## With PDL everywhere"; echo; cat "$out/gpu_pdl.md"; }
-  [ -f "$out/engine_pdl.md" ] && { echo; cat "$out/engine_pdl.md"; }
+  [ -f "$out/gpu_nopdl.md" ] && { echo; echo "## PDL off"; echo; cat "$out/gpu_nopdl.md"; }
+  [ -f "$out/engine_nopdl.md" ] && { echo; cat "$out/engine_nopdl.md"; }
   echo; cat "$out/profile.txt" 2>/dev/null || echo "(no profile)"
   echo; cat "$out/profile_bs32.txt" 2>/dev/null || echo "(no batch-32 profile)"
   [ -f "$out/gemv_graph.log" ] && { echo; cat "$out/gemv_graph.log"; }
@@ -124,4 +124,4 @@ if [ "${PACK:-0}" = 1 ]; then
   ( cd "$out" && files=$(find . -maxdepth 1 -type f ! -name summary.md ! -name pytest.log \
       -printf '%f\n') && tar czf results.tgz $files && rm -f $files )
 fi
-for rc in "$tests_rc" "$gemv_rc" "$bench_rc" "$engine_rc" "$pdl_rc"; do [ "$rc" = 0 ] || [ "$rc" = skipped ] || exit 1; done
+for rc in "$tests_rc" "$gemv_rc" "$bench_rc" "$engine_rc" "$nopdl_rc"; do [ "$rc" = 0 ] || [ "$rc" = skipped ] || exit 1; done

@@ -23,8 +23,8 @@ In one run, on one card:
    executor captures its graphs, which is what RUSTINFER_TRITON_GEMV=1 does at import;
    plus how far apart the two runs' logits are for one decode step after a prefill;
 3. the same TPOT with programmatic dependent launch (PDL_VARIANTS): the GEMVs launched
-   early, with their first weight tile loaded before they wait (preload), and decode
-   attention + merge launched early too (attention), each A/B against the plain GEMV.
+   early, and decode attention + merge launched early too (attention; the default), each
+   A/B against the GEMV without PDL.
 Writes gemv.json and gemv.md into --out (after each part: a timeout keeps what ran).
 """
 from __future__ import annotations
@@ -211,11 +211,11 @@ def bench_fused(iters: int, flush: torch.Tensor) -> list[dict]:
     return results
 
 
-# The programmatic-dependent-launch variants bench_tpot times after the plain GEMV: the
-# GEMVs alone, with their first weight tile loaded before gdc_wait, and with decode
-# attention and its merge launched early too.
-PDL_VARIANTS = (dict(), dict(preload=True), dict(attention_pdl=True),
-                dict(preload=True, attention_pdl=True))
+# The programmatic-dependent-launch variants bench_tpot times after the GEMV without it:
+# the GEMVs alone, and with decode attention and its merge launched early too (the
+# default on compute capability 9+). Measured and dropped, 2026-11-27: each GEMV program
+# loading its first weight tile before gdc_wait (0.26 ms slower replayed).
+PDL_VARIANTS = (dict(), dict(attention_pdl=True))
 
 
 def variant_name(t: dict) -> str:
@@ -223,15 +223,15 @@ def variant_name(t: dict) -> str:
     name = "Triton GEMV" if t["gemv"] else "cuBLAS (the fused ops in parts)"
     if t.get("pdl"):
         name += " + PDL" + ", L2 prefetch" * bool(t.get("prefetch")) \
-            + ", preload" * bool(t.get("preload")) + ", attention" * bool(t.get("attention_pdl"))
+            + ", attention" * bool(t.get("attention_pdl"))
     return name
 
 
 def bench_tpot(use_gemv: bool, steps: int, pdl: bool = False, prefetch: bool = False,
-               preload: bool = False, attention_pdl: bool = False) -> tuple[dict, torch.Tensor]:
+               attention_pdl: bool = False) -> tuple[dict, torch.Tensor]:
     """bs=1 decode on Llama-3.2-1B (random bf16 weights) with or without the GEMV (and its
-    programmatic dependent launch: L2 prefetch, or the first weight tile preloaded; decode
-    attention launched with PDL too): timings, and the logits of one decode step after a
+    programmatic dependent launch: with L2 prefetches; decode attention launched with PDL
+    too): timings, and the logits of one decode step after a
     128-token prefill."""
     from rustinfer.kernels.triton import decode_attention as attention_mod
     from rustinfer.kernels.triton import gemv as gemv_mod
@@ -250,7 +250,6 @@ def bench_tpot(use_gemv: bool, steps: int, pdl: bool = False, prefetch: bool = F
     saved, triton_ops.TRITON_GEMV = triton_ops.TRITON_GEMV, use_gemv
     saved_pdl, gemv_mod.PDL = gemv_mod.PDL, pdl
     saved_prefetch, gemv_mod.PDL_PREFETCH = gemv_mod.PDL_PREFETCH, prefetch
-    saved_preload, gemv_mod.PDL_PRELOAD = gemv_mod.PDL_PRELOAD, preload
     saved_attention, attention_mod.PDL = attention_mod.PDL, attention_pdl
     try:
         ex = CudaExecutor(folder / "plan.py", ckpt, num_blocks=-(-max_len // BLOCK) + 8,
@@ -267,14 +266,13 @@ def bench_tpot(use_gemv: bool, steps: int, pdl: bool = False, prefetch: bool = F
             tok = greedy_argmax(ex.forward_device(step)).tolist()[0]
             times.append(time.perf_counter() - t0)
         r = dict(gemv=use_gemv, pdl=pdl, prefetch=pdl and prefetch,
-                 preload=pdl and preload and not prefetch, attention_pdl=attention_pdl,
+                 attention_pdl=attention_pdl,
                  tpot_ms=1e3 * statistics.median(times[3:]), replay_ms=replay_ms(ex.graphs[1]),
                  overlap_ms=overlapped_tpot_ms(ex, table, steps))
     finally:
         triton_ops.TRITON_GEMV = saved
         gemv_mod.PDL = saved_pdl
         gemv_mod.PDL_PREFETCH = saved_prefetch
-        gemv_mod.PDL_PRELOAD = saved_preload
         attention_mod.PDL = saved_attention
     del ex
     gc.collect()

@@ -209,27 +209,6 @@ def test_gemv_fused_matches_reference(dtype, m, variant, config):
         assert torch.equal(res_arg, r)              # the residual is only read
 
 
-@pytest.mark.parametrize("variant", ["plain", "norm_swiglu", "residual_out"])
-@pytest.mark.parametrize("config", [SMALL, SMALL_DOT], ids=["fma", "dot"])
-def test_gemv_preloaded_first_tile_gives_the_same_result(variant, config):
-    """PRELOAD (what a PDL launch uses: the first weight tile loaded before gdc_wait, the
-    loop taking it at k0 == 0) computes exactly what loading every tile in the loop does:
-    ragged N and K (two full tiles and a partial one), paired rows, an in-place residual."""
-    swiglu = variant == "norm_swiglu"
-    n, k, m = 37, 150, 3
-    x = (3 * _rand(m, k, dtype=torch.float32, seed=10)).bfloat16()
-    w = _rand(2 * n if swiglu else n, k, dtype=torch.bfloat16, seed=11)
-    nw = _rand(k, dtype=torch.bfloat16, seed=12) if swiglu else None
-    outs = []
-    for preload in (False, True):
-        out = _rand(m, n, dtype=torch.bfloat16, seed=13)
-        gemv(x, w, out, norm_weight=nw, eps=EPS if swiglu else 0.0, swiglu=swiglu,
-             residual=out if variant == "residual_out" else None, config=config,
-             preload=preload)
-        outs.append(out)
-    assert torch.equal(outs[0], outs[1])
-
-
 def test_gemv_fused_default_config():
     """gemv_config's own (swiglu) choice at odd shapes; bf16 weights into an fp32 out."""
     x = (3 * _rand(2, 37, dtype=torch.float32, seed=5)).bfloat16()
@@ -294,8 +273,8 @@ with record_launches() as rec:       # 1B: norm+qkv, norm+gate_up+swiglu, o / do
     gemv_rope_kv(e(1, 2048), e(3072, 2048), e(1, 2048), i(1), i(1), f(600, 32), f(600, 32),
                  e(40, 16, 8, 64), e(40, 16, 8, 64), heads=32, kv_heads=8, head_dim=64,
                  norm_weight=e(2048), eps=1e-5)
-    # programmatic dependent launch: griddepcontrol, the first weight tile loaded before
-    # gdc_wait (PRELOAD, the default), and the L2 prefetches (inline PTX) instead
+    # programmatic dependent launch: griddepcontrol, without and with L2 prefetches
+    # (inline PTX)
     gemv(e(1, 2048), e(16384, 2048), e(1, 8192), norm_weight=e(2048), eps=1e-5, swiglu=True,
          pdl=True)
     gemv_mod.PDL_PREFETCH = True
@@ -333,7 +312,7 @@ def test_gemv_fused_variants_compile_for_sm90(tmp_path):
     lines = [line for line in done.stdout.splitlines() if line.startswith("ok gemv._gemv_kernel")]
     assert len(lines) == 10, done.stdout
     for flag in ("HAS_NORM=True", "SWIGLU=True", "HAS_RESIDUAL=True", "HAS_BIAS=True",
-                 "PDL=True", "ROPE=True", "PREFETCH=True", "PRELOAD=True"):
+                 "PDL=True", "ROPE=True", "PREFETCH=True"):
         assert any(flag in line for line in lines), flag
     attention = [line for line in done.stdout.splitlines()
                  if line.startswith("ok decode_attention.")]

@@ -52,24 +52,20 @@ from .gemv_config import FMA_ROWS, MAX_ROWS, GemvConfig, gemv_config  # noqa: F4
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # Programmatic dependent launch (Hopper+): a GEMV may be scheduled while the kernel before
-# it drains and waits (gdc_wait) for its results only then. NOTE measured on H200s,
-# 2026-11-26 (bench/gpu_gemv.py, the 1B bs=1 step, PDL vs not in the same run, 4 runs):
-# graph replay 1.8-2.3% faster every time, but the engine-style TPOT (host layout + graph
-# launch + replay) moved -5% to +8% (mean +0.01 ms): the host's launch of a graph with
-# programmatic edges costs about what the overlap saves. So it stays opt-in:
-# RUSTINFER_GEMV_PDL=1 turns it on (compute capability 9+). Never under the interpreter
-# (it has no griddepcontrol / prefetch).
-PDL = os.environ.get("RUSTINFER_GEMV_PDL", "0") == "1"
+# it drains, and waits (gdc_wait) for its results only then. On by default on compute
+# capability 9+ since measured on an H200, 2026-11-27 (bench/gpu_gemv.py, the 1B bs=1 step,
+# one run: graph replay / overlapped TPOT, ms): no PDL 0.860 / 0.877; GEMVs with PDL
+# 0.841 / 0.859; with decode attention and its merge launched early too
+# (decode_attention.PDL) 0.808 / 0.829; the engine's step 0.876 -> 0.827. (Before the engine
+# overlapped its steps, the host's launch of a graph with programmatic edges cost about
+# what the overlap saved: 2026-11-26, 4 runs.) RUSTINFER_GEMV_PDL=0 turns it off. Never
+# under the interpreter (it has no griddepcontrol / prefetch). Measured and dropped: each
+# program loading its first weight tile before gdc_wait (replay 1.122 ms, 0.26 ms slower).
+PDL = os.environ.get("RUSTINFER_GEMV_PDL", "1") == "1"
 # With PDL, also prefetch the weight rows into L2 before waiting: measured slower
 # (1.019-1.106 vs 0.90 ms replayed: a line evicted before its load is read twice), so
 # opt-in, RUSTINFER_GEMV_PDL_PREFETCH=1.
 PDL_PREFETCH = os.environ.get("RUSTINFER_GEMV_PDL_PREFETCH", "0") == "1"
-# With PDL, load the first K tile of the weights into registers before waiting: weights
-# never depend on the kernel before, so a program launched early has its first loads in
-# flight while that kernel drains (a megakernel's overlap, kernel by kernel). For 1B's o
-# projection (one K tile) that is all of its weights. NOTE: new 2026-11-27, timed by
-# bench/gpu_gemv.py's PDL rows; RUSTINFER_GEMV_PDL_PRELOAD=0 turns it off.
-PDL_PRELOAD = os.environ.get("RUSTINFER_GEMV_PDL_PRELOAD", "1") == "1"
 
 
 def pdl_default(device: torch.device) -> bool:
@@ -89,8 +85,7 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, nw_ptr, res_ptr, out_ptr, M, N, K, stride_
                  SWIGLU: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ROPE: tl.constexpr = False,
                  HEADS: tl.constexpr = 1, KV_HEADS: tl.constexpr = 1,
                  HEAD_DIM: tl.constexpr = 2, PDL: tl.constexpr = False,
-                 PREFETCH: tl.constexpr = False, PRELOAD: tl.constexpr = False,
-                 LINES: tl.constexpr = 1,
+                 PREFETCH: tl.constexpr = False, LINES: tl.constexpr = 1,
                  LINE_ELEMS: tl.constexpr = 64, DOT: tl.constexpr = False,
                  DOT_FP32: tl.constexpr = False):
     # x:    [M, K], row stride stride_x, columns contiguous; M <= BLOCK_M <= 32 (DOT:
@@ -133,16 +128,6 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, nw_ptr, res_ptr, out_ptr, M, N, K, stride_
                             w_ptr)
             tl.inline_asm_elementwise("prefetch.global.L2 [$1]; // dummy $0", "=r,l", [ptrs],
                                       dtype=tl.int32, is_pure=False, pack=1)
-    if PRELOAD:
-        # Launched early (PDL): the first K tile of the weights, which no kernel writes,
-        # is loaded while the previous kernel may still be running; the loop uses it
-        # for k0 == 0. Everything else is read only after gdc_wait (below).
-        k = tl.arange(0, BLOCK_K)
-        wmask = nmask[:, None] & (k < K)[None, :]
-        w_first = tl.load(w_ptr + row[:, None] * stride_w + k[None, :], mask=wmask, other=0.0)
-        if PAIRED:
-            w2_first = tl.load(w_ptr + (row + pair)[:, None] * stride_w + k[None, :],
-                               mask=wmask, other=0.0)
     if PDL:
         # returns once the previous kernel has finished and its writes are visible
         tl.extra.cuda.gdc_wait()
@@ -155,22 +140,10 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, nw_ptr, res_ptr, out_ptr, M, N, K, stride_
         k = k0 + tl.arange(0, BLOCK_K)
         kmask = k < K
         wmask = nmask[:, None] & kmask[None, :]
-        if PRELOAD:
-            if k0 == 0:
-                w = w_first
-                if PAIRED:
-                    w2 = w2_first
-            else:
-                w = tl.load(w_ptr + row[:, None] * stride_w + k[None, :], mask=wmask,
-                            other=0.0)
-                if PAIRED:
-                    w2 = tl.load(w_ptr + (row + pair)[:, None] * stride_w + k[None, :],
-                                 mask=wmask, other=0.0)
-        else:
-            w = tl.load(w_ptr + row[:, None] * stride_w + k[None, :], mask=wmask, other=0.0)
-            if PAIRED:
-                w2 = tl.load(w_ptr + (row + pair)[:, None] * stride_w + k[None, :],
-                             mask=wmask, other=0.0)
+        w = tl.load(w_ptr + row[:, None] * stride_w + k[None, :], mask=wmask, other=0.0)
+        if PAIRED:
+            w2 = tl.load(w_ptr + (row + pair)[:, None] * stride_w + k[None, :], mask=wmask,
+                         other=0.0)
         if HAS_NORM:
             # the norm's per-column scale (w + offset) goes into x; its per-row scale
             # rsqrt(mean(x^2) + eps) needs all of K, so it is applied after the loop
@@ -288,13 +261,11 @@ def _check_inputs(x, weight, bias, norm_weight) -> tuple[int, int, int]:
 
 
 def _launch(cfg: GemvConfig, n: int, x, weight, out, bias, norm_weight, residual, eps, offset,
-            pdl, preload, *, swiglu=False, rope=None) -> None:
+            pdl, *, swiglu=False, rope=None) -> None:
     """The one kernel launch behind gemv and gemv_rope_kv (n: the outputs the grid covers)."""
     m, k = x.shape
     pdl = pdl_default(x.device) if pdl is None else pdl
     prefetch = pdl and PDL_PREFETCH
-    if preload is None:
-        preload = pdl and PDL_PRELOAD and not prefetch
     line_elems = _LINE_BYTES // weight.element_size()
     res = out if residual is None else residual
     r = rope or {}
@@ -309,14 +280,13 @@ def _launch(cfg: GemvConfig, n: int, x, weight, out, bias, norm_weight, residual
            SWIGLU=bool(swiglu), HAS_RESIDUAL=residual is not None, ROPE=rope is not None,
            HEADS=r.get("heads", 1), KV_HEADS=r.get("kv_heads", 1),
            HEAD_DIM=r.get("head_dim", 2), num_warps=cfg.num_warps, launch_pdl=pdl, PDL=pdl,
-           PREFETCH=prefetch, PRELOAD=preload, LINES=next_pow2(triton.cdiv(k, line_elems)) if prefetch else 1,
+           PREFETCH=prefetch, LINES=next_pow2(triton.cdiv(k, line_elems)) if prefetch else 1,
            LINE_ELEMS=line_elems, DOT=cfg.dot, DOT_FP32=INTERPRET)
 
 
 def gemv(x, weight, out, bias=None, *, norm_weight=None, eps: float = 0.0,
          offset: float = 0.0, swiglu: bool = False, residual=None,
-         config: GemvConfig | None = None, pdl: bool | None = None,
-         preload: bool | None = None) -> None:
+         config: GemvConfig | None = None, pdl: bool | None = None) -> None:
     """out = x @ weight^T (+ bias) for x with <= 32 rows, with optional fusions:
 
     norm_weight [K]: x is RMS-normalized first, x * rsqrt(mean(x^2) + eps) *
@@ -324,9 +294,8 @@ def gemv(x, weight, out, bias=None, *, norm_weight=None, eps: float = 0.0,
     swiglu: weight (and bias) hold gate then up, [2F, K] ([2F]); out [M, F] =
         silu(gate) * up;
     residual [M, N]: out = residual + ...; out may be residual itself (in place).
-    swiglu and residual do not combine. `config` overrides gemv_config, `pdl` the
-    module's PDL switch and `preload` PDL_PRELOAD (benchmarks and tests; plans always take
-    the defaults)."""
+    swiglu and residual do not combine. `config` overrides gemv_config and `pdl` the
+    module's PDL switch (benchmarks and tests; plans always take the defaults)."""
     m, k, rows_w = _check_inputs(x, weight, bias, norm_weight)
     if swiglu:
         if residual is not None:
@@ -346,13 +315,13 @@ def gemv(x, weight, out, bias=None, *, norm_weight=None, eps: float = 0.0,
     if m == 0:
         return
     _launch(config or gemv_config(n, k, m, swiglu=swiglu), n, x, weight, out, bias,
-            norm_weight, residual, eps, offset, pdl, preload, swiglu=swiglu)
+            norm_weight, residual, eps, offset, pdl, swiglu=swiglu)
 
 
 def gemv_rope_kv(x, weight, q_out, positions, slots, cos, sin, k_cache, v_cache, *,
                  heads: int, kv_heads: int, head_dim: int, bias=None, norm_weight=None,
                  eps: float = 0.0, offset: float = 0.0, config: GemvConfig | None = None,
-                 pdl: bool | None = None, preload: bool | None = None) -> None:
+                 pdl: bool | None = None) -> None:
     """The attention's input projection with RoPE and the KV-cache append in its epilogue:
 
         qkv = x @ weight^T (+ bias)  (x RMS-normalized first when norm_weight is given)
@@ -398,4 +367,4 @@ def gemv_rope_kv(x, weight, q_out, positions, slots, cos, sin, k_cache, v_cache,
     rope = dict(positions=positions, slots=slots, cos=cos, sin=sin, k_cache=k_cache,
                 v_cache=v_cache, heads=heads, kv_heads=kv_heads, head_dim=head_dim)
     _launch(cfg._replace(block_n=block_n), pairs, x, weight, q_out, bias, norm_weight, None,
-            eps, offset, pdl, preload, rope=rope)
+            eps, offset, pdl, rope=rope)
