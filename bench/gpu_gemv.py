@@ -214,9 +214,9 @@ def bench_fused(iters: int, flush: torch.Tensor) -> list[dict]:
 # The programmatic-dependent-launch variants bench_tpot times after the GEMV without it:
 # the GEMVs alone, and with decode attention and its merge launched early too (the
 # default on compute capability 9+). Measured and dropped, 2026-11-27: each GEMV program
-# loading its first weight tile before gdc_wait (0.26 ms slower replayed).
-PDL_VARIANTS = (dict(), dict(attention_pdl=True), dict(attention_pdl=True, early=400),
-                dict(attention_pdl=True, early=512))
+# loading its first weight tile before gdc_wait (0.26 ms slower replayed), and GEMVs
+# letting their dependents launch before their K loop (0.01-0.05 ms slower).
+PDL_VARIANTS = (dict(), dict(attention_pdl=True))
 
 
 def variant_name(t: dict) -> str:
@@ -224,13 +224,12 @@ def variant_name(t: dict) -> str:
     name = "Triton GEMV" if t["gemv"] else "cuBLAS (the fused ops in parts)"
     if t.get("pdl"):
         name += " + PDL" + ", L2 prefetch" * bool(t.get("prefetch")) \
-            + ", attention" * bool(t.get("attention_pdl")) \
-            + (f", early <= {t['early']} programs" if t.get("early") else "")
+            + ", attention" * bool(t.get("attention_pdl"))
     return name
 
 
 def bench_tpot(use_gemv: bool, steps: int, pdl: bool = False, prefetch: bool = False,
-               attention_pdl: bool = False, early: int = 0) -> tuple[dict, torch.Tensor]:
+               attention_pdl: bool = False) -> tuple[dict, torch.Tensor]:
     """bs=1 decode on Llama-3.2-1B (random bf16 weights) with or without the GEMV (and its
     programmatic dependent launch: with L2 prefetches; decode attention launched with PDL
     too): timings, and the logits of one decode step after a
@@ -253,7 +252,6 @@ def bench_tpot(use_gemv: bool, steps: int, pdl: bool = False, prefetch: bool = F
     saved_pdl, gemv_mod.PDL = gemv_mod.PDL, pdl
     saved_prefetch, gemv_mod.PDL_PREFETCH = gemv_mod.PDL_PREFETCH, prefetch
     saved_attention, attention_mod.PDL = attention_mod.PDL, attention_pdl
-    saved_early, gemv_mod.EARLY_PROGRAMS = gemv_mod.EARLY_PROGRAMS, early
     try:
         ex = CudaExecutor(folder / "plan.py", ckpt, num_blocks=-(-max_len // BLOCK) + 8,
                           block_size=BLOCK, max_model_len=max_len, max_batch=1)
@@ -269,7 +267,7 @@ def bench_tpot(use_gemv: bool, steps: int, pdl: bool = False, prefetch: bool = F
             tok = greedy_argmax(ex.forward_device(step)).tolist()[0]
             times.append(time.perf_counter() - t0)
         r = dict(gemv=use_gemv, pdl=pdl, prefetch=pdl and prefetch,
-                 attention_pdl=attention_pdl, early=early,
+                 attention_pdl=attention_pdl,
                  tpot_ms=1e3 * statistics.median(times[3:]), replay_ms=replay_ms(ex.graphs[1]),
                  overlap_ms=overlapped_tpot_ms(ex, table, steps))
     finally:
@@ -277,7 +275,6 @@ def bench_tpot(use_gemv: bool, steps: int, pdl: bool = False, prefetch: bool = F
         gemv_mod.PDL = saved_pdl
         gemv_mod.PDL_PREFETCH = saved_prefetch
         attention_mod.PDL = saved_attention
-        gemv_mod.EARLY_PROGRAMS = saved_early
     del ex
     gc.collect()
     torch.cuda.empty_cache()

@@ -59,17 +59,15 @@ _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # (decode_attention.PDL) 0.808 / 0.829; the engine's step 0.876 -> 0.827. (Before the engine
 # overlapped its steps, the host's launch of a graph with programmatic edges cost about
 # what the overlap saved: 2026-11-26, 4 runs.) RUSTINFER_GEMV_PDL=0 turns it off. Never
-# under the interpreter (it has no griddepcontrol / prefetch). Measured and dropped: each
-# program loading its first weight tile before gdc_wait (replay 1.122 ms, 0.26 ms slower).
+# under the interpreter (it has no griddepcontrol / prefetch). Measured and dropped
+# (2026-11-27): each program loading its first weight tile before gdc_wait (replay 1.122
+# ms); letting dependents launch right after gdc_wait rather than after the K loop, for
+# grids of <= 400 / 512 programs (0.822 / 0.859 ms against 0.809 in the same run).
 PDL = os.environ.get("RUSTINFER_GEMV_PDL", "1") == "1"
 # With PDL, also prefetch the weight rows into L2 before waiting: measured slower
 # (1.019-1.106 vs 0.90 ms replayed: a line evicted before its load is read twice), so
 # opt-in, RUSTINFER_GEMV_PDL_PREFETCH=1.
 PDL_PREFETCH = os.environ.get("RUSTINFER_GEMV_PDL_PREFETCH", "0") == "1"
-# With PDL, a GEMV whose grid has at most EARLY_PROGRAMS programs lets its dependents launch
-# right after its own gdc_wait instead of after its K loop. NOTE: an experiment (0: never),
-# timed by bench/gpu_gemv.py's PDL rows; RUSTINFER_GEMV_PDL_EARLY_PROGRAMS=N.
-EARLY_PROGRAMS = int(os.environ.get("RUSTINFER_GEMV_PDL_EARLY_PROGRAMS", "0"))
 
 
 def pdl_default(device: torch.device) -> bool:
@@ -89,8 +87,7 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, nw_ptr, res_ptr, out_ptr, M, N, K, stride_
                  SWIGLU: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ROPE: tl.constexpr = False,
                  HEADS: tl.constexpr = 1, KV_HEADS: tl.constexpr = 1,
                  HEAD_DIM: tl.constexpr = 2, PDL: tl.constexpr = False,
-                 PREFETCH: tl.constexpr = False, EARLY: tl.constexpr = False,
-                 LINES: tl.constexpr = 1,
+                 PREFETCH: tl.constexpr = False, LINES: tl.constexpr = 1,
                  LINE_ELEMS: tl.constexpr = 64, DOT: tl.constexpr = False,
                  DOT_FP32: tl.constexpr = False):
     # x:    [M, K], row stride stride_x, columns contiguous; M <= BLOCK_M <= 32 (DOT:
@@ -136,8 +133,6 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, nw_ptr, res_ptr, out_ptr, M, N, K, stride_
     if PDL:
         # returns once the previous kernel has finished and its writes are visible
         tl.extra.cuda.gdc_wait()
-        if EARLY:
-            tl.extra.cuda.gdc_launch_dependents()
     # The accumulators are out's tile transposed, [BLOCK_N, BLOCK_M]: a row's partial sums
     # come out of the K reduction along W's rows, so they add in without a layout change.
     acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)       # PAIRED: the first row of each pair
@@ -188,7 +183,7 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, nw_ptr, res_ptr, out_ptr, M, N, K, stride_
                 if PAIRED:
                     part2 = tl.sum(w2f * xm[None, :], axis=1)
                     acc2 = tl.where(rows[None, :] == m, acc2 + part2[:, None], acc2)
-    if PDL and not EARLY:
+    if PDL:
         # Only now let the next kernel's programs be scheduled: signalled at the start
         # (measured on an H200), their waiting programs took SM slots from this GEMV's
         # later waves and the bs=1 step got slower (1.019 vs 0.898 ms replayed).
@@ -276,8 +271,7 @@ def _launch(cfg: GemvConfig, n: int, x, weight, out, bias, norm_weight, residual
     line_elems = _LINE_BYTES // weight.element_size()
     res = out if residual is None else residual
     r = rope or {}
-    grid = triton.cdiv(n, cfg.block_n)
-    launch(_gemv_kernel, (grid,), x, weight,
+    launch(_gemv_kernel, (triton.cdiv(n, cfg.block_n),), x, weight,
            weight if bias is None else bias, weight if norm_weight is None else norm_weight,
            res, out, m, n, k, x.stride(0), weight.stride(0), res.stride(0), out.stride(0),
            float(eps), float(offset), r.get("positions", x), r.get("slots", x),
@@ -288,7 +282,7 @@ def _launch(cfg: GemvConfig, n: int, x, weight, out, bias, norm_weight, residual
            SWIGLU=bool(swiglu), HAS_RESIDUAL=residual is not None, ROPE=rope is not None,
            HEADS=r.get("heads", 1), KV_HEADS=r.get("kv_heads", 1),
            HEAD_DIM=r.get("head_dim", 2), num_warps=cfg.num_warps, launch_pdl=pdl, PDL=pdl,
-           PREFETCH=prefetch, EARLY=pdl and grid <= EARLY_PROGRAMS, LINES=next_pow2(triton.cdiv(k, line_elems)) if prefetch else 1,
+           PREFETCH=prefetch, LINES=next_pow2(triton.cdiv(k, line_elems)) if prefetch else 1,
            LINE_ELEMS=line_elems, DOT=cfg.dot, DOT_FP32=INTERPRET)
 
 
