@@ -6,8 +6,9 @@
 # 2. the package importable without pip: a rustinfer/ tree of links on PYTHONPATH (the
 #    repo maps its folders with package-dir, and an editable install needs setuptools>=77);
 # 3. TRITON_INTERPRET=0 pytest -m cuda: kernels at real shapes, graph replay == eager == fp32;
-# 4. bench/gpu_gemv.py: the Triton GEMV (opt-in, RUSTINFER_TRITON_GEMV=1) vs cuBLAS at the
-#    1B linears (+ a sweep of its configs), and the 1B bs=1 TPOT with each;
+# 4. bench/gpu_gemv.py: the Triton GEMV vs cuBLAS at the 1B linears (+ a sweep of its
+#    configs), and the 1B bs=1 TPOT with each, and with and without programmatic
+#    dependent launch (PDL, on by default on Hopper);
 # 5. bench/gpu.py: TPOT / TTFT / batch throughput vs plain torch eager, HBM roofline;
 # 6. bench/gpu_engine.py: the 1B model through the engine (rustinfer bench's path) vs
 #    the same step without the engine;
@@ -65,7 +66,9 @@ gemv_rc=${PIPESTATUS[0]}; }
 
 # Tests, GEMV and gpu.py together get at most 300 s (gpu.py the rest, at least 60), then
 # engine 90 and profile 50 + 25: worst case 465 s, under 8 minutes. (Measured on an H200,
-# 2026-11-26: tests 27-38 s, GEMV ~25 s, gpu.py ~35 s, profile ~10 s.)
+# 2026-11-26: tests 27-38 s, GEMV ~25 s, gpu.py ~35 s, profile ~10 s; 2026-11-27: tests
+# 39-52 s, and all stages but gemvgraph / attention with GEMV_ARGS="--rows 32 --batched"
+# 186 s.)
 left=$(( 300 - ($(date +%s) - started) ))
 want bench && { timeout $(( left > 60 ? left : 60 )) $py bench/gpu.py --out "$out" ${BENCH_ARGS:-} 2>&1 | tee "$out/bench.log"
 bench_rc=${PIPESTATUS[0]}; }

@@ -5,6 +5,9 @@
 Profiles 20 decode steps of --batch sequences at context 512 under CUDA-graph replay with torch.profiler and
 prints the kernels by total GPU time, grouped (GEMM / attention / norm / rope / ...), so
 the next optimisation goes where the time is. Run by bench/gpu_check.sh.
+Programmatic dependent launch is off here unless --pdl: a kernel launched early is timed
+from its start, its wait for the kernel before included (seen on an H200, 2026-11-27: the
+merge kernel read 74 us a step with PDL against 23 without), which hides where time goes.
 """
 from __future__ import annotations
 
@@ -38,7 +41,11 @@ def main() -> int:
     p.add_argument("--model", default="1b", choices=sorted(MODELS))
     p.add_argument("--batch", type=int, default=1, help="sequences per decode step (<= 32)")
     p.add_argument("--out", default=None)
+    p.add_argument("--pdl", action="store_true", help="keep programmatic dependent launch on")
     args = p.parse_args()
+    if not args.pdl:
+        from rustinfer.kernels.triton import decode_attention, gemv
+        gemv.PDL = decode_attention.PDL = False
     from rustinfer.compiler.build import CompileOptions, compile_model
     from rustinfer.compiler.spec import SPECS_DIR
     from rustinfer.compiler.step_inputs import StepInputs
