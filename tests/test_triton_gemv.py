@@ -316,8 +316,7 @@ def test_gemv_fused_variants_compile_for_sm90(tmp_path):
         assert any(flag in line for line in lines), flag
     attention = [line for line in done.stdout.splitlines()
                  if line.startswith("ok decode_attention.")]
-    assert len(attention) == 2 and all("PDL=True" in line and "EARLY=True" in line
-                                       for line in attention), done.stdout
+    assert len(attention) == 2 and all("PDL=True" in line for line in attention), done.stdout
     assert sum("DOT=True" in line for line in lines) == 5, lines     # the 16- and 32-row ones
 
 

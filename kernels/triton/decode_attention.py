@@ -36,12 +36,15 @@ NUM_WARPS = 2
 # Programmatic dependent launch (Hopper+; RUSTINFER_ATTENTION_PDL=0 turns it off). Both
 # kernels launch early and gdc_wait before reading what the kernel before them wrote, and
 # let their own dependents launch at once: at bs=1 the o projection's GEMV is then resident
-# while attention still runs. A grid of more than EARLY_PROGRAMS signals only after its
-# loop, so that waiting dependents never take SM slots from its own later programs.
-# Measured on an H200, 2026-11-27 (bench/gpu_gemv.py, 1B bs=1, with the GEMVs' PDL): graph
-# replay 0.841 -> 0.808 ms, overlapped TPOT 0.859 -> 0.829.
+# while attention still runs. Only grids of at most PDL_PROGRAMS programs (one wave of
+# these small programs on an H100 / H200) launch so: waiting dependents must not take SM
+# slots from a grid's later programs. Measured on an H200, 2026-11-27: 1B bs=1 (with the
+# GEMVs' PDL) graph replay 0.841 -> 0.808 ms, overlapped TPOT 0.859 -> 0.829 (bench/
+# gpu_gemv.py); at batch 8 and 32 (bench/gpu.py, PDL on every grid then) replay unchanged,
+# 1.141 and 1.306 ms, while the step timed with the host's launch and read-back grew from
+# 1.506 to 1.813 ms at batch 32.
 PDL = os.environ.get("RUSTINFER_ATTENTION_PDL", "1") == "1"
-EARLY_PROGRAMS = 256
+PDL_PROGRAMS = 256
 
 
 @triton.jit
@@ -50,20 +53,19 @@ def _decode_attention_kernel(q_ptr, kc_ptr, vc_ptr, bt_ptr, ctx_ptr, out_ptr, po
                              KV_HEADS: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
                              BLOCK_SIZE: tl.constexpr, G_PAD: tl.constexpr, D_PAD: tl.constexpr,
                              BLOCK_N: tl.constexpr, DIRECT: tl.constexpr, DOT_FP32: tl.constexpr,
-                             PDL: tl.constexpr = False, EARLY: tl.constexpr = False):
+                             PDL: tl.constexpr = False):
     # q:      [B, HEADS * HEAD_DIM], row stride stride_q; HEADS = KV_HEADS * GROUP
     # kc, vc: [blocks, BLOCK_SIZE, KV_HEADS, HEAD_DIM] contiguous
     # bt:     [B, max_blocks] block table, row stride stride_bt; ctx: [B] context lengths
     # out:    [B, HEADS * HEAD_DIM] (DIRECT), row stride stride_out
     # po:     [B, HEADS, num_splits, HEAD_DIM] fp32 partial outputs; plse: [B, HEADS, num_splits]
     # qk_scale = softmax scale * log2(e): scores are in base 2 (exp2 is one instruction)
-    # PDL: launched early; EARLY: lets its own dependents launch at once, else after the loop
+    # PDL: launched early, and lets its own dependents launch at once
     seq = tl.program_id(0).to(tl.int64)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
     if PDL:
-        if EARLY:
-            tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_launch_dependents()
         tl.extra.cuda.gdc_wait()          # q and the new token's k / v come from the GEMV
     ctx = tl.load(ctx_ptr + seq)
     chunk = tl.cdiv(tl.cdiv(ctx, num_splits), BLOCK_N) * BLOCK_N
@@ -106,8 +108,6 @@ def _decode_attention_kernel(q_ptr, kc_ptr, vc_ptr, bt_ptr, ctx_ptr, out_ptr, po
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
         m_i = m_new
 
-    if PDL and not EARLY:
-        tl.extra.cuda.gdc_launch_dependents()
     empty = l_i == 0.0
     o = acc / tl.where(empty, 1.0, l_i)[:, None]
     omask = gmask[:, None] & dmask[None, :]
@@ -124,14 +124,13 @@ def _decode_attention_kernel(q_ptr, kc_ptr, vc_ptr, bt_ptr, ctx_ptr, out_ptr, po
 @triton.jit
 def _merge_kernel(po_ptr, plse_ptr, out_ptr, stride_out, num_splits,
                   HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, S_PAD: tl.constexpr,
-                  D_PAD: tl.constexpr, PDL: tl.constexpr = False, EARLY: tl.constexpr = False):
+                  D_PAD: tl.constexpr, PDL: tl.constexpr = False):
     # po: [B, HEADS, num_splits, HEAD_DIM] fp32; plse: [B, HEADS, num_splits] fp32 (base 2)
     # out: [B, HEADS * HEAD_DIM], row stride stride_out; grid: (B, HEADS)
     seq = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)
     if PDL:
-        if EARLY:
-            tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_launch_dependents()
         tl.extra.cuda.gdc_wait()          # the partials come from the attention kernel
     s = tl.arange(0, S_PAD)
     d = tl.arange(0, D_PAD)
@@ -183,7 +182,9 @@ def decode_attention(q, k_cache, v_cache, block_table, context_lens, out, partia
                        or partial_lse.numel() < b * heads * splits):
         raise ValueError("decode attention scratch too small for "
                          f"{b} rows x {heads} heads x {splits} splits")
-    pdl = PDL and pdl_capable(q.device) if pdl is None else pdl
+    if pdl is None:
+        pdl = PDL and pdl_capable(q.device) and b * heads <= PDL_PROGRAMS \
+            and b * kv_heads * splits <= PDL_PROGRAMS
     launch(_decode_attention_kernel, (b, kv_heads, splits), q, k_cache, v_cache, block_table,
            context_lens, out,
            partial_out, partial_lse, q.stride(0), out.stride(0), block_table.stride(0),
@@ -191,9 +192,8 @@ def decode_attention(q, k_cache, v_cache, block_table, context_lens, out, partia
            KV_HEADS=kv_heads, GROUP=group, HEAD_DIM=head_dim, BLOCK_SIZE=k_cache.shape[1],
            G_PAD=max(16, next_pow2(group)), D_PAD=max(16, next_pow2(head_dim)),
            BLOCK_N=block_n, DIRECT=direct, DOT_FP32=INTERPRET, num_warps=num_warps,
-           PDL=pdl, EARLY=b * kv_heads * splits <= EARLY_PROGRAMS, launch_pdl=pdl)
+           PDL=pdl, launch_pdl=pdl)
     if not direct:
         launch(_merge_kernel, (b, heads), partial_out, partial_lse, out, out.stride(0), splits,
                HEADS=heads, HEAD_DIM=head_dim, S_PAD=max(2, next_pow2(splits)),
-               D_PAD=next_pow2(head_dim), PDL=pdl, EARLY=b * heads <= EARLY_PROGRAMS,
-               launch_pdl=pdl)
+               D_PAD=next_pow2(head_dim), PDL=pdl, launch_pdl=pdl)
