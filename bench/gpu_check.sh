@@ -17,11 +17,12 @@
 # engine.log, engine.md, profile.txt and summary.md into OUTDIR.
 # Designed to finish in < 8 minutes: each stage has its own timeout.
 # STAGES="tests gemv bench engine profile" (the default) picks stages, for a short lease;
-# STAGES=nopdl runs gpu.py and the engine with programmatic dependent launch off
-# (the default on Hopper); STAGES=gemvgraph runs bench/gpu_gemv_graph.py (the GEMV configs timed inside a graph),
-# STAGES=attention bench/gpu_attention.py (decode attention's split counts, in a graph);
-# GEMV_ARGS (default --sweep --batched --rows 1,8,32), BENCH_ARGS, PROFILE_ARGS and
-# GEMV_TIMEOUT tune them.
+# STAGES=nopdl runs gpu.py and the engine with programmatic dependent launch off (the
+# default on Hopper); STAGES=gemvgraph bench/gpu_gemv_graph.py (the GEMV configs timed
+# inside a graph); STAGES=attention bench/gpu_attention.py (decode attention's split
+# counts, in a graph). GEMV_ARGS (default --batched --rows 1,32; the batch-32 tuning run
+# is STAGES=gemv GEMV_ARGS="--rows 32 --sweep --no-tpot", the tensor-core GEMV's
+# configs), BENCH_ARGS, PROFILE_ARGS and GEMV_TIMEOUT tune them.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 stages=" ${STAGES:-tests gemv bench engine profile} "
@@ -61,7 +62,7 @@ tests_rc=${PIPESTATUS[0]}; }
 
 # Before gpu.py: its time budget below shrinks by this stage's ~1-2 minutes (it saves each
 # model as it finishes) so the whole check's bound does not grow.
-want gemv && { timeout ${GEMV_TIMEOUT:-120} $py bench/gpu_gemv.py --out "$out" ${GEMV_ARGS:---sweep --batched --rows 1,8,32} 2>&1 | tee "$out/gemv.log"
+want gemv && { timeout ${GEMV_TIMEOUT:-120} $py bench/gpu_gemv.py --out "$out" ${GEMV_ARGS:---batched --rows 1,32} 2>&1 | tee "$out/gemv.log"
 gemv_rc=${PIPESTATUS[0]}; }
 
 # Tests, GEMV and gpu.py together get at most 300 s (gpu.py the rest, at least 60), then

@@ -91,14 +91,19 @@ def neighbours(cfg, k: int):
         out.append(cfg._replace(block_k=bk, num_stages=1 if bk >= k else cfg.num_stages))
     out.append(cfg._replace(num_warps=4 if cfg.num_warps == 8 else 8))
     if k > cfg.block_k:
-        out.append(cfg._replace(num_stages=1 if cfg.num_stages > 1 else 2))
-        out.append(cfg._replace(num_stages=3))
-    return [c for c in dict.fromkeys(out) if 1 <= c.block_n <= 32 and 16 <= c.block_k
+        if cfg.dot:                      # tensor cores: how many K tiles in flight
+            out += [cfg._replace(num_stages=st) for st in (2, 4) if st != cfg.num_stages]
+        else:
+            out.append(cfg._replace(num_stages=1 if cfg.num_stages > 1 else 2))
+            out.append(cfg._replace(num_stages=3))
+    # tl.dot needs >= 16 rows of W a tile; the FMA path keeps tiles of <= 32 rows
+    low, high = (16, 128) if cfg.dot else (1, 32)
+    return [c for c in dict.fromkeys(out) if low <= c.block_n <= high and 16 <= c.block_k
             <= next_pow2(k) and c.block_n * c.block_k <= 32768]
 
 
 def bench_linears(rows: list[int], iters: int, sweep: bool) -> list[dict]:
-    from rustinfer.kernels.triton.gemv import gemv, gemv_config
+    from rustinfer.kernels.triton.gemv import FMA_ROWS, gemv, gemv_config
 
     flush = torch.empty(256 << 20, dtype=torch.int8, device="cuda")     # 5x the H200's L2
     results = []
@@ -118,7 +123,10 @@ def bench_linears(rows: list[int], iters: int, sweep: bool) -> list[dict]:
                      cublas_gb_s=nbytes / t_cublas / 1e9, gemv_us=1e6 * t_gemv,
                      gemv_gb_s=nbytes / t_gemv / 1e9, ratio=t_cublas / t_gemv,
                      config=list(cfg), rel_err=err)
-            if sweep and m == 1:            # the sweep is for the bs=1 step (compiles cost time)
+            # The sweep is for the bs=1 step's FMA configs and the tensor-core ones above
+            # FMA_ROWS rows (the batch-32 step's GEMMs are cuBLAS until those beat it);
+            # compiles cost time, so not for the rows in between.
+            if sweep and (m == 1 or m > FMA_ROWS):
                 r["sweep"] = []
                 for alt in neighbours(cfg, k):
                     t = median_time(lambda: gemv(x, w, out, config=alt), max(50, iters // 4),
@@ -416,7 +424,7 @@ def main(argv=None) -> int:
     p.add_argument("--iters", type=int, default=200)
     p.add_argument("--steps", type=int, default=256)
     p.add_argument("--sweep", action="store_true", help="also time each default's neighbours "
-                   "(rows=1 only)")
+                   "(rows=1, and rows above FMA_ROWS on tensor cores)")
     p.add_argument("--no-tpot", action="store_true", help="skip the 1B TPOT part")
     p.add_argument("--batched", action="store_true", help="also replay batches 1/8/32 with "
                    "and without fuse_norm_linear")

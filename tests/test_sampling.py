@@ -405,13 +405,17 @@ def test_cuda_sampling_of_an_overlapped_step_never_waits_for_the_gpu():
     """sample_tokens on CUDA logits is what the engine's overlapped decoding calls right after
     launching a step: a wait for the GPU there (a copy from pageable memory, a list index, a
     read of a device value) would stall the host until that step ends and undo the overlap.
-    torch's sync debug mode raises on any such wait. (top_p without top_k may still read
-    the device when the best 256 logits do not decide the cut: not tested here.)"""
+    torch's sync debug mode raises on any such wait. top_p without top_k, the OpenAI API's
+    only nucleus knob, sorts the whole row on a GPU rather than read back whether the best
+    256 logits decide the cut."""
     g = torch.Generator(device="cuda").manual_seed(0)
     logits = torch.randn(4, 128256, device="cuda", generator=g).to(torch.bfloat16)
     cases = [[SamplingParams(temperature=0.0)] * 4,
              [SamplingParams(temperature=0.8, seed=i) for i in range(4)],
              [SamplingParams(temperature=0.8, top_k=40, top_p=0.9, seed=i) for i in range(4)],
+             [SamplingParams(temperature=1.0, top_p=0.95, seed=i) for i in range(4)],
+             [SamplingParams(temperature=0.0), SamplingParams(temperature=1.0, top_p=0.5,
+                                                              seed=2)] * 2,
              [SamplingParams(temperature=0.0),
               SamplingParams(temperature=0.7, top_k=20, min_p=0.05, seed=1)] * 2,
              [SamplingParams(temperature=0.0, logit_bias={5: 2.0})] * 4]
