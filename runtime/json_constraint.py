@@ -60,9 +60,12 @@ _ESCAPE = {**{(14, h): 20 if h in b"dD" else 13 for h in _HEX},
 _LITERALS = {ord("t"): (b"rue", "boolean"), ord("f"): (b"alse", "boolean"), ord("n"): (b"ull", "null")}
 
 # state = (mode, frames, whitespace run, detail, node)
-#   frames: one (kind "O"/"A", container node, next property index) per open container
-#   detail: STRING (key, escape, utf8 bytes due, typed key bytes or None); NUMBER (phase,
-#           integer only); LITERAL bytes due; LITS typed bytes
+#   frames: one per open container: ("O", object node, next property index) or ("A", array
+#           node, items begun: counted only up to the bound that needs it, so arrays without
+#           minItems / maxItems keep one state)
+#   detail: STRING (key, escape, utf8 bytes due, typed key bytes or None, characters so far:
+#           counted likewise, for minLength / maxLength); NUMBER (phase, integer only);
+#           LITERAL bytes due; LITS typed bytes
 #   node:   the schema node of the value being written (VALUE, ARR_OPEN's items, COLON's)
 
 
@@ -102,6 +105,21 @@ class Automaton:
     def _may_close(self, obj: int, idx: int) -> bool:
         return not any(p[2] for p in self.nodes[obj][1][idx:])
 
+    def bounds(self, node) -> tuple[int, int | None]:
+        """(min, max or None) items of an array node or characters of a string node."""
+        spec = self.nodes[node] if node is not None else ("any",)
+        if spec[0] == "array":
+            return spec[2], spec[3]
+        return (spec[1], spec[2]) if spec[0] == "string" else (0, None)
+
+    def _counted(self, node, n: int) -> int | None:
+        """n + 1 items / characters, or None when the bound forbids one more. Counts stop at
+        the largest bound, so each count is a state only where a bound needs it."""
+        lo, hi = self.bounds(node)
+        if hi is not None and n >= hi:
+            return None
+        return min(n + 1, hi if hi is not None else lo)
+
     def _value(self, frames: tuple, node: int, b: int):
         """The state after byte b starts a value of `node`."""
         spec = self.nodes[node]
@@ -117,12 +135,12 @@ class Automaton:
                 return None
             return (OBJ_OPEN, frames + (("O", obj, 0),), 0, None, None)
         if b == 0x5B and kind in ("any", "array"):                          # [
-            if len(frames) >= MAX_DEPTH:
-                return None
             arr = ANY_ARRAY if kind == "any" else node
+            if len(frames) + self.need[arr] > MAX_DEPTH:
+                return None
             return (ARR_OPEN, frames + (("A", arr, 0),), 0, None, self.nodes[arr][1])
         if b == 0x22 and kind in ("any", "string"):                         # "
-            return (STRING, frames, 0, (False, 0, 0, None), node)
+            return (STRING, frames, 0, (False, 0, 0, None, 0), node)
         if kind in ("any", "number") and (b == 0x2D or b in _DIGITS):      # - 0-9
             integer = kind == "number" and spec[1]
             phase = "minus" if b == 0x2D else "zero" if b == 0x30 else "int"
@@ -132,7 +150,7 @@ class Automaton:
         return None
 
     def _string(self, state, b: int):
-        _, frames, _, (is_key, esc, due, typed), node = state
+        _, frames, _, (is_key, esc, due, typed, n), node = state
         if typed is not None:                       # a declared property's name
             obj = frames[-1][1]
             props = self.nodes[obj][1]
@@ -140,7 +158,7 @@ class Automaton:
             # Names are spelled escaped: a quote that continues one is its \" (never the
             # end of another, complete name: that cannot end inside an escape).
             if any(props[j][0].startswith(longer) for j in self._candidates(frames)):
-                return (STRING, frames, 0, (True, 0, 0, longer), None)
+                return (STRING, frames, 0, (True, 0, 0, longer, 0), None)
             if b == 0x22:
                 for j in self._candidates(frames):
                     if props[j][0] == typed:
@@ -148,26 +166,36 @@ class Automaton:
                         return (COLON, frames[:-1] + (top,), 0, None, props[j][1])
             return None
         if due:                                     # inside a multi-byte character
-            return (STRING, frames, 0, (is_key, 0, due - 1, None), node) if 0x80 <= b <= 0xBF else None
+            return (STRING, frames, 0, (is_key, 0, due - 1, None, n), node) \
+                if 0x80 <= b <= 0xBF else None
         if esc == 1:                                # after a backslash
             if b == ord("u"):
-                return (STRING, frames, 0, (is_key, 14, 0, None), node)    # 10 + 4 hex due
-            return (STRING, frames, 0, (is_key, 0, 0, None), node) if b in b'"\\/bfnrt' else None
+                return (STRING, frames, 0, (is_key, 14, 0, None, n), node)    # 10 + 4 hex due
+            return (STRING, frames, 0, (is_key, 0, 0, None, n), node) if b in b'"\\/bfnrt' \
+                else None
         if esc:                                     # \uXXXX, surrogates in pairs
             esc = _ESCAPE.get((esc, b))
-            return None if esc is None else (STRING, frames, 0, (is_key, esc, 0, None), node)
+            return None if esc is None else (STRING, frames, 0, (is_key, esc, 0, None, n), node)
         if b == 0x22:
             if is_key:                              # a free key: its value follows the object's extra
                 return (COLON, frames, 0, None, self.nodes[frames[-1][1]][2])
-            return self._after_value(frames)
-        if b == 0x5C:
-            return (STRING, frames, 0, (is_key, 1, 0, None), node)
+            return self._after_value(frames) if n >= self.bounds(node)[0] else None
         if b < 0x20:
             return None                             # control bytes must be escaped
-        if b < 0x80:
-            return state
-        due = 1 if 0xC2 <= b <= 0xDF else 2 if 0xE0 <= b <= 0xEF else 3 if 0xF0 <= b <= 0xF4 else -1
-        return None if due < 0 else (STRING, frames, 0, (is_key, 0, due, None), node)
+        # A character begins: a backslash (an escape, a surrogate pair included, is one
+        # character), an ASCII byte or a UTF-8 lead byte.
+        due = 0 if b < 0x80 else 1 if 0xC2 <= b <= 0xDF else 2 if 0xE0 <= b <= 0xEF \
+            else 3 if 0xF0 <= b <= 0xF4 else -1
+        if due < 0:
+            return None
+        counted = self._counted(node, n)
+        if counted is None:
+            return None
+        if b == 0x5C:
+            return (STRING, frames, 0, (is_key, 1, 0, None, counted), node)
+        if due == 0 and counted == n:
+            return state                            # the common case: no count kept
+        return (STRING, frames, 0, (is_key, 0, due, None, counted), node)
 
     # -- the automaton --------------------------------------------------------------------
     def step(self, state, b: int):
@@ -204,15 +232,21 @@ class Automaton:
         if mode == VALUE:
             return self._value(frames, node, b)
         if mode == ARR_OPEN:
-            return self._after_value(frames[:-1]) if b == 0x5D else self._value(frames, node, b)
+            _, arr, _ = frames[-1]
+            if b == 0x5D:
+                return self._after_value(frames[:-1]) if self.bounds(arr)[0] == 0 else None
+            counted = self._counted(arr, 0)
+            return None if counted is None else \
+                self._value(frames[:-1] + (("A", arr, counted),), node, b)
         if mode == COLON:
             return (VALUE, frames, 0, None, node) if b == 0x3A else None
         kind, container, idx = frames[-1]
         if mode in (OBJ_OPEN, KEY) and b == 0x22:
             if self.nodes[container][1]:            # declared properties
-                return (STRING, frames, 0, (True, 0, 0, b""), None) \
+                return (STRING, frames, 0, (True, 0, 0, b"", 0), None) \
                     if self._candidates(frames) else None
-            return (STRING, frames, 0, (True, 0, 0, None), None) if self._free_key(frames) else None
+            return (STRING, frames, 0, (True, 0, 0, None, 0), None) if self._free_key(frames) \
+                else None
         if mode == OBJ_OPEN and b == 0x7D:
             return self._after_value(frames[:-1]) if self._may_close(container, idx) else None
         if mode == AFTER:
@@ -225,8 +259,11 @@ class Automaton:
                     return self._after_value(frames[:-1])
                 return None
             if b == 0x2C:
-                return (VALUE, frames, 0, None, self.nodes[container][1])
-            if b == 0x5D:
+                counted = self._counted(container, idx)
+                return None if counted is None else \
+                    (VALUE, frames[:-1] + (("A", container, counted),), 0, None,
+                     self.nodes[container][1])
+            if b == 0x5D and idx >= self.bounds(container)[0]:
                 return self._after_value(frames[:-1])
         return None
 
@@ -276,7 +313,7 @@ def feed(state, data: bytes):
 def _plain_string_bytes(data: bytes) -> bool:
     """Whether data is accepted inside any free string at a character boundary without
     ending or escaping it (a trailing partial character is fine)."""
-    free = (STRING, (("O", ANY_OBJECT, 0),), 0, (False, 0, 0, None), ANY)
+    free = (STRING, (("O", ANY_OBJECT, 0),), 0, (False, 0, 0, None, 0), ANY)
     return bool(data) and all(b >= 0x20 and b not in (0x22, 0x5C) for b in data) \
         and JSON_OBJECT_AUTOMATON.feed(free, data) is not None
 
@@ -307,10 +344,13 @@ class JsonTokenIndex:
         entries = [(i, b) for i, b in enumerate(token_bytes[:vocab_size]) if b]
         self.token_bytes = token_bytes
         self.plain = np.zeros(vocab_size, bool)
+        # characters each plain token begins (UTF-8 lead and ASCII bytes), for maxLength
+        self.plain_chars = np.zeros(vocab_size, np.int32)
         rest = []
         for i, b in entries:
             if _plain_string_bytes(b):
                 self.plain[i] = True
+                self.plain_chars[i] = sum(not 0x80 <= c <= 0xBF for c in b)
             else:
                 rest.append((i, b))
         self.all = _Trie(entries)
@@ -327,8 +367,10 @@ class JsonTokenIndex:
             return mask
         mask = np.zeros(self.vocab_size, bool)
         mode, detail = state[0], state[3]
-        if mode == STRING and detail[1:] == (0, 0, None):
-            mask |= self.plain
+        if mode == STRING and detail[1:4] == (0, 0, None):
+            most = automaton.bounds(state[4])[1]            # maxLength, None: unbounded
+            mask |= self.plain if most is None else \
+                self.plain & (self.plain_chars <= most - detail[4])
             self._walk(automaton, self.rest, state, mask)
         elif mode != DONE:
             self._walk(automaton, self.all, state, mask)

@@ -1,9 +1,11 @@
 """JSON Schema -> the small table of nodes JSON mode's automaton follows (json_constraint.py).
 
 Supported: `type` (one or a list), `properties` / `required` / `additionalProperties`,
-`items`, `enum`, `const`, `anyOf` / `oneOf`, `$ref` into `$defs` / `definitions`
+`items`, `minItems` / `maxItems`, `minLength` / `maxLength` (characters: code points, an
+escape one), `enum`, `const`, `anyOf` / `oneOf`, `$ref` into `$defs` / `definitions`
 (recursive too), and annotations, which are ignored (`title`, `description`, ...). That
-covers what OpenAI's strict structured outputs and pydantic's `model_json_schema()` write.
+covers what OpenAI's strict structured outputs and pydantic's `model_json_schema()` write
+(pydantic's `max_length` / `min_length` on str and list fields included).
 
 The automaton produces a subset of the valid instances, always valid ones:
 - an object with `properties` has exactly those keys, in the schema's order, the optional
@@ -14,16 +16,18 @@ The automaton produces a subset of the valid instances, always valid ones:
 - an object or array that would not fit in the nesting limit (32) is not started.
 
 A keyword that constrains values in a way the automaton cannot hold (`pattern`, `format`,
-`minLength`, `minimum`, `minItems`, `allOf`, ...) is refused, naming it and where it is:
-dropping it silently would produce answers that fail the schema.
+`minimum`, `uniqueItems`, `allOf`, ...) is refused, naming it and where it is: dropping it
+silently would produce answers that fail the schema. Length keywords without a `type`
+make the value a string (`minLength`) or an array (`minItems`).
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
 
-# Node kinds: ("any",) ("object", props, extra) ("array", items) ("string",) ("number", integer)
-# ("boolean",) ("null",) ("lits", sorted spellings) ("union", branches, first)
+# Node kinds: ("any",) ("object", props, extra) ("array", items, min items, max items or None)
+# ("string", min length, max length or None) ("number", integer) ("boolean",) ("null",)
+# ("lits", sorted spellings) ("union", branches, first)
 ANY, ANY_OBJECT, ANY_ARRAY = 0, 1, 2
 MAX_DEPTH = 32                          # containers open at once (json_constraint.py holds to it)
 _UNBOUNDED = 1 << 30
@@ -31,7 +35,9 @@ _UNBOUNDED = 1 << 30
 ANNOTATIONS = frozenset({"title", "description", "default", "examples", "$schema", "$id", "$comment",
                          "deprecated", "readOnly", "writeOnly", "$defs", "definitions"})
 KEYWORDS = frozenset({"type", "properties", "required", "additionalProperties", "items", "enum",
-                      "const", "anyOf", "oneOf", "$ref"})
+                      "const", "anyOf", "oneOf", "$ref", "minItems", "maxItems", "minLength",
+                      "maxLength"})
+_BOUNDS = {"array": ("minItems", "maxItems"), "string": ("minLength", "maxLength")}
 TYPES = ("object", "array", "string", "number", "integer", "boolean", "null")
 _FIRST = {"object": b"{", "array": b"[", "string": b'"', "number": b"-0123456789",
           "boolean": b"tf", "null": b"n"}
@@ -43,7 +49,8 @@ class SchemaError(ValueError):
 
 @dataclass
 class Schema:
-    nodes: list[tuple] = field(default_factory=lambda: [("any",), ("object", (), ANY), ("array", ANY)])
+    nodes: list[tuple] = field(default_factory=lambda: [("any",), ("object", (), ANY),
+                                                        ("array", ANY, 0, None)])
     root: int = ANY_OBJECT
     key: str = "json_object"           # what the masks are cached under
 
@@ -135,8 +142,10 @@ def compile_schema(schema) -> Schema:
         if kind is None:                              # the keywords say which, if any
             if {"properties", "required", "additionalProperties"} & s.keys():
                 kind = "object"
-            elif "items" in s:
+            elif {"items", "minItems", "maxItems"} & s.keys():
                 kind = "array"
+            elif {"minLength", "maxLength"} & s.keys():
+                kind = "string"
             else:
                 return ANY
         if isinstance(kind, list):
@@ -147,10 +156,24 @@ def compile_schema(schema) -> Schema:
         if kind == "object":
             return obj(s, where)
         if kind == "array":
-            return add(("array", node(s.get("items", True), f"{where}.items")))
+            return add(("array", node(s.get("items", True), f"{where}.items"),
+                        *bounds(s, kind, where)))
+        if kind == "string":
+            return add(("string", *bounds(s, kind, where)))
         if kind in ("number", "integer"):
             return add(("number", kind == "integer"))
         return add((kind,))
+
+    def bounds(s: dict, kind: str, where: str) -> tuple[int, int | None]:
+        """(min, max or None) of an array's items or a string's characters (code points)."""
+        lo_key, hi_key = _BOUNDS[kind]
+        lo, hi = s.get(lo_key, 0), s.get(hi_key)
+        for key, v in ((lo_key, lo), (hi_key, hi)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+                raise SchemaError(f"{where}: {key} must be a non-negative integer, got {v!r}")
+        if hi is not None and hi < lo:
+            raise SchemaError(f"{where}: {lo_key} {lo} is more than {hi_key} {hi}: no value fits")
+        return lo, hi
 
     def obj(s: dict, where: str) -> int:
         props = s.get("properties") or {}
@@ -198,8 +221,8 @@ def min_depths(nodes: list[tuple]) -> list[int]:
             kind = spec[0]
             if kind == "object":
                 v = 1 + max([need[p[1]] for p in spec[1] if p[2]], default=0)
-            elif kind == "array":
-                v = 1
+            elif kind == "array":                    # its items too when it may not be empty
+                v = 1 + (need[spec[1]] if spec[2] else 0)
             elif kind == "union":
                 v = min(need[b] for b in spec[1])
             else:

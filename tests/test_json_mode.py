@@ -448,3 +448,114 @@ def test_json_mode_is_never_sampled_ahead_of_the_host():
                     ({"type": "json_schema", "json_schema": {"schema": {"type": "integer"}}}, False)):
         seq = SimpleNamespace(params=SamplingParams(response_format=fmt), output_token_ids=[1, 2])
         assert Engine._samples_without_host(seq) == ok
+
+
+# ---- minLength / maxLength, minItems / maxItems -----------------------------------------
+
+TAGS = {"type": "array", "minItems": 1, "maxItems": 3,             # pydantic: conlist(constr(
+        "items": {"type": "string", "minLength": 2, "maxLength": 4}}  # min_length=2, max_length=4), ...)
+
+
+def _fits_tags(value) -> bool:
+    return isinstance(value, list) and 1 <= len(value) <= 3 and all(
+        isinstance(v, str) and 2 <= len(v) <= 4 for v in value)
+
+
+def test_length_bounds_accept_exactly_what_fits():
+    """Random arrays of random strings (escapes, UTF-8 of 2-4 bytes, surrogate pairs, each
+    one character), written every way json.dumps writes them: complete exactly when the
+    bounds hold (Python's len: code points), and every prefix of one that fits is accepted."""
+    a = Automaton(compile_schema(TAGS))
+    rng = random.Random(5)
+    fits = 0
+    for _ in range(3000):
+        value = [random_string(rng) for _ in range(rng.randint(0, 4))]
+        text = json.dumps(value, ensure_ascii=rng.random() < 0.5,
+                          indent=rng.choice([None, 1])).encode()
+        state = a.start
+        for k in range(len(text)):
+            state = a.step(state, text[k])
+            if state is None:
+                assert not _fits_tags(value), text[:k + 1]
+                break
+        done = state is not None and a.complete(state)
+        assert done == _fits_tags(value), text
+        fits += done
+    assert 100 < fits < 2900                     # both sides of the bounds were exercised
+
+
+@pytest.mark.parametrize("schema,text,ok", [
+    ({"type": "string", "maxLength": 0}, '""', True),
+    ({"type": "string", "maxLength": 0}, '"a"', False),
+    ({"type": "string", "minLength": 1}, '""', False),
+    ({"type": "string", "maxLength": 1}, '"\\ud83e\\udd17"', True),       # one code point
+    ({"type": "string", "maxLength": 1}, '"\\n\\n"', False),
+    ({"type": "string", "maxLength": 2}, '"中🤗"', True),
+    ({"maxLength": 2}, '"abc"', False),                                  # a string, then
+    ({"maxLength": 2}, "12", False),
+    ({"type": ["string", "null"], "maxLength": 1}, "null", True),
+    ({"type": "array", "maxItems": 0}, "[]", True),
+    ({"type": "array", "maxItems": 0}, "[1]", False),
+    ({"type": "array", "minItems": 2}, "[1]", False),
+    ({"type": "array", "minItems": 2}, "[1, [], {}, 2, 3]", True),
+    ({"minItems": 1}, "[]", False)])
+def test_length_bounds_hold_at_their_edges(schema, text, ok):
+    a = Automaton(compile_schema(schema))
+    state = a.feed(a.start, text.encode())
+    assert (state is not None and a.complete(state)) == ok
+
+
+@pytest.mark.parametrize("schema,match", [
+    ({"type": "string", "minLength": -1}, "minLength must be a non-negative integer"),
+    ({"type": "array", "maxItems": 1.5}, "maxItems must be a non-negative integer"),
+    ({"type": "string", "maxLength": True}, "maxLength must be a non-negative integer"),
+    ({"type": "array", "minItems": 3, "maxItems": 2}, "minItems 3 is more than maxItems 2")])
+def test_bad_length_bounds_are_refused(schema, match):
+    with pytest.raises(SchemaError, match=match):
+        compile_schema(schema)
+
+
+def test_unbounded_strings_and_arrays_keep_one_state():
+    """Counting only where a bound needs it: a free string or list does not make a new
+    state (and a new mask to compute) per character or item."""
+    a = Automaton(compile_schema({"type": "array", "items": {"type": "string"}}))
+    states = {a.feed(a.start, b'["' + b"x" * n) for n in range(1, 50)}
+    assert len(states) == 1
+    assert a.feed(a.start, b'["a", "b", ') == a.feed(a.start, b'["a", ')
+    bounded = Automaton(compile_schema(TAGS))
+    assert len({bounded.feed(bounded.start, b'["' + b"x" * n) for n in range(1, 5)}) == 4
+
+
+def test_length_bound_masks_equal_a_brute_force_check(smol_tokenizer):
+    tb = token_bytes(smol_tokenizer)
+    index = JsonTokenIndex(tb, len(tb), smol_tokenizer.eos_token_ids)
+    a = Automaton(compile_schema(TAGS))
+    for prefix in [b"[", b'["', b'["a', b'["ab', b'["abc', b'["abcd', b'["ab\\', b'["a\xc3',
+                   b'["ab", "cd", ', b'["ab", "cd", "ef"', b'["ab"']:
+        state = a.feed(a.start, prefix)
+        want = np.array([b is not None and len(b) > 0 and a.feed(state, b) is not None for b in tb])
+        assert not a.complete(state) and (index.allowed(a, state) == want).all(), prefix
+
+
+def test_sampling_under_length_bounds_never_dead_ends(smol_tokenizer):
+    """Random allowed tokens, drawn from the masks until the value is complete: the text
+    always parses and fits (a bound at its edge still leaves a way to finish)."""
+    tb = token_bytes(smol_tokenizer)
+    index = JsonTokenIndex(tb, len(tb), smol_tokenizer.eos_token_ids)
+    rng = np.random.default_rng(0)
+    a = Automaton(compile_schema({"type": "object", "required": ["tags", "name"],
+                                  "properties": {"tags": TAGS, "name": {"type": "string",
+                                                                        "maxLength": 3}}}))
+    for _ in range(20):
+        c, tokens = JsonConstraint(index, a), []
+        while not c.done and len(tokens) < 400:
+            allowed = c.allowed()
+            assert not a.complete(c.state) or c.done or allowed.any()
+            token = int(rng.choice(np.flatnonzero(allowed)))
+            if token in index.eos_ids:
+                break
+            c.advance(token)
+            tokens.append(token)
+        assert a.complete(c.state), b"".join(tb[t] for t in tokens)
+        value = json.loads(b"".join(tb[t] for t in tokens))
+        assert _fits_tags(value["tags"]) and len(value["name"]) <= 3, value
