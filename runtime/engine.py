@@ -26,7 +26,8 @@ from rustinfer.compiler.step_inputs import StepInputs, int64_tensor, padded_tabl
 
 from .block_manager import BlockManager, NoFreeBlocks
 from .engine_api import EngineStats, RequestError, RequestEvent
-from .json_constraint import Automaton, JsonConstraint, JsonTokenIndex
+from .json_constraint import Automaton
+from .json_masks import JsonConstraint, JsonTokenIndex
 from .sampling import Sampler, SamplingParams, SequenceSamplingState
 from .scheduler import ScheduledSeq, Scheduler
 from .sequence import Sequence, Status

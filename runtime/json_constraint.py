@@ -8,12 +8,8 @@ with OpenAI).
 
 How. `Automaton.step(state, byte)` is a byte-level pushdown automaton for JSON that
 follows the schema's node table (states are small tuples, so they hash). A token is
-allowed in a state when the automaton accepts all its bytes from there:
-`JsonTokenIndex` walks a trie of the vocabulary's token bytes from the state, pruning a
-branch at its first rejected byte, and remembers the mask per (schema, state). Inside a
-free string almost every token is allowed: those made only of plain string bytes are one
-precomputed mask, and only the rest (a quote, a backslash, a control byte, a UTF-8
-continuation byte first) is walked.
+allowed in a state when the automaton accepts all its bytes from there (json_masks.py
+finds those tokens, per vocabulary).
 
 Limits that keep a model from running away inside the constraint: at most 32 nested
 containers and 32 whitespace bytes in a row between tokens of JSON. A container (or an
@@ -23,11 +19,8 @@ started: no state is a dead end.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections import OrderedDict
-
-import numpy as np
-
-from .json_schema import ANY, ANY_ARRAY, ANY_OBJECT, JSON_OBJECT, MAX_DEPTH, Schema, min_depths
+from .json_numbers import contains, reachable
+from .json_schema import ANY_ARRAY, ANY_OBJECT, JSON_OBJECT, MAX_DEPTH, Schema, min_depths
 
 # What the automaton expects next.
 VALUE, OBJ_OPEN, KEY, COLON, AFTER, ARR_OPEN, STRING, NUMBER, LITERAL, LITS, DONE = range(11)
@@ -48,6 +41,7 @@ _NUMBER = {
 }
 _NUMBER_END = frozenset({"zero", "int", "frac", "exp"})
 _INTEGER_ONLY = frozenset({"minus", "zero", "int"})
+_NO_EXPONENT = frozenset({"minus", "zero", "int", "frac0", "frac"})
 # \uXXXX: (escape phase, byte) -> next phase (0: the escape is over). 14..11: 4..1 hex
 # digits due; 20: after \ud, a surrogate or not; 22, 21: a high surrogate's last two;
 # 30..33: its low surrogate's \, u, d, [c-f]. A lone surrogate is valid JSON grammar but
@@ -64,8 +58,8 @@ _LITERALS = {ord("t"): (b"rue", "boolean"), ord("f"): (b"alse", "boolean"), ord(
 #           node, items begun: counted only up to the bound that needs it, so arrays without
 #           minItems / maxItems keep one state)
 #   detail: STRING (key, escape, utf8 bytes due, typed key bytes or None, characters so far:
-#           counted likewise, for minLength / maxLength); NUMBER (phase, integer only);
-#           LITERAL bytes due; LITS typed bytes
+#           counted likewise, for minLength / maxLength); NUMBER (phase, integer only, the
+#           bytes so far when it has bounds, else None); LITERAL bytes due; LITS typed bytes
 #   node:   the schema node of the value being written (VALUE, ARR_OPEN's items, COLON's)
 
 
@@ -144,7 +138,11 @@ class Automaton:
         if kind in ("any", "number") and (b == 0x2D or b in _DIGITS):      # - 0-9
             integer = kind == "number" and spec[1]
             phase = "minus" if b == 0x2D else "zero" if b == 0x30 else "int"
-            return (NUMBER, frames, 0, (phase, integer), node)
+            bounds = spec[2] if kind == "number" else None
+            if bounds is None:
+                return (NUMBER, frames, 0, (phase, integer, None), node)
+            return (NUMBER, frames, 0, (phase, integer, bytes([b])), node) \
+                if reachable(bounds, bytes([b])) else None
         if b in _LITERALS and kind in ("any", _LITERALS[b][1]):
             return (LITERAL, frames, 0, _LITERALS[b][0], node)
         return None
@@ -205,11 +203,20 @@ class Automaton:
         if mode == STRING:
             return self._string(state, b)
         if mode == NUMBER:
-            phase, integer = detail
+            phase, integer, typed = detail
             nxt = _NUMBER[phase].get(b)
             if nxt is not None and not (integer and nxt not in _INTEGER_ONLY):
-                return (NUMBER, frames, 0, (nxt, integer), node)
-            return self.step(self._after_value(frames), b) if phase in _NUMBER_END else None
+                if typed is None:
+                    return (NUMBER, frames, 0, (nxt, integer, None), node)
+                # bounded: plain decimal, and only towards a value in the range
+                longer = typed + bytes([b])
+                if nxt not in _NO_EXPONENT or not reachable(self.nodes[node][2], longer):
+                    return None
+                return (NUMBER, frames, 0, (nxt, integer, longer), node)
+            if phase not in _NUMBER_END or (typed is not None
+                                            and not contains(self.nodes[node][2], typed)):
+                return None
+            return self.step(self._after_value(frames), b)
         if mode == LITERAL:
             if b != detail[0]:
                 return None
@@ -282,7 +289,8 @@ class Automaton:
         if frames:
             return False
         if mode == NUMBER:
-            return detail[0] in _NUMBER_END
+            return detail[0] in _NUMBER_END and (detail[2] is None
+                                                 or contains(self.nodes[node][2], detail[2]))
         return mode == LITS and _is_one(self.nodes[node][1], detail)
 
 
@@ -308,119 +316,3 @@ def step(state, b: int):
 
 def feed(state, data: bytes):
     return JSON_OBJECT_AUTOMATON.feed(state, data)
-
-
-def _plain_string_bytes(data: bytes) -> bool:
-    """Whether data is accepted inside any free string at a character boundary without
-    ending or escaping it (a trailing partial character is fine)."""
-    free = (STRING, (("O", ANY_OBJECT, 0),), 0, (False, 0, 0, None, 0), ANY)
-    return bool(data) and all(b >= 0x20 and b not in (0x22, 0x5C) for b in data) \
-        and JSON_OBJECT_AUTOMATON.feed(free, data) is not None
-
-
-class _Trie:
-    def __init__(self, entries):
-        self.children: list[dict[int, int]] = [{}]
-        self.ids: list[list[int]] = [[]]
-        for token_id, data in entries:
-            node = 0
-            for b in data:
-                nxt = self.children[node].get(b)
-                if nxt is None:
-                    nxt = len(self.children)
-                    self.children[node][b] = nxt
-                    self.children.append({})
-                    self.ids.append([])
-                node = nxt
-            self.ids[node].append(token_id)
-
-
-class JsonTokenIndex:
-    """Per vocabulary: the tokens' bytes as tries, and each (schema, state)'s allowed ids."""
-
-    def __init__(self, token_bytes: list[bytes | None], vocab_size: int, eos_ids, cache: int = 1024):
-        self.vocab_size = vocab_size
-        self.eos_ids = [int(t) for t in eos_ids if 0 <= int(t) < vocab_size]
-        entries = [(i, b) for i, b in enumerate(token_bytes[:vocab_size]) if b]
-        self.token_bytes = token_bytes
-        self.plain = np.zeros(vocab_size, bool)
-        # characters each plain token begins (UTF-8 lead and ASCII bytes), for maxLength
-        self.plain_chars = np.zeros(vocab_size, np.int32)
-        rest = []
-        for i, b in entries:
-            if _plain_string_bytes(b):
-                self.plain[i] = True
-                self.plain_chars[i] = sum(not 0x80 <= c <= 0xBF for c in b)
-            else:
-                rest.append((i, b))
-        self.all = _Trie(entries)
-        self.rest = _Trie(rest)                     # what a free string's plain mask leaves out
-        self._masks: OrderedDict = OrderedDict()
-        self._cache = cache
-
-    def allowed(self, automaton: Automaton, state) -> np.ndarray:
-        """bool [vocab_size]: the tokens allowed in `state` (do not write into it)."""
-        key = (automaton.schema.key, state)
-        mask = self._masks.get(key)
-        if mask is not None:
-            self._masks.move_to_end(key)
-            return mask
-        mask = np.zeros(self.vocab_size, bool)
-        mode, detail = state[0], state[3]
-        if mode == STRING and detail[1:4] == (0, 0, None):
-            most = automaton.bounds(state[4])[1]            # maxLength, None: unbounded
-            mask |= self.plain if most is None else \
-                self.plain & (self.plain_chars <= most - detail[4])
-            self._walk(automaton, self.rest, state, mask)
-        elif mode != DONE:
-            self._walk(automaton, self.all, state, mask)
-        if automaton.complete(state) or not mask.any():
-            # A state no token continues (a vocabulary without a byte the JSON needs) ends
-            # the answer: sampling from no allowed token would pick one the automaton
-            # refuses, and that fails every request in the engine.
-            mask[self.eos_ids] = True
-        self._masks[key] = mask
-        if len(self._masks) > self._cache:
-            self._masks.popitem(last=False)
-        return mask
-
-    @staticmethod
-    def _walk(automaton: Automaton, trie: _Trie, state, mask: np.ndarray) -> None:
-        step = automaton.step
-        todo = [(0, state)]
-        while todo:
-            node, s = todo.pop()
-            for b, child in trie.children[node].items():
-                s2 = step(s, b)
-                if s2 is None:
-                    continue
-                if trie.ids[child]:
-                    mask[trie.ids[child]] = True
-                if trie.children[child]:
-                    todo.append((child, s2))
-
-
-class JsonConstraint:
-    """One sequence's place in its JSON value: allowed() before a step, advance() after."""
-
-    def __init__(self, index: JsonTokenIndex, automaton: Automaton = JSON_OBJECT_AUTOMATON):
-        self.index = index
-        self.automaton = automaton
-        self.state = automaton.start
-
-    @property
-    def done(self) -> bool:
-        return self.state[0] == DONE
-
-    def allowed(self) -> np.ndarray:
-        return self.index.allowed(self.automaton, self.state)
-
-    def advance(self, token: int) -> None:
-        data = self.index.token_bytes[token] if 0 <= token < len(self.index.token_bytes) else None
-        if self.done or not data:
-            return                                   # end of generation, or a special token
-        nxt = self.automaton.feed(self.state, data)
-        if nxt is None:
-            raise ValueError(f"token {token} ({data!r}) does not continue the JSON output; "
-                             "the sampler should not have allowed it")
-        self.state = nxt

@@ -1,11 +1,13 @@
 """JSON Schema -> the small table of nodes JSON mode's automaton follows (json_constraint.py).
 
-Supported: `type` (one or a list), `properties` / `required` / `additionalProperties`,
-`items`, `minItems` / `maxItems`, `minLength` / `maxLength` (characters: code points, an
-escape one), `enum`, `const`, `anyOf` / `oneOf`, `$ref` into `$defs` / `definitions`
-(recursive too), and annotations, which are ignored (`title`, `description`, ...). That
-covers what OpenAI's strict structured outputs and pydantic's `model_json_schema()` write
-(pydantic's `max_length` / `min_length` on str and list fields included).
+Supported:
+- `type` (one or a list), `properties` / `required` / `additionalProperties`, `items`;
+- `minItems` / `maxItems`, `minLength` / `maxLength` (characters: code points, an escape
+  one), `minimum` / `maximum` / `exclusiveMinimum` / `exclusiveMaximum` (json_numbers.py);
+- `enum`, `const`, `anyOf` / `oneOf`, `$ref` into `$defs` / `definitions` (recursive too);
+- annotations, which are ignored (`title`, `description`, ...).
+That covers what OpenAI's strict structured outputs and pydantic's `model_json_schema()`
+write (pydantic's `min_length` / `max_length` and `ge` / `gt` / `le` / `lt` included).
 
 The automaton produces a subset of the valid instances, always valid ones:
 - an object with `properties` has exactly those keys, in the schema's order, the optional
@@ -13,20 +15,24 @@ The automaton produces a subset of the valid instances, always valid ones:
 - `enum` / `const` values are written as `json.dumps` spells them;
 - `anyOf` / `oneOf` / a `type` list pick their branch by the value's first byte, so the
   branches must be of different JSON types (`integer` beside `number` is read as `number`);
-- an object or array that would not fit in the nesting limit (32) is not started.
+- an object or array that would not fit in the nesting limit (32) is not started;
+- a number with bounds is written in plain decimal, without an exponent.
 
 A keyword that constrains values in a way the automaton cannot hold (`pattern`, `format`,
-`minimum`, `uniqueItems`, `allOf`, ...) is refused, naming it and where it is: dropping it
-silently would produce answers that fail the schema. Length keywords without a `type`
-make the value a string (`minLength`) or an array (`minItems`).
+`multipleOf`, `uniqueItems`, `allOf`, ...) is refused, naming it and where it is: dropping
+it silently would produce answers that fail the schema. Bounds without a `type` make the
+value a string (`minLength`), an array (`minItems`) or a number (`minimum`).
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
 
+from .json_numbers import number_range
+
 # Node kinds: ("any",) ("object", props, extra) ("array", items, min items, max items or None)
-# ("string", min length, max length or None) ("number", integer) ("boolean",) ("null",)
+# ("string", min length, max length or None) ("number", integer, NumberRange or None)
+# ("boolean",) ("null",)
 # ("lits", sorted spellings) ("union", branches, first)
 ANY, ANY_OBJECT, ANY_ARRAY = 0, 1, 2
 MAX_DEPTH = 32                          # containers open at once (json_constraint.py holds to it)
@@ -36,7 +42,8 @@ ANNOTATIONS = frozenset({"title", "description", "default", "examples", "$schema
                          "deprecated", "readOnly", "writeOnly", "$defs", "definitions"})
 KEYWORDS = frozenset({"type", "properties", "required", "additionalProperties", "items", "enum",
                       "const", "anyOf", "oneOf", "$ref", "minItems", "maxItems", "minLength",
-                      "maxLength"})
+                      "maxLength", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"})
+_NUMBER_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 _BOUNDS = {"array": ("minItems", "maxItems"), "string": ("minLength", "maxLength")}
 TYPES = ("object", "array", "string", "number", "integer", "boolean", "null")
 _FIRST = {"object": b"{", "array": b"[", "string": b'"', "number": b"-0123456789",
@@ -45,6 +52,10 @@ _FIRST = {"object": b"{", "array": b"[", "string": b'"', "number": b"-0123456789
 
 class SchemaError(ValueError):
     """A schema rustinfer cannot hold the output to; the message says which part and why."""
+
+
+def _refuse(message: str):
+    raise SchemaError(message)
 
 
 @dataclass
@@ -146,6 +157,8 @@ def compile_schema(schema) -> Schema:
                 kind = "array"
             elif {"minLength", "maxLength"} & s.keys():
                 kind = "string"
+            elif set(_NUMBER_BOUNDS) & s.keys():
+                kind = "number"
             else:
                 return ANY
         if isinstance(kind, list):
@@ -161,7 +174,8 @@ def compile_schema(schema) -> Schema:
         if kind == "string":
             return add(("string", *bounds(s, kind, where)))
         if kind in ("number", "integer"):
-            return add(("number", kind == "integer"))
+            return add(("number", kind == "integer",
+                        number_range(s, kind == "integer", where, _refuse)))
         return add((kind,))
 
     def bounds(s: dict, kind: str, where: str) -> tuple[int, int | None]:
@@ -236,9 +250,9 @@ def _first_branches(out: Schema, u: int, where: str) -> tuple:
     """A union's node with its map first byte -> branch, or ("any",) when a branch is any
     value."""
     branches = out.nodes[u][1]
-    if any(out.nodes[b] == ("number", False) for b in branches):
+    if any(out.nodes[b] == ("number", False, None) for b in branches):
         # integer | number (pydantic's int | float) is number: integers are numbers
-        branches = tuple(b for b in branches if out.nodes[b] != ("number", True))
+        branches = tuple(b for b in branches if out.nodes[b][:2] != ("number", True))
     first: dict[int, int] = {}
     for b in branches:
         starts = out.first_bytes(b, frozenset({u}))

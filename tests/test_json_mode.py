@@ -1,5 +1,5 @@
 """JSON mode (response_format json_object / json_schema): runtime/json_constraint.py,
-runtime/json_schema.py and their use by the sampler and the engine.
+json_masks.py, json_schema.py, json_numbers.py and their use by the sampler and the engine.
 
 Oracles: Python's json module (what a client parses the answer with) for the automaton,
 and a brute-force check of every token's bytes for the masks.
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from rustinfer.runtime import LLM, SamplingParams
-from rustinfer.runtime.json_constraint import (DONE, JSON_OBJECT_AUTOMATON, START, Automaton,
-                                               JsonConstraint, JsonTokenIndex, feed)
+from rustinfer.runtime.json_constraint import DONE, JSON_OBJECT_AUTOMATON, START, Automaton, feed
+from rustinfer.runtime.json_masks import JsonConstraint, JsonTokenIndex
 from rustinfer.runtime.json_schema import SchemaError, compile_schema
 from rustinfer.runtime.sampling import SamplingParamsError
 from rustinfer.runtime.token_bytes import token_bytes
@@ -559,3 +559,81 @@ def test_sampling_under_length_bounds_never_dead_ends(smol_tokenizer):
         assert a.complete(c.state), b"".join(tb[t] for t in tokens)
         value = json.loads(b"".join(tb[t] for t in tokens))
         assert _fits_tags(value["tags"]) and len(value["name"]) <= 3, value
+
+
+# ---- minimum / maximum / exclusiveMinimum / exclusiveMaximum -----------------------------
+
+RANGES = [  # (schema, the test it means)
+    ({"type": "integer", "minimum": 1, "maximum": 150}, lambda v: v == int(v) and 1 <= v <= 150),
+    ({"type": "integer", "exclusiveMinimum": -3, "exclusiveMaximum": 12},
+     lambda v: v == int(v) and -3 < v < 12),
+    ({"type": "integer", "maximum": -20}, lambda v: v == int(v) and v <= -20),
+    ({"type": "number", "minimum": 0, "maximum": 1}, lambda v: 0 <= v <= 1),
+    ({"type": "number", "exclusiveMinimum": 0.25, "maximum": 7.5}, lambda v: 0.25 < v <= 7.5),
+    ({"type": "number", "minimum": -2.5}, lambda v: v >= -2.5),
+    ({"type": "number", "minimum": 0.1, "exclusiveMaximum": 0.1001},
+     lambda v: 0.1 <= v < 0.1001),
+    ({"type": "integer", "minimum": 5, "exclusiveMinimum": True}, lambda v: v == int(v) and v > 5)]
+
+
+def _spellings(rng: random.Random) -> list[str]:
+    """Numbers of every JSON spelling: signs, zeros, fractions, exponents, long ones."""
+    ints = [str(rng.randint(-200, 200)), str(rng.randint(-10**6, 10**6)), "0", "-0"]
+    decimals = [f"{rng.uniform(-10, 10):.{rng.randint(1, 5)}f}", f"0.{rng.randint(0, 999):03d}",
+                "0.1", "0.1001", "7.5", "-2.5", "0.25", "1.0", "150.0"]
+    exponents = [f"{rng.randint(1, 9)}e{rng.randint(-2, 2)}", "1E1", "2.5e-1"]
+    return ints + decimals + exponents
+
+
+@pytest.mark.parametrize("case", range(len(RANGES)))
+def test_number_bounds_accept_exactly_what_fits(case):
+    """Complete exactly when the value is in the range and spelled without an exponent;
+    every prefix of one that fits is accepted; and a random walk over the accepted bytes
+    always ends in a value that fits (no prefix is a dead end)."""
+    schema, fits = RANGES[case]
+    a = Automaton(compile_schema({"type": "array", "items": schema}))
+    rng = random.Random(case)
+    for _ in range(300):
+        for text in _spellings(rng):
+            good = "e" not in text.lower() and fits(float(text)) and \
+                (schema["type"] == "number" or "." not in text)
+            state = a.feed(a.start, f"[{text}]".encode())
+            assert (state is not None and a.complete(state)) == good, (schema, text)
+    alphabet = b"-0123456789.eE]"
+    for _ in range(300):
+        state, text = a.feed(a.start, b"["), b""
+        while True:
+            options = [b for b in alphabet[:-1 if not text else None]
+                       if a.step(state, b) is not None]
+            assert options, (schema, text)            # a dead end
+            b = rng.choice(options)
+            if b == 0x5D:
+                break
+            state, text = a.step(state, b), text + bytes([b])
+        assert fits(float(text)), (schema, text)
+
+
+@pytest.mark.parametrize("schema,match", [
+    ({"type": "number", "minimum": "0"}, "minimum must be a finite number"),
+    ({"type": "integer", "minimum": 3, "maximum": 2}, "no integer meets its minimum and maximum"),
+    ({"type": "integer", "exclusiveMinimum": 1, "exclusiveMaximum": 2}, "no integer meets"),
+    ({"type": "number", "minimum": 1, "exclusiveMaximum": 1}, "no number meets"),
+    ({"type": "number", "exclusiveMaximum": True}, "exclusiveMaximum: true needs maximum"),
+    ({"type": "number", "multipleOf": 2}, "multipleOf not supported")])
+def test_bad_number_bounds_are_refused(schema, match):
+    with pytest.raises(SchemaError, match=match):
+        compile_schema(schema)
+
+
+def test_number_bound_masks_equal_a_brute_force_check(smol_tokenizer):
+    tb = token_bytes(smol_tokenizer)
+    index = JsonTokenIndex(tb, len(tb), smol_tokenizer.eos_token_ids)
+    a = Automaton(compile_schema({"type": "object", "required": ["age", "score"], "properties": {
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        "score": {"type": "number", "exclusiveMinimum": 0, "maximum": 1}}}))
+    for prefix in [b'{"age": ', b'{"age": 1', b'{"age": 12', b'{"age": 120', b'{"age": 0',
+                   b'{"age": 7, "score": ', b'{"age": 7, "score": 0', b'{"age": 7, "score": 0.',
+                   b'{"age": 7, "score": 1']:
+        state = a.feed(a.start, prefix)
+        want = np.array([b is not None and len(b) > 0 and a.feed(state, b) is not None for b in tb])
+        assert (index.allowed(a, state) == want).all(), prefix

@@ -1,0 +1,133 @@
+"""JSON mode's masks: which tokens each automaton state allows (json_constraint.py's
+Automaton), per vocabulary, and one sequence's place in its JSON value.
+
+`JsonTokenIndex` walks a trie of the vocabulary's token bytes from a state, pruning a
+branch at its first rejected byte, and remembers the mask per (schema, state). Inside a
+free string almost every token is allowed: those made only of plain string bytes are one
+precomputed mask (bounded by their characters under maxLength), and only the rest (a
+quote, a backslash, a control byte, a UTF-8 continuation byte first) is walked.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+
+from .json_constraint import DONE, JSON_OBJECT_AUTOMATON, STRING, Automaton
+from .json_schema import ANY, ANY_OBJECT
+
+
+def _plain_string_bytes(data: bytes) -> bool:
+    """Whether data is accepted inside any free string at a character boundary without
+    ending or escaping it (a trailing partial character is fine)."""
+    free = (STRING, (("O", ANY_OBJECT, 0),), 0, (False, 0, 0, None, 0), ANY)
+    return bool(data) and all(b >= 0x20 and b not in (0x22, 0x5C) for b in data) \
+        and JSON_OBJECT_AUTOMATON.feed(free, data) is not None
+
+
+class _Trie:
+    def __init__(self, entries):
+        self.children: list[dict[int, int]] = [{}]
+        self.ids: list[list[int]] = [[]]
+        for token_id, data in entries:
+            node = 0
+            for b in data:
+                nxt = self.children[node].get(b)
+                if nxt is None:
+                    nxt = len(self.children)
+                    self.children[node][b] = nxt
+                    self.children.append({})
+                    self.ids.append([])
+                node = nxt
+            self.ids[node].append(token_id)
+
+
+class JsonTokenIndex:
+    """Per vocabulary: the tokens' bytes as tries, and each (schema, state)'s allowed ids."""
+
+    def __init__(self, token_bytes: list[bytes | None], vocab_size: int, eos_ids, cache: int = 1024):
+        self.vocab_size = vocab_size
+        self.eos_ids = [int(t) for t in eos_ids if 0 <= int(t) < vocab_size]
+        entries = [(i, b) for i, b in enumerate(token_bytes[:vocab_size]) if b]
+        self.token_bytes = token_bytes
+        self.plain = np.zeros(vocab_size, bool)
+        # characters each plain token begins (UTF-8 lead and ASCII bytes), for maxLength
+        self.plain_chars = np.zeros(vocab_size, np.int32)
+        rest = []
+        for i, b in entries:
+            if _plain_string_bytes(b):
+                self.plain[i] = True
+                self.plain_chars[i] = sum(not 0x80 <= c <= 0xBF for c in b)
+            else:
+                rest.append((i, b))
+        self.all = _Trie(entries)
+        self.rest = _Trie(rest)                     # what a free string's plain mask leaves out
+        self._masks: OrderedDict = OrderedDict()
+        self._cache = cache
+
+    def allowed(self, automaton: Automaton, state) -> np.ndarray:
+        """bool [vocab_size]: the tokens allowed in `state` (do not write into it)."""
+        key = (automaton.schema.key, state)
+        mask = self._masks.get(key)
+        if mask is not None:
+            self._masks.move_to_end(key)
+            return mask
+        mask = np.zeros(self.vocab_size, bool)
+        mode, detail = state[0], state[3]
+        if mode == STRING and detail[1:4] == (0, 0, None):
+            most = automaton.bounds(state[4])[1]            # maxLength, None: unbounded
+            mask |= self.plain if most is None else \
+                self.plain & (self.plain_chars <= most - detail[4])
+            self._walk(automaton, self.rest, state, mask)
+        elif mode != DONE:
+            self._walk(automaton, self.all, state, mask)
+        if automaton.complete(state) or not mask.any():
+            # A state no token continues (a vocabulary without a byte the JSON needs) ends
+            # the answer: sampling from no allowed token would pick one the automaton
+            # refuses, and that fails every request in the engine.
+            mask[self.eos_ids] = True
+        self._masks[key] = mask
+        if len(self._masks) > self._cache:
+            self._masks.popitem(last=False)
+        return mask
+
+    @staticmethod
+    def _walk(automaton: Automaton, trie: _Trie, state, mask: np.ndarray) -> None:
+        step = automaton.step
+        todo = [(0, state)]
+        while todo:
+            node, s = todo.pop()
+            for b, child in trie.children[node].items():
+                s2 = step(s, b)
+                if s2 is None:
+                    continue
+                if trie.ids[child]:
+                    mask[trie.ids[child]] = True
+                if trie.children[child]:
+                    todo.append((child, s2))
+
+
+class JsonConstraint:
+    """One sequence's place in its JSON value: allowed() before a step, advance() after."""
+
+    def __init__(self, index: JsonTokenIndex, automaton: Automaton = JSON_OBJECT_AUTOMATON):
+        self.index = index
+        self.automaton = automaton
+        self.state = automaton.start
+
+    @property
+    def done(self) -> bool:
+        return self.state[0] == DONE
+
+    def allowed(self) -> np.ndarray:
+        return self.index.allowed(self.automaton, self.state)
+
+    def advance(self, token: int) -> None:
+        data = self.index.token_bytes[token] if 0 <= token < len(self.index.token_bytes) else None
+        if self.done or not data:
+            return                                   # end of generation, or a special token
+        nxt = self.automaton.feed(self.state, data)
+        if nxt is None:
+            raise ValueError(f"token {token} ({data!r}) does not continue the JSON output; "
+                             "the sampler should not have allowed it")
+        self.state = nxt

@@ -1,0 +1,113 @@
+"""JSON mode's numeric bounds: `minimum`, `maximum`, `exclusiveMinimum`, `exclusiveMaximum`.
+
+json_schema.py reads them into a NumberRange; json_constraint.py keeps the bytes of a bounded
+number as they are typed and allows the next byte only while some continuation of them
+still lands in the range (`reachable`), and the end only on a value in it (`contains`).
+So a prefix is never a dead end: `-` under `minimum: 0` leads to `-0`, `1` under
+`maximum: 150` to `1`, `10`..`19`, `100`..`150`.
+
+A bounded number is written in plain decimal, without an exponent (a subset of the valid
+spellings, as everywhere in JSON mode). Values compare exactly, as decimals: `0.1` meets
+`minimum: 0.1`.
+"""
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from typing import NamedTuple
+
+
+class NumberRange(NamedTuple):
+    lo: Fraction | None         # None: unbounded below
+    lo_open: bool               # exclusive
+    hi: Fraction | None
+    hi_open: bool
+
+
+def number_range(s: dict, integer: bool, where: str, error) -> NumberRange | None:
+    """The bounds a schema puts on its numbers (None: none); error(message) raises."""
+    def value(key):
+        v = s.get(key)
+        if v is None or isinstance(v, bool):
+            return None
+        if not isinstance(v, (int, float)) or not math.isfinite(v):
+            error(f"{where}: {key} must be a finite number, got {v!r}")
+        return Fraction(v) if isinstance(v, int) else Fraction(repr(v))   # 0.1 as a decimal
+
+    for key in ("exclusiveMinimum", "exclusiveMaximum"):
+        v = s.get(key)
+        if isinstance(v, bool) and v and s.get(key.replace("exclusiveM", "m")) is None:
+            error(f"{where}: {key}: true needs {key.replace('exclusiveM', 'm')} beside it")
+    lo, lo_open = _tighter(value("minimum"), s.get("exclusiveMinimum") is True,
+                           value("exclusiveMinimum"), max)
+    hi, hi_open = _tighter(value("maximum"), s.get("exclusiveMaximum") is True,
+                           value("exclusiveMaximum"), min)
+    if lo is None and hi is None:
+        return None
+    if integer:                                  # closed integer bounds
+        if lo is not None:
+            lo, lo_open = Fraction(math.floor(lo) + 1 if lo_open else math.ceil(lo)), False
+        if hi is not None:
+            hi, hi_open = Fraction(math.ceil(hi) - 1 if hi_open else math.floor(hi)), False
+    if lo is not None and hi is not None and (lo > hi or (lo == hi and (lo_open or hi_open))):
+        error(f"{where}: no {'integer' if integer else 'number'} meets its minimum and maximum")
+    return NumberRange(lo, lo_open, hi, hi_open)
+
+
+def _tighter(bound, bound_open: bool, exclusive, pick):
+    """minimum (closed, or open by draft 4's boolean exclusiveMinimum) and the newer numeric
+    exclusiveMinimum together: the tighter one (open where they are equal)."""
+    if exclusive is None:
+        return bound, bound_open and bound is not None
+    if bound is None or pick(bound, exclusive) == exclusive:
+        return exclusive, True
+    return bound, bound_open
+
+
+def contains(r: NumberRange, typed: bytes) -> bool:
+    """Whether the complete number `typed` is in the range."""
+    x = Fraction(typed.decode())
+    return ((r.lo is None or x > r.lo or (x == r.lo and not r.lo_open))
+            and (r.hi is None or x < r.hi or (x == r.hi and not r.hi_open)))
+
+
+def reachable(r: NumberRange, typed: bytes) -> bool:
+    """Whether some plain-decimal number that starts with `typed` is in the range (an
+    integer's range has closed integer bounds: then "some integer" follows alike)."""
+    text = typed.decode()
+    negative = text.startswith("-")
+    body = text[1:] if negative else text
+    # The magnitudes m this sign may take: value = -m for a negative number.
+    if negative:
+        lo, lo_open, hi, hi_open = (None if r.hi is None else -r.hi), r.hi_open, \
+            (None if r.lo is None else -r.lo), r.lo_open
+    else:
+        lo, lo_open, hi, hi_open = r
+    if hi is not None and (hi < 0 or (hi == 0 and hi_open)):
+        return False                             # no magnitude on this side at all
+    if not body:                                 # "-": any magnitude
+        return True
+    whole, dot, frac = body.partition(".")
+    if dot:                                      # the integer part is settled
+        start = Fraction(f"{whole}.{frac}" if frac else whole)
+        return _meets(start, start + Fraction(1, 10 ** len(frac)), lo, lo_open, hi, hi_open)
+    d = int(whole)
+    if d == 0:                                   # 0, or 0.xxx (a number): [0, 1)
+        return _meets(Fraction(0), Fraction(1), lo, lo_open, hi, hi_open)
+    if hi is None:                               # more digits reach past any lower bound
+        return True
+    j = 0
+    while d * 10 ** j <= hi:                     # [d, d+1), [10d, 10d+10), ... up to hi
+        if _meets(Fraction(d * 10 ** j), Fraction((d + 1) * 10 ** j), lo, lo_open, hi, hi_open):
+            return True
+        j += 1
+    return False
+
+
+def _meets(a: Fraction, b: Fraction, lo, lo_open, hi, hi_open) -> bool:
+    """Whether [a, b) meets the magnitude range. Integers have closed integer bounds, so
+    an integer in [a, b) is one in [a, b - 1]: the same test, as b - 1 < hi + 1."""
+    low, low_open = (a, False) if lo is None or lo < a else (lo, lo_open)
+    if hi is None or hi >= b:
+        return low < b
+    return low < hi or (low == hi and not low_open and not hi_open)
