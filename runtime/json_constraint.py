@@ -19,6 +19,7 @@ started: no state is a dead end.
 from __future__ import annotations
 
 from bisect import bisect_left
+from . import json_formats as formats
 from .json_numbers import contains, reachable
 from .json_schema import ANY_ARRAY, ANY_OBJECT, JSON_OBJECT, MAX_DEPTH, Schema, min_depths
 
@@ -57,7 +58,8 @@ _LITERALS = {ord("t"): (b"rue", "boolean"), ord("f"): (b"alse", "boolean"), ord(
 #   frames: one per open container: ("O", object node, next property index) or ("A", array
 #           node, items begun: counted only up to the bound that needs it, so arrays without
 #           minItems / maxItems keep one state)
-#   detail: STRING (key, escape, utf8 bytes due, typed key bytes or None, characters so far:
+#   detail: STRING (key, escape, utf8 bytes due, typed bytes of a declared key or of a
+#           formatted string, else None, characters so far:
 #           counted likewise, for minLength / maxLength); NUMBER (phase, integer only, the
 #           bytes so far when it has bounds, else None); LITERAL bytes due; LITS typed bytes
 #   node:   the schema node of the value being written (VALUE, ARR_OPEN's items, COLON's)
@@ -134,7 +136,8 @@ class Automaton:
                 return None
             return (ARR_OPEN, frames + (("A", arr, 0),), 0, None, self.nodes[arr][1])
         if b == 0x22 and kind in ("any", "string"):                         # "
-            return (STRING, frames, 0, (False, 0, 0, None, 0), node)
+            typed = b"" if kind == "string" and spec[3] else None         # a format's text
+            return (STRING, frames, 0, (False, 0, 0, typed, 0), node)
         if kind in ("any", "number") and (b == 0x2D or b in _DIGITS):      # - 0-9
             integer = kind == "number" and spec[1]
             phase = "minus" if b == 0x2D else "zero" if b == 0x30 else "int"
@@ -149,6 +152,16 @@ class Automaton:
 
     def _string(self, state, b: int):
         _, frames, _, (is_key, esc, due, typed, n), node = state
+        if typed is not None and not is_key:        # a formatted string: ASCII, no escapes
+            lo, hi = self.bounds(node)
+            if b == 0x22:
+                done = lo <= len(typed) and formats.complete(self.nodes[node][3], typed.decode())
+                return self._after_value(frames) if done else None
+            if not 0x20 <= b < 0x7F or b == 0x5C or (hi is not None and len(typed) >= hi):
+                return None
+            longer = typed + bytes([b])
+            return (STRING, frames, 0, (False, 0, 0, longer, n), node) \
+                if formats.viable(self.nodes[node][3], longer.decode()) else None
         if typed is not None:                       # a declared property's name
             obj = frames[-1][1]
             props = self.nodes[obj][1]

@@ -4,6 +4,7 @@ Supported:
 - `type` (one or a list), `properties` / `required` / `additionalProperties`, `items`;
 - `minItems` / `maxItems`, `minLength` / `maxLength` (characters: code points, an escape
   one), `minimum` / `maximum` / `exclusiveMinimum` / `exclusiveMaximum` (json_numbers.py);
+- `format` `date`, `time`, `date-time`, `uuid` (json_formats.py);
 - `enum`, `const`, `anyOf` / `oneOf`, `$ref` into `$defs` / `definitions` (recursive too);
 - annotations, which are ignored (`title`, `description`, ...).
 That covers what OpenAI's strict structured outputs and pydantic's `model_json_schema()`
@@ -18,8 +19,8 @@ The automaton produces a subset of the valid instances, always valid ones:
 - an object or array that would not fit in the nesting limit (32) is not started;
 - a number with bounds is written in plain decimal, without an exponent.
 
-A keyword that constrains values in a way the automaton cannot hold (`pattern`, `format`,
-`multipleOf`, `uniqueItems`, `allOf`, ...) is refused, naming it and where it is: dropping
+A keyword that constrains values in a way the automaton cannot hold (`pattern`, another
+`format`, `multipleOf`, `uniqueItems`, `allOf`, ...) is refused, naming it and where it is: dropping
 it silently would produce answers that fail the schema. Bounds without a `type` make the
 value a string (`minLength`), an array (`minItems`) or a number (`minimum`).
 """
@@ -28,10 +29,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from .json_formats import FORMATS
 from .json_numbers import number_range
 
 # Node kinds: ("any",) ("object", props, extra) ("array", items, min items, max items or None)
-# ("string", min length, max length or None) ("number", integer, NumberRange or None)
+# ("string", min length, max length or None, format or None)
+# ("number", integer, NumberRange or None)
 # ("boolean",) ("null",)
 # ("lits", sorted spellings) ("union", branches, first)
 ANY, ANY_OBJECT, ANY_ARRAY = 0, 1, 2
@@ -42,8 +45,11 @@ ANNOTATIONS = frozenset({"title", "description", "default", "examples", "$schema
                          "deprecated", "readOnly", "writeOnly", "$defs", "definitions"})
 KEYWORDS = frozenset({"type", "properties", "required", "additionalProperties", "items", "enum",
                       "const", "anyOf", "oneOf", "$ref", "minItems", "maxItems", "minLength",
-                      "maxLength", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"})
+                      "maxLength", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
+                      "format"})
 _NUMBER_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+# Formats that constrain nothing (pydantic's SecretStr writes "password"): annotations.
+_ANNOTATION_FORMATS = frozenset({"password"})
 _BOUNDS = {"array": ("minItems", "maxItems"), "string": ("minLength", "maxLength")}
 TYPES = ("object", "array", "string", "number", "integer", "boolean", "null")
 _FIRST = {"object": b"{", "array": b"[", "string": b'"', "number": b"-0123456789",
@@ -172,11 +178,23 @@ def compile_schema(schema) -> Schema:
             return add(("array", node(s.get("items", True), f"{where}.items"),
                         *bounds(s, kind, where)))
         if kind == "string":
-            return add(("string", *bounds(s, kind, where)))
+            return add(("string", *bounds(s, kind, where), string_format(s, where)))
         if kind in ("number", "integer"):
             return add(("number", kind == "integer",
                         number_range(s, kind == "integer", where, _refuse)))
         return add((kind,))
+
+    def string_format(s: dict, where: str) -> str | None:
+        """A string's format the automaton holds (json_formats.py), None for none. (On other
+        types JSON Schema says a format does not apply: it is ignored there.)"""
+        fmt = s.get("format")
+        if fmt is None or fmt in _ANNOTATION_FORMATS:
+            return None
+        if fmt not in FORMATS:
+            raise SchemaError(f"{where}: format {fmt!r} not supported (supported: "
+                              f"{', '.join(sorted(FORMATS))}); drop it or check the answer "
+                              "yourself")
+        return fmt
 
     def bounds(s: dict, kind: str, where: str) -> tuple[int, int | None]:
         """(min, max or None) of an array's items or a string's characters (code points)."""

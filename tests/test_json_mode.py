@@ -225,8 +225,8 @@ def test_schema_top_level_values_end_where_they_can():
 
 @pytest.mark.parametrize("schema,match", [
     ({"type": "string", "pattern": "^a"}, "pattern not supported"),
-    ({"type": "object", "properties": {"a": {"type": "string", "format": "date"}}},
-     r"schema.properties.a: JSON Schema keyword\(s\) format"),
+    ({"type": "object", "properties": {"a": {"type": "string", "uniqueItems": True}}},
+     r"schema.properties.a: JSON Schema keyword\(s\) uniqueItems"),
     ({"anyOf": [{"type": "object"}, {"type": "object", "properties": {}}]}, "start alike"),
     ({"$ref": "#/$defs/Missing"}, "points at nothing"),
     ({"type": "object", "required": ["a"]}, "does not declare"),
@@ -634,6 +634,105 @@ def test_number_bound_masks_equal_a_brute_force_check(smol_tokenizer):
     for prefix in [b'{"age": ', b'{"age": 1', b'{"age": 12', b'{"age": 120', b'{"age": 0',
                    b'{"age": 7, "score": ', b'{"age": 7, "score": 0', b'{"age": 7, "score": 0.',
                    b'{"age": 7, "score": 1']:
+        state = a.feed(a.start, prefix)
+        want = np.array([b is not None and len(b) > 0 and a.feed(state, b) is not None for b in tb])
+        assert (index.allowed(a, state) == want).all(), prefix
+
+
+# ---- format: date, time, date-time, uuid ---------------------------------------------------
+
+import datetime as _dt          # noqa: E402 (this section's oracle)
+import re as _re                # noqa: E402
+import uuid as _uuid            # noqa: E402
+
+_RFC3339 = {  # the grammar, then the calendar and the clock through Python's parsers
+    "date": r"\d{4}-\d{2}-\d{2}",
+    "time": r"\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})",
+    "date-time": r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})",
+    "uuid": r"[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}"}
+
+
+def _valid(fmt: str, text: str) -> bool:
+    if not _re.fullmatch(_RFC3339[fmt], text):
+        return False
+    if fmt == "uuid":
+        return bool(_uuid.UUID(text))
+    stamp = _re.sub(r"\.\d+", "", text.upper())              # fromisoformat: <= 6 digits
+    offset = _re.search(r"[+-](\d{2}):(\d{2})$", stamp)
+    if offset and (int(offset[1]) > 23 or int(offset[2]) > 59):  # Python takes +09:72
+        return False
+    try:
+        {"date": _dt.date, "time": _dt.time, "date-time": _dt.datetime}[fmt].fromisoformat(stamp)
+        return True
+    except ValueError:
+        return False
+
+
+def _random_format_value(fmt: str, rng: random.Random) -> str:
+    moment = _dt.datetime(1, 1, 1) + _dt.timedelta(seconds=rng.randrange(315_537_897_600))
+    frac = rng.choice(["", ".5", f".{rng.randrange(10**9):09d}"])
+    offset = rng.choice(["Z", f"+{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}", "-00:00"])
+    return {"date": moment.date().isoformat(), "time": moment.time().isoformat() + frac + offset,
+            "date-time": moment.isoformat() + frac + offset,
+            "uuid": str(_uuid.UUID(int=rng.getrandbits(128)))}[fmt]
+
+
+@pytest.mark.parametrize("fmt", sorted(_RFC3339))
+def test_formats_accept_exactly_the_valid_strings(fmt):
+    """Random values and their one-character mutations: the automaton completes a string
+    exactly when the RFC 3339 grammar, the calendar and the clock (Python's own parsers)
+    accept it; every prefix of a valid one is accepted; a random walk over the accepted
+    characters always ends in a valid value (no prefix is a dead end)."""
+    a = Automaton(compile_schema({"type": "string", "format": fmt}))
+    rng = random.Random(len(fmt))
+    for _ in range(400):
+        text = _random_format_value(fmt, rng)
+        if rng.random() < 0.7:
+            k = rng.randrange(len(text))
+            text = text[:k] + rng.choice("0123456789:-+.TZ aF") + text[k + 1:]
+        state = a.feed(a.start, f'"{text}'.encode())
+        if _valid(fmt, text):
+            assert state is not None, text
+        done = state is not None and a.step(state, 0x22) is not None
+        assert done == _valid(fmt, text), text
+    alphabet = b"0123456789abcdefABCDEF:-+.TZz"
+    for _ in range(200):
+        state, text = a.feed(a.start, b'"'), b""
+        while a.step(state, 0x22) is None or rng.random() < 0.3:
+            options = [b for b in alphabet if a.step(state, b) is not None]
+            if not options:
+                break
+            b = rng.choice(options)
+            state, text = a.step(state, b), text + bytes([b])
+        assert _valid(fmt, text.decode()), text
+
+
+@pytest.mark.parametrize("schema,match", [
+    ({"type": "string", "format": "email"}, "format 'email' not supported"),
+    ({"type": "object", "properties": {"u": {"type": "string", "format": "uri"}}},
+     r"schema.properties.u: format 'uri' not supported \(supported: date, date-time, time, uuid\)")])
+def test_unsupported_formats_are_refused(schema, match):
+    with pytest.raises(SchemaError, match=match):
+        compile_schema(schema)
+
+
+def test_formats_that_constrain_nothing_here_are_annotations():
+    """JSON Schema: a format does not apply to other types (OpenAPI's int64); pydantic's
+    SecretStr writes format "password", which constrains nothing."""
+    for schema, text in (({"type": "integer", "format": "int64"}, b"12"),
+                         ({"type": "string", "format": "password"}, b'"hunter2"')):
+        a = Automaton(compile_schema(schema))
+        assert a.complete(a.feed(a.start, text))
+
+
+def test_format_masks_equal_a_brute_force_check(smol_tokenizer):
+    tb = token_bytes(smol_tokenizer)
+    index = JsonTokenIndex(tb, len(tb), smol_tokenizer.eos_token_ids)
+    a = Automaton(compile_schema({"type": "object", "required": ["at", "id"], "properties": {
+        "at": {"type": "string", "format": "date-time"}, "id": {"type": "string", "format": "uuid"}}}))
+    for prefix in [b'{"at": "', b'{"at": "2024', b'{"at": "2023-02-', b'{"at": "2023-02-2',
+                   b'{"at": "2024-05-01T23:59:59', b'{"at": "2024-05-01T23:59:59.5',
+                   b'{"at": "2024-05-01T23:59:59Z", "id": "12', b'{"at": "2024-05-01T23:59:59Z"']:
         state = a.feed(a.start, prefix)
         want = np.array([b is not None and len(b) > 0 and a.feed(state, b) is not None for b in tb])
         assert (index.allowed(a, state) == want).all(), prefix
