@@ -59,7 +59,7 @@ _LITERALS = {ord("t"): (b"rue", "boolean"), ord("f"): (b"alse", "boolean"), ord(
 #           node, items begun: counted only up to the bound that needs it, so arrays without
 #           minItems / maxItems keep one state)
 #   detail: STRING (key, escape, utf8 bytes due, typed bytes of a declared key or of a
-#           formatted string, else None, characters so far:
+#           formatted string, a pattern's NFA states, else None, characters so far:
 #           counted likewise, for minLength / maxLength); NUMBER (phase, integer only, the
 #           bytes so far when it has bounds, else None); LITERAL bytes due; LITS typed bytes
 #   node:   the schema node of the value being written (VALUE, ARR_OPEN's items, COLON's)
@@ -136,7 +136,9 @@ class Automaton:
                 return None
             return (ARR_OPEN, frames + (("A", arr, 0),), 0, None, self.nodes[arr][1])
         if b == 0x22 and kind in ("any", "string"):                         # "
-            typed = b"" if kind == "string" and spec[3] else None         # a format's text
+            typed = None                 # a format's text, a pattern's NFA states, or None
+            if kind == "string" and (spec[3] or spec[4]):
+                typed = b"" if spec[3] else spec[4].start
             return (STRING, frames, 0, (False, 0, 0, typed, 0), node)
         if kind in ("any", "number") and (b == 0x2D or b in _DIGITS):      # - 0-9
             integer = kind == "number" and spec[1]
@@ -152,6 +154,8 @@ class Automaton:
 
     def _string(self, state, b: int):
         _, frames, _, (is_key, esc, due, typed, n), node = state
+        if typed is not None and not is_key and self.nodes[node][4]:
+            return self._pattern_string(state, b)
         if typed is not None and not is_key:        # a formatted string: ASCII, no escapes
             lo, hi = self.bounds(node)
             if b == 0x22:
@@ -207,6 +211,17 @@ class Automaton:
         if due == 0 and counted == n:
             return state                            # the common case: no count kept
         return (STRING, frames, 0, (is_key, 0, due, None, counted), node)
+
+    def _pattern_string(self, state, b: int):
+        """A string held to a pattern (json_pattern.py): printable ASCII, no escapes."""
+        _, frames, _, (_, _, _, states, n), node = state
+        pattern = self.nodes[node][4]
+        if b == 0x22:
+            return self._after_value(frames) if pattern.accepts(states) else None
+        if not 0x20 <= b < 0x7F or b == 0x5C:
+            return None
+        nxt = pattern.step(states, chr(b))
+        return None if nxt is None else (STRING, frames, 0, (False, 0, 0, nxt, n), node)
 
     # -- the automaton --------------------------------------------------------------------
     def step(self, state, b: int):

@@ -4,7 +4,8 @@ Supported:
 - `type` (one or a list), `properties` / `required` / `additionalProperties`, `items`;
 - `minItems` / `maxItems`, `minLength` / `maxLength` (characters: code points, an escape
   one), `minimum` / `maximum` / `exclusiveMinimum` / `exclusiveMaximum` (json_numbers.py);
-- `format` `date`, `time`, `date-time`, `uuid` (json_formats.py);
+- `format` `date`, `time`, `date-time`, `uuid` (json_formats.py), `pattern`
+  (json_pattern.py: a regular expression's common subset);
 - `enum`, `const`, `anyOf` / `oneOf`, `$ref` into `$defs` / `definitions` (recursive too);
 - annotations, which are ignored (`title`, `description`, ...).
 That covers what OpenAI's strict structured outputs and pydantic's `model_json_schema()`
@@ -19,10 +20,11 @@ The automaton produces a subset of the valid instances, always valid ones:
 - an object or array that would not fit in the nesting limit (32) is not started;
 - a number with bounds is written in plain decimal, without an exponent.
 
-A keyword that constrains values in a way the automaton cannot hold (`pattern`, another
-`format`, `multipleOf`, `uniqueItems`, `allOf`, ...) is refused, naming it and where it is: dropping
+A keyword that constrains values in a way the automaton cannot hold (another `format`,
+`multipleOf`, `uniqueItems`, `allOf`, ...) is refused, naming it and where it is: dropping
 it silently would produce answers that fail the schema. Bounds without a `type` make the
-value a string (`minLength`), an array (`minItems`) or a number (`minimum`).
+value a string (`minLength`, `format`, `pattern`), an array (`minItems`) or a number
+(`minimum`).
 """
 from __future__ import annotations
 
@@ -31,9 +33,10 @@ from dataclasses import dataclass, field
 
 from .json_formats import FORMATS
 from .json_numbers import number_range
+from .json_pattern import Pattern, PatternError
 
 # Node kinds: ("any",) ("object", props, extra) ("array", items, min items, max items or None)
-# ("string", min length, max length or None, format or None)
+# ("string", min length, max length or None, format or None, Pattern or None)
 # ("number", integer, NumberRange or None)
 # ("boolean",) ("null",)
 # ("lits", sorted spellings) ("union", branches, first)
@@ -46,7 +49,7 @@ ANNOTATIONS = frozenset({"title", "description", "default", "examples", "$schema
 KEYWORDS = frozenset({"type", "properties", "required", "additionalProperties", "items", "enum",
                       "const", "anyOf", "oneOf", "$ref", "minItems", "maxItems", "minLength",
                       "maxLength", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
-                      "format"})
+                      "format", "pattern"})
 _NUMBER_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 # Formats that constrain nothing (pydantic's SecretStr writes "password"): annotations.
 _ANNOTATION_FORMATS = frozenset({"password"})
@@ -161,7 +164,7 @@ def compile_schema(schema) -> Schema:
                 kind = "object"
             elif {"items", "minItems", "maxItems"} & s.keys():
                 kind = "array"
-            elif {"minLength", "maxLength"} & s.keys():
+            elif {"minLength", "maxLength", "format", "pattern"} & s.keys():
                 kind = "string"
             elif set(_NUMBER_BOUNDS) & s.keys():
                 kind = "number"
@@ -178,7 +181,8 @@ def compile_schema(schema) -> Schema:
             return add(("array", node(s.get("items", True), f"{where}.items"),
                         *bounds(s, kind, where)))
         if kind == "string":
-            return add(("string", *bounds(s, kind, where), string_format(s, where)))
+            return add(("string", *bounds(s, kind, where), string_format(s, where),
+                        string_pattern(s, where)))
         if kind in ("number", "integer"):
             return add(("number", kind == "integer",
                         number_range(s, kind == "integer", where, _refuse)))
@@ -195,6 +199,20 @@ def compile_schema(schema) -> Schema:
                               f"{', '.join(sorted(FORMATS))}); drop it or check the answer "
                               "yourself")
         return fmt
+
+    def string_pattern(s: dict, where: str) -> Pattern | None:
+        if "pattern" not in s:
+            return None
+        beside = [k for k in ("format", "minLength", "maxLength") if k in s]
+        if beside:
+            raise SchemaError(f"{where}: pattern beside {', '.join(beside)} is not supported; "
+                              "write the length into the pattern (^[a-z]{2,8}$)")
+        if not isinstance(s["pattern"], str):
+            raise SchemaError(f"{where}: pattern must be a string, got {s['pattern']!r}")
+        try:
+            return Pattern(s["pattern"])
+        except PatternError as err:
+            raise SchemaError(f"{where}: {err}") from None
 
     def bounds(s: dict, kind: str, where: str) -> tuple[int, int | None]:
         """(min, max or None) of an array's items or a string's characters (code points)."""

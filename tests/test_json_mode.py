@@ -224,7 +224,7 @@ def test_schema_top_level_values_end_where_they_can():
 
 
 @pytest.mark.parametrize("schema,match", [
-    ({"type": "string", "pattern": "^a"}, "pattern not supported"),
+    ({"type": "integer", "multipleOf": 5}, "multipleOf not supported"),
     ({"type": "object", "properties": {"a": {"type": "string", "uniqueItems": True}}},
      r"schema.properties.a: JSON Schema keyword\(s\) uniqueItems"),
     ({"anyOf": [{"type": "object"}, {"type": "object", "properties": {}}]}, "start alike"),
@@ -733,6 +733,79 @@ def test_format_masks_equal_a_brute_force_check(smol_tokenizer):
     for prefix in [b'{"at": "', b'{"at": "2024', b'{"at": "2023-02-', b'{"at": "2023-02-2',
                    b'{"at": "2024-05-01T23:59:59', b'{"at": "2024-05-01T23:59:59.5',
                    b'{"at": "2024-05-01T23:59:59Z", "id": "12', b'{"at": "2024-05-01T23:59:59Z"']:
+        state = a.feed(a.start, prefix)
+        want = np.array([b is not None and len(b) > 0 and a.feed(state, b) is not None for b in tb])
+        assert (index.allowed(a, state) == want).all(), prefix
+
+
+# ---- pattern ---------------------------------------------------------------------------------
+
+def _random_pattern(rng: random.Random, depth: int = 0) -> str:
+    def atom():
+        if depth < 2 and rng.random() < 0.25:
+            return "(" + rng.choice(["", "?:"]) + _random_pattern(rng, depth + 1) + ")"
+        return rng.choice(["a", "b", "c", "-", r"\.", ".", "[a-c]", "[^a]", r"\d", r"\w",
+                           r"\s", "[0-9x]", "{"])
+    def piece():
+        return atom() + rng.choice(["", "", "*", "+", "?", "{2}", "{1,2}", "{0,}", "*?"])
+    branches = ["".join(piece() for _ in range(rng.randint(1, 3)))
+                for _ in range(rng.choice([1, 1, 2]))]
+    return "|".join(branches)
+
+
+def test_patterns_match_what_python_re_matches():
+    """Random patterns of the supported subset against random strings: the automaton
+    completes a string exactly when re.search finds the pattern in it; every prefix of a
+    matching string is accepted; a random walk never dead-ends and ends in a match."""
+    rng = random.Random(11)
+    alphabet = "abc-.1x {"
+    for _ in range(150):
+        body = _random_pattern(rng)
+        if "|" in body and rng.random() < 0.5:
+            body = f"(?:{body})"                  # anchors around the whole alternation
+        pattern = rng.choice(["", "^"]) + body + rng.choice(["", "$"])
+        a = Automaton(compile_schema({"type": "string", "pattern": pattern}))
+        for _ in range(40):
+            text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 7)))
+            state = a.feed(a.start, f'"{text}'.encode())
+            found = _re.search(pattern, text) is not None
+            if found:
+                assert state is not None, (pattern, text)
+            assert (state is not None and a.step(state, 0x22) is not None) == found, (pattern, text)
+        for _ in range(10):
+            state, text = a.feed(a.start, b'"'), ""
+            while a.step(state, 0x22) is None or (rng.random() < 0.5 and len(text) < 12):
+                options = [c for c in alphabet if a.step(state, ord(c)) is not None]
+                if not options:
+                    break
+                c = rng.choice(options)
+                state, text = a.step(state, ord(c)), text + c
+            assert a.step(state, 0x22) is not None and _re.search(pattern, text), (pattern, text)
+
+
+@pytest.mark.parametrize("schema,match", [
+    ({"type": "string", "pattern": "(?=a)b"}, "lookaround"),
+    ({"type": "string", "pattern": r"(a)\1"}, r"escape \\1"),
+    ({"type": "string", "pattern": r"\bword"}, r"escape \\b"),
+    ({"type": "string", "pattern": "a^b"}, "an anchor inside a branch"),
+    ({"type": "string", "pattern": "(a$)"}, "anchor '\\$' inside a group"),
+    ({"type": "string", "pattern": "a{3,2}"}, "maximum is below its minimum"),
+    ({"type": "string", "pattern": "(ab"}, "unclosed group"),
+    ({"type": "string", "pattern": '^"$'}, "no string of printable ASCII matches"),
+    ({"type": "string", "pattern": "^a$", "maxLength": 3}, "pattern beside maxLength"),
+    ({"type": "string", "pattern": "a{1000}b{1000}c{1000}x{2000}"}, "too large")])
+def test_unsupported_patterns_are_refused(schema, match):
+    with pytest.raises(SchemaError, match=match):
+        compile_schema(schema)
+
+
+def test_pattern_masks_equal_a_brute_force_check(smol_tokenizer):
+    tb = token_bytes(smol_tokenizer)
+    index = JsonTokenIndex(tb, len(tb), smol_tokenizer.eos_token_ids)
+    a = Automaton(compile_schema({"type": "object", "required": ["sku"], "properties": {
+        "sku": {"type": "string", "pattern": r"^[A-Z]{3}-\d{2,4}$"}}}))
+    for prefix in [b'{"sku": "', b'{"sku": "AB', b'{"sku": "ABC', b'{"sku": "ABC-1',
+                   b'{"sku": "ABC-12', b'{"sku": "ABC-1234']:
         state = a.feed(a.start, prefix)
         want = np.array([b is not None and len(b) > 0 and a.feed(state, b) is not None for b in tb])
         assert (index.allowed(a, state) == want).all(), prefix
