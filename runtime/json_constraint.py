@@ -24,7 +24,8 @@ from .json_numbers import contains, reachable
 from .json_schema import ANY_ARRAY, ANY_OBJECT, JSON_OBJECT, MAX_DEPTH, Schema, min_depths
 
 # What the automaton expects next.
-VALUE, OBJ_OPEN, KEY, COLON, AFTER, ARR_OPEN, STRING, NUMBER, LITERAL, LITS, DONE = range(11)
+VALUE, OBJ_OPEN, KEY, COLON, AFTER, ARR_OPEN, STRING, NUMBER, LITERAL, LITS, DONE, MULTI = \
+    range(12)
 MAX_WS = 32
 _WS = frozenset(b" \t\n\r")
 _HEX = frozenset(b"0123456789abcdefABCDEF")
@@ -54,7 +55,8 @@ _ESCAPE = {**{(14, h): 20 if h in b"dD" else 13 for h in _HEX},
            (32, ord("d")): 33, (32, ord("D")): 33, **{(33, h): 12 for h in b"cdefCDEF"}}
 _LITERALS = {ord("t"): (b"rue", "boolean"), ord("f"): (b"alse", "boolean"), ord("n"): (b"ull", "null")}
 
-# state = (mode, frames, whitespace run, detail, node)
+# state = (mode, frames, whitespace run, detail, node); (MULTI, (), 0, states, None) for the
+# states of a union's branches that start alike, until the text tells them apart
 #   frames: one per open container: ("O", object node, next property index) or ("A", array
 #           node, items begun: counted only up to the bound that needs it, so arrays without
 #           minItems / maxItems keep one state)
@@ -116,13 +118,13 @@ class Automaton:
             return None
         return min(n + 1, hi if hi is not None else lo)
 
-    def _value(self, frames: tuple, node: int, b: int):
+    def _value(self, frames: tuple, node: int, b: int, _seen: frozenset = frozenset()):
         """The state after byte b starts a value of `node`."""
         spec = self.nodes[node]
         kind = spec[0]
-        if kind == "union":
-            branch = spec[2].get(b)
-            return None if branch is None else self._value(frames, branch, b)
+        if kind == "union":                         # every branch that can start with b
+            return _multi(self._value(frames, branch, b, _seen | {node})
+                          for branch in spec[2].get(b, ()) if branch not in _seen)
         if kind == "lits":
             return (LITS, frames, 0, bytes([b]), node) if _prefixes(spec[1], bytes([b])) else None
         if b == 0x7B and kind in ("any", "object"):                         # {
@@ -228,6 +230,8 @@ class Automaton:
         """The state after byte b, or None when no allowed JSON value starts with what came
         so far + b."""
         mode, frames, ws, detail, node = state
+        if mode == MULTI:                           # branches of a union, followed together
+            return _multi(self.step(s, b) for s in detail)
         if mode == STRING:
             return self._string(state, b)
         if mode == NUMBER:
@@ -312,6 +316,8 @@ class Automaton:
     def complete(self, state) -> bool:
         """Whether the output so far is a whole value (end of generation may come now)."""
         mode, frames, _, detail, node = state
+        if mode == MULTI:
+            return any(self.complete(s) for s in detail)
         if mode == DONE:
             return True
         if frames:
@@ -320,6 +326,18 @@ class Automaton:
             return detail[0] in _NUMBER_END and (detail[2] is None
                                                  or contains(self.nodes[node][2], detail[2]))
         return mode == LITS and _is_one(self.nodes[node][1], detail)
+
+
+def _multi(states):
+    """One state for the states a union's branches are in (None dropped): None for none,
+    the state itself for one, else a MULTI state that steps them all."""
+    found: set = set()
+    for s in states:
+        if s is not None:
+            found |= s[3] if s[0] == MULTI else {s}
+    if len(found) <= 1:
+        return next(iter(found), None)
+    return (MULTI, (), 0, frozenset(found), None)
 
 
 def _prefixes(candidates: tuple, prefix: bytes) -> bool:

@@ -15,8 +15,10 @@ The automaton produces a subset of the valid instances, always valid ones:
 - an object with `properties` has exactly those keys, in the schema's order, the optional
   ones maybe left out (no additional keys, even where the schema would allow them);
 - `enum` / `const` values are written as `json.dumps` spells them;
-- `anyOf` / `oneOf` / a `type` list pick their branch by the value's first byte, so the
-  branches must be of different JSON types (`integer` beside `number` is read as `number`);
+- `anyOf` / `oneOf` / a `type` list: branches that start alike are followed together until
+  the text tells them apart (pydantic's unions of models). `oneOf` asks that exactly one
+  branch match, which the automaton does not check: its branches must start differently,
+  unless a `discriminator` (pydantic's tagged unions) says they exclude each other;
 - an object or array that would not fit in the nesting limit (32) is not started;
 - a number with bounds is written in plain decimal, without an exponent.
 
@@ -39,13 +41,14 @@ from .json_pattern import Pattern, PatternError
 # ("string", min length, max length or None, format or None, Pattern or None)
 # ("number", integer, NumberRange or None)
 # ("boolean",) ("null",)
-# ("lits", sorted spellings) ("union", branches, first)
+# ("lits", sorted spellings) ("union", branches, {first byte: branches})
 ANY, ANY_OBJECT, ANY_ARRAY = 0, 1, 2
 MAX_DEPTH = 32                          # containers open at once (json_constraint.py holds to it)
 _UNBOUNDED = 1 << 30
 
 ANNOTATIONS = frozenset({"title", "description", "default", "examples", "$schema", "$id", "$comment",
-                         "deprecated", "readOnly", "writeOnly", "$defs", "definitions"})
+                         "deprecated", "readOnly", "writeOnly", "$defs", "definitions",
+                         "discriminator"})
 KEYWORDS = frozenset({"type", "properties", "required", "additionalProperties", "items", "enum",
                       "const", "anyOf", "oneOf", "$ref", "minItems", "maxItems", "minLength",
                       "maxLength", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
@@ -103,7 +106,7 @@ def compile_schema(schema) -> Schema:
         raise SchemaError(f"the schema must be a JSON object, got {type(schema).__name__}")
     out = Schema(key=json.dumps(schema))              # not sort_keys: the order of keys matters
     refs: dict[str, int] = {}
-    unions: dict[int, str] = {}                       # union node -> where it is (errors)
+    exclusive: dict[int, str] = {}                    # a oneOf's union node -> where it is
 
     def add(node: tuple) -> int:
         out.nodes.append(node)
@@ -156,8 +159,11 @@ def compile_schema(schema) -> Schema:
             if key in s:
                 if not isinstance(s[key], list) or not s[key]:
                     raise SchemaError(f"{where}: {key} must be a non-empty list")
+                # oneOf: exactly one branch may match. Branches that start alike can both
+                # match, unless a discriminator (pydantic's tagged unions) tells them apart.
+                exclusive = key == "oneOf" and "discriminator" not in s
                 return union([node(b, f"{where}.{key}[{i}]") for i, b in enumerate(s[key])],
-                             where)
+                             where if exclusive else None)
         kind = s.get("type")
         if kind is None:                              # the keywords say which, if any
             if {"properties", "required", "additionalProperties"} & s.keys():
@@ -171,8 +177,7 @@ def compile_schema(schema) -> Schema:
             else:
                 return ANY
         if isinstance(kind, list):
-            return union([node({**s, "type": k}, f"{where}.type[{i}]") for i, k in enumerate(kind)],
-                         where)
+            return union([node({**s, "type": k}, f"{where}.type[{i}]") for i, k in enumerate(kind)])
         if kind not in TYPES:
             raise SchemaError(f"{where}: type {kind!r} is not a JSON Schema type ({', '.join(TYPES)})")
         if kind == "object":
@@ -243,17 +248,24 @@ def compile_schema(schema) -> Schema:
              name in required) for name, p in props.items()), extra)
         return slot
 
-    def union(branches: list[int], where: str) -> int:
-        # Which branch each first byte picks is worked out once every $ref is resolved: a
-        # branch may be a $ref still being compiled (a recursive schema's placeholder).
+    def union(branches: list[int], exclusive_where: str | None = None) -> int:
+        # Which branches each first byte may start is worked out once every $ref is
+        # resolved: a branch may be a $ref still being compiled (a recursive placeholder).
         u = add(("union", tuple(branches), None))
-        unions[u] = where
+        if exclusive_where is not None:
+            exclusive[u] = exclusive_where
         return u
 
     out.root = node(schema, "schema")
     for u, spec in enumerate(out.nodes):              # $ref copies of unions included
         if spec[0] == "union" and spec[2] is None:
-            out.nodes[u] = _first_branches(out, u, unions.get(u, "schema"))
+            out.nodes[u] = _first_branches(out, u)
+            alike = [chr(b) for b, branches in out.nodes[u][-1].items() if len(branches) > 1] \
+                if out.nodes[u][0] == "union" else []
+            if u in exclusive and alike:
+                raise SchemaError(f"{exclusive[u]}: oneOf branches that can start alike "
+                                  f"({', '.join(map(repr, sorted(alike)))}) could both match; "
+                                  "use anyOf, or a discriminator (pydantic's tagged unions)")
     if min_depths(out.nodes)[out.root] > MAX_DEPTH:
         raise SchemaError(f"schema: no instance fits in {MAX_DEPTH} nested objects / arrays (does "
                           "a required property require itself, through $ref?)")
@@ -282,24 +294,21 @@ def min_depths(nodes: list[tuple]) -> list[int]:
     return need
 
 
-def _first_branches(out: Schema, u: int, where: str) -> tuple:
-    """A union's node with its map first byte -> branch, or ("any",) when a branch is any
-    value."""
+def _first_branches(out: Schema, u: int) -> tuple:
+    """A union's node with its map first byte -> the branches a value starting with it may
+    be (json_constraint.py follows all of them at once until one is left), or ("any",)
+    when a branch is any value."""
     branches = out.nodes[u][1]
     if any(out.nodes[b] == ("number", False, None) for b in branches):
         # integer | number (pydantic's int | float) is number: integers are numbers
         branches = tuple(b for b in branches if out.nodes[b][:2] != ("number", True))
-    first: dict[int, int] = {}
+    first: dict[int, tuple] = {}
     for b in branches:
         starts = out.first_bytes(b, frozenset({u}))
         if starts is None:
             return ("any",)                            # one branch is any value: so is the union
         for byte in starts:
-            if byte in first and first[byte] != b:
-                raise SchemaError(f"{where}: anyOf / oneOf / type branches that can start "
-                                  f"alike ({chr(byte)!r}) are not supported; the branches must "
-                                  "be of different JSON types")
-            first[byte] = b
+            first[byte] = first.get(byte, ()) + (b,)
     return ("union", branches, first)
 
 

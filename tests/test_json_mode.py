@@ -227,7 +227,8 @@ def test_schema_top_level_values_end_where_they_can():
     ({"type": "integer", "multipleOf": 5}, "multipleOf not supported"),
     ({"type": "object", "properties": {"a": {"type": "string", "uniqueItems": True}}},
      r"schema.properties.a: JSON Schema keyword\(s\) uniqueItems"),
-    ({"anyOf": [{"type": "object"}, {"type": "object", "properties": {}}]}, "start alike"),
+    ({"oneOf": [{"type": "object"}, {"type": "object", "properties": {}}]},
+     r"schema: oneOf branches that can start alike \('\{'\) could both match"),
     ({"$ref": "#/$defs/Missing"}, "points at nothing"),
     ({"type": "object", "required": ["a"]}, "does not declare"),
     ({"type": "date"}, "not a JSON Schema type")])
@@ -809,3 +810,97 @@ def test_pattern_masks_equal_a_brute_force_check(smol_tokenizer):
         state = a.feed(a.start, prefix)
         want = np.array([b is not None and len(b) > 0 and a.feed(state, b) is not None for b in tb])
         assert (index.allowed(a, state) == want).all(), prefix
+
+
+# ---- unions whose branches start alike (pydantic's unions of models) -------------------------
+
+PETS = {  # pydantic: Cat | Dog | Bird, plain and tagged (Field(discriminator="kind"))
+    "$defs": {
+        "Cat": {"type": "object", "required": ["kind", "lives"], "properties": {
+            "kind": {"const": "cat", "type": "string"}, "lives": {"type": "integer", "maximum": 9}}},
+        "Dog": {"type": "object", "required": ["kind", "good"], "properties": {
+            "kind": {"const": "dog", "type": "string"}, "good": {"type": "boolean"}}},
+        "Bird": {"type": "object", "required": ["kind"], "properties": {
+            "kind": {"const": "bird", "type": "string"}, "song": {"type": "string"}}}},
+    "type": "object", "required": ["plain", "tagged", "either"], "properties": {
+        "plain": {"anyOf": [{"$ref": "#/$defs/Cat"}, {"$ref": "#/$defs/Dog"}, {"$ref": "#/$defs/Bird"}]},
+        "tagged": {"oneOf": [{"$ref": "#/$defs/Cat"}, {"$ref": "#/$defs/Dog"}],
+                   "discriminator": {"propertyName": "kind",
+                                     "mapping": {"cat": "#/$defs/Cat", "dog": "#/$defs/Dog"}}},
+        "either": {"anyOf": [{"type": "string", "maxLength": 2}, {"type": "string", "pattern": "^x+$"},
+                             {"enum": ["yes", "no"]}, {"type": "array", "items": {"type": "integer"}},
+                             {"type": "array", "maxItems": 1}]}}}
+
+
+def _fits_pets(v: dict) -> bool:
+    def pet(p, kinds):
+        return isinstance(p, dict) and p.get("kind") in kinds and {
+            "cat": lambda: set(p) == {"kind", "lives"} and type(p["lives"]) is int and p["lives"] <= 9,
+            "dog": lambda: set(p) == {"kind", "good"} and isinstance(p["good"], bool),
+            "bird": lambda: set(p) <= {"kind", "song"} and isinstance(p.get("song", ""), str)}[p["kind"]]()
+    e = v["either"]
+    either = (isinstance(e, str) and (len(e) <= 2 or _re.fullmatch("x+", e) or e in ("yes", "no"))
+              or isinstance(e, list) and (all(type(i) is int for i in e) or len(e) <= 1))
+    return list(v) == ["plain", "tagged", "either"] and pet(v["plain"], ("cat", "dog", "bird")) \
+        and pet(v["tagged"], ("cat", "dog")) and bool(either)
+
+
+def test_unions_that_start_alike_follow_every_branch():
+    """Random instances of the branches, and texts that mix them: complete exactly when some
+    branch holds (an oracle written out by hand); every prefix of one that fits is
+    accepted."""
+    a = Automaton(compile_schema(PETS))
+    rng = random.Random(3)
+
+    def random_pet():
+        kind = rng.choice(["cat", "dog", "bird", "cow"])
+        fields = {"lives": rng.choice([3, 9, 12, "9"]), "good": rng.choice([True, 1]),
+                  "song": rng.choice(["la", 5])}
+        keys = {"cat": ["lives"], "dog": ["good"], "bird": rng.choice([[], ["song"]]),
+                "cow": ["song"]}[kind] + ([rng.choice(["lives", "good", "song"])]
+                                          if rng.random() < 0.2 else [])
+        return {"kind": kind, **{k: fields[k] for k in keys}}
+
+    fits = 0
+    for _ in range(1500):
+        value = {"plain": random_pet(), "tagged": random_pet(),
+                 "either": rng.choice(["ab", "xxxx", "xyz", "yes", "nope", [1, 2], ["a"], [],
+                                       ["a", "b"], [1.5]])}
+        text = json.dumps(value, indent=rng.choice([None, 1])).encode()
+        state = a.start
+        for k in range(len(text)):
+            state = a.step(state, text[k])
+            if state is None:
+                assert not _fits_pets(value), text[:k + 1]
+                break
+        done = state is not None and a.complete(state)
+        assert done == _fits_pets(value), text
+        fits += done
+    assert 50 < fits < 1450
+
+
+def test_union_masks_equal_a_brute_force_check_and_walks_end_in_an_instance(smol_tokenizer):
+    tb = token_bytes(smol_tokenizer)
+    index = JsonTokenIndex(tb, len(tb), smol_tokenizer.eos_token_ids)
+    a = Automaton(compile_schema(PETS))
+    for prefix in [b'{"plain": ', b'{"plain": {"', b'{"plain": {"kind": "', b'{"plain": {"kind": "c',
+                   b'{"plain": {"kind": "bird"', b'{"plain": {"kind": "bird"}, "tagged": {',
+                   b'{"plain": {"kind": "bird"}, "tagged": {"kind": "dog", "good": true}, "either": ',
+                   b'{"plain": {"kind": "bird"}, "tagged": {"kind": "dog", "good": true}, "either": "x',
+                   b'{"plain": {"kind": "bird"}, "tagged": {"kind": "dog", "good": true}, "either": [']:
+        state = a.feed(a.start, prefix)
+        want = np.array([b is not None and len(b) > 0 and a.feed(state, b) is not None for b in tb])
+        assert (index.allowed(a, state) == want).all(), prefix
+    rng, finished = np.random.default_rng(1), 0
+    for _ in range(15):                  # random tokens: a walk may run long in a free string
+        c, tokens = JsonConstraint(index, a), []
+        while len(tokens) < 300:
+            token = int(rng.choice(np.flatnonzero(c.allowed())))
+            if token in index.eos_ids:
+                break
+            c.advance(token)
+            tokens.append(token)
+        if len(tokens) < 300:
+            finished += 1
+            assert _fits_pets(json.loads(b"".join(tb[t] for t in tokens)))
+    assert finished >= 10                # 12 of 15 with this seed
