@@ -31,6 +31,7 @@ import os
 from contextlib import contextmanager
 
 import torch
+import triton.language as tl
 
 # Interpreting: CPU tensors, tl.dot in fp32. Read once: @triton.jit reads it at decoration time.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -69,13 +70,15 @@ def launch(kernel, grid: tuple, *args, num_warps: int = 4, num_stages: int | Non
 
 
 _pdl_capable: dict[int, bool] = {}
+_TRITON_HAS_PDL = all(hasattr(tl.extra.cuda, f) for f in ("gdc_wait", "gdc_launch_dependents"))
 
 
 def pdl_capable(device: torch.device) -> bool:
     """Whether kernels on `device` can launch with programmatic dependent launch: a CUDA
-    device of compute capability 9+ (Hopper), never under the interpreter (it has no
-    griddepcontrol)."""
-    if INTERPRET or device.type != "cuda":
+    device of compute capability 9+ (Hopper) and a Triton that has it (gdc_wait and the
+    launch_pdl option came with 3.3; pyproject's cuda extra allows 3.0), never under the
+    interpreter (it has no griddepcontrol)."""
+    if INTERPRET or device.type != "cuda" or not _TRITON_HAS_PDL:
         return False
     index = device.index if device.index is not None else torch.cuda.current_device()
     if index not in _pdl_capable:
