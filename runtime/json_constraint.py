@@ -64,7 +64,7 @@ _LITERALS = {ord("t"): (b"rue", "boolean"), ord("f"): (b"alse", "boolean"), ord(
 #           formatted string, a pattern's NFA states, else None, characters so far:
 #           counted likewise, for minLength / maxLength); NUMBER (phase, integer only, the
 #           bytes so far when it has bounds, else None); LITERAL bytes due; LITS typed bytes
-#   node:   the schema node of the value being written (VALUE, ARR_OPEN's items, COLON's)
+#   node:   the schema node of the value being written (VALUE, ARR_OPEN's first item, COLON's)
 
 
 class Automaton:
@@ -112,11 +112,19 @@ class Automaton:
 
     def _counted(self, node, n: int) -> int | None:
         """n + 1 items / characters, or None when the bound forbids one more. Counts stop at
-        the largest bound, so each count is a state only where a bound needs it."""
+        the largest bound (or an array's last prefixItem), so each count is a state only
+        where something needs it."""
         lo, hi = self.bounds(node)
         if hi is not None and n >= hi:
             return None
-        return min(n + 1, hi if hi is not None else lo)
+        spec = self.nodes[node] if node is not None else ("any",)
+        prefix = len(spec[4]) if spec[0] == "array" else 0
+        return min(n + 1, hi if hi is not None else max(lo, prefix))
+
+    def _item(self, arr: int, i: int) -> int:
+        """The schema node of an array's item i (prefixItems first, then items)."""
+        spec = self.nodes[arr]
+        return spec[4][i] if i < len(spec[4]) else spec[1]
 
     def _value(self, frames: tuple, node: int, b: int, _seen: frozenset = frozenset()):
         """The state after byte b starts a value of `node`."""
@@ -136,7 +144,7 @@ class Automaton:
             arr = ANY_ARRAY if kind == "any" else node
             if len(frames) + self.need[arr] > MAX_DEPTH:
                 return None
-            return (ARR_OPEN, frames + (("A", arr, 0),), 0, None, self.nodes[arr][1])
+            return (ARR_OPEN, frames + (("A", arr, 0),), 0, None, self._item(arr, 0))
         if b == 0x22 and kind in ("any", "string"):                         # "
             typed = None                 # a format's text, a pattern's NFA states, or None
             if kind == "string" and (spec[3] or spec[4]):
@@ -301,7 +309,7 @@ class Automaton:
                 counted = self._counted(container, idx)
                 return None if counted is None else \
                     (VALUE, frames[:-1] + (("A", container, counted),), 0, None,
-                     self.nodes[container][1])
+                     self._item(container, idx))
             if b == 0x5D and idx >= self.bounds(container)[0]:
                 return self._after_value(frames[:-1])
         return None

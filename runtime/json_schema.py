@@ -1,7 +1,8 @@
 """JSON Schema -> the small table of nodes JSON mode's automaton follows (json_constraint.py).
 
 Supported:
-- `type` (one or a list), `properties` / `required` / `additionalProperties`, `items`;
+- `type` (one or a list), `properties` / `required` / `additionalProperties`, `items`,
+  `prefixItems` (tuples);
 - `minItems` / `maxItems`, `minLength` / `maxLength` (characters: code points, an escape
   one), `minimum` / `maximum` / `exclusiveMinimum` / `exclusiveMaximum` (json_numbers.py);
 - `format` `date`, `time`, `date-time`, `uuid` (json_formats.py), `pattern`
@@ -37,7 +38,8 @@ from .json_formats import FORMATS
 from .json_numbers import number_range
 from .json_pattern import Pattern, PatternError
 
-# Node kinds: ("any",) ("object", props, extra) ("array", items, min items, max items or None)
+# Node kinds: ("any",) ("object", props, extra)
+# ("array", items, min items, max items or None, prefixItems' nodes)
 # ("string", min length, max length or None, format or None, Pattern or None)
 # ("number", integer, NumberRange or None)
 # ("boolean",) ("null",)
@@ -52,7 +54,7 @@ ANNOTATIONS = frozenset({"title", "description", "default", "examples", "$schema
 KEYWORDS = frozenset({"type", "properties", "required", "additionalProperties", "items", "enum",
                       "const", "anyOf", "oneOf", "$ref", "minItems", "maxItems", "minLength",
                       "maxLength", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
-                      "format", "pattern"})
+                      "format", "pattern", "prefixItems"})
 _NUMBER_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 # Formats that constrain nothing (pydantic's SecretStr writes "password"): annotations.
 _ANNOTATION_FORMATS = frozenset({"password"})
@@ -73,7 +75,7 @@ def _refuse(message: str):
 @dataclass
 class Schema:
     nodes: list[tuple] = field(default_factory=lambda: [("any",), ("object", (), ANY),
-                                                        ("array", ANY, 0, None)])
+                                                        ("array", ANY, 0, None, ())])
     root: int = ANY_OBJECT
     key: str = "json_object"           # what the masks are cached under
 
@@ -168,7 +170,7 @@ def compile_schema(schema) -> Schema:
         if kind is None:                              # the keywords say which, if any
             if {"properties", "required", "additionalProperties"} & s.keys():
                 kind = "object"
-            elif {"items", "minItems", "maxItems"} & s.keys():
+            elif {"items", "prefixItems", "minItems", "maxItems"} & s.keys():
                 kind = "array"
             elif {"minLength", "maxLength", "format", "pattern"} & s.keys():
                 kind = "string"
@@ -183,8 +185,7 @@ def compile_schema(schema) -> Schema:
         if kind == "object":
             return obj(s, where)
         if kind == "array":
-            return add(("array", node(s.get("items", True), f"{where}.items"),
-                        *bounds(s, kind, where)))
+            return array(s, where)
         if kind == "string":
             return add(("string", *bounds(s, kind, where), string_format(s, where),
                         string_pattern(s, where)))
@@ -192,6 +193,22 @@ def compile_schema(schema) -> Schema:
             return add(("number", kind == "integer",
                         number_range(s, kind == "integer", where, _refuse)))
         return add((kind,))
+
+    def array(s: dict, where: str) -> int:
+        """("array", items, min, max, prefix): prefixItems (pydantic's tuples) give the first
+        items' schemas, items the rest's; items false allows no more."""
+        prefix = s.get("prefixItems", [])
+        if not isinstance(prefix, list):
+            raise SchemaError(f"{where}: prefixItems must be a list of schemas")
+        lo, hi = bounds(s, "array", where)
+        items = s.get("items", True)
+        if items is False:
+            hi = len(prefix) if hi is None else min(hi, len(prefix))
+            if hi < lo:
+                raise SchemaError(f"{where}: items false after {len(prefix)} prefixItems leaves "
+                                  f"fewer than minItems {lo}")
+        return add(("array", ANY if items is False else node(items, f"{where}.items"), lo, hi,
+                    tuple(node(p, f"{where}.prefixItems[{i}]") for i, p in enumerate(prefix))))
 
     def string_format(s: dict, where: str) -> str | None:
         """A string's format the automaton holds (json_formats.py), None for none. (On other
@@ -283,8 +300,9 @@ def min_depths(nodes: list[tuple]) -> list[int]:
             kind = spec[0]
             if kind == "object":
                 v = 1 + max([need[p[1]] for p in spec[1] if p[2]], default=0)
-            elif kind == "array":                    # its items too when it may not be empty
-                v = 1 + (need[spec[1]] if spec[2] else 0)
+            elif kind == "array":                    # and the items it must have
+                v = 1 + max([need[spec[4][i] if i < len(spec[4]) else spec[1]]
+                             for i in range(min(spec[2], len(spec[4]) + 1))], default=0)
             elif kind == "union":
                 v = min(need[b] for b in spec[1])
             else:

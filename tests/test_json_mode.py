@@ -904,3 +904,28 @@ def test_union_masks_equal_a_brute_force_check_and_walks_end_in_an_instance(smol
             finished += 1
             assert _fits_pets(json.loads(b"".join(tb[t] for t in tokens)))
     assert finished >= 10                # 12 of 15 with this seed
+
+
+# ---- prefixItems (pydantic's tuples) ----------------------------------------------------------
+
+@pytest.mark.parametrize("schema,fits", [
+    ({"type": "array", "prefixItems": [{"type": "integer"}, {"type": "string"}],   # tuple[int, str]
+      "minItems": 2, "maxItems": 2},
+     lambda v: len(v) == 2 and type(v[0]) is int and isinstance(v[1], str)),
+    ({"type": "array", "prefixItems": [{"type": "boolean"}], "items": {"type": "integer"}},
+     lambda v: (not v or isinstance(v[0], bool)) and all(type(i) is int for i in v[1:])),
+    ({"prefixItems": [{"type": "string"}, {"type": "null"}], "items": False},
+     lambda v: len(v) <= 2 and (not v or isinstance(v[0], str)) and (len(v) < 2 or v[1] is None))])
+def test_prefix_items_hold_each_place(schema, fits):
+    a = Automaton(compile_schema(schema))
+    rng = random.Random(4)
+    pool = [1, -2, "a", "", True, False, None, 1.5, [], {}]
+    seen = set()
+    for _ in range(2000):
+        value = [rng.choice(pool) for _ in range(rng.randint(0, 4))]
+        text = json.dumps(value).encode()
+        state = a.feed(a.start, text)
+        done = state is not None and a.complete(state)
+        assert done == fits(value), text
+        seen.add(done)
+    assert seen == {True, False}
