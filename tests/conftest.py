@@ -26,6 +26,14 @@ def smollm2_gguf() -> Path:
 
 
 @pytest.fixture(scope="session")
+def smol_tokenizer(smollm2_gguf):
+    """The default model's tokenizer (JSON mode's masks are checked against its vocabulary)."""
+    from rustinfer.runtime.tokenizer import Tokenizer
+
+    return Tokenizer.load(smollm2_gguf)
+
+
+@pytest.fixture(scope="session")
 def llama32_1b_dir() -> Path:
     """config.json + tokenizer of Llama-3.2-1B-Instruct (no weights)."""
     for candidate in (REPO / "bench" / "models" / "llama-3.2-1b-instruct",
