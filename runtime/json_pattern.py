@@ -25,6 +25,7 @@ ALPHABET = frozenset(c for c in map(chr, range(0x20, 0x7F)) if c not in '"\\')
 _CLASSES = {"d": frozenset(string.digits), "w": frozenset(string.ascii_letters + string.digits + "_"),
             "s": frozenset(" ")}
 _MAX_STATES = 4000                    # NFA states a pattern may expand to ({n,m} copies)
+_MAX_MEMO = 1 << 16                   # (state set, char) -> next state set, per pattern
 
 
 class PatternError(ValueError):
@@ -54,6 +55,7 @@ class Pattern:
         start, end = self._build(branches[0] if len(branches) == 1 else ("alt", branches))
         self.accept = end
         self.live = self._live()
+        self._memo: dict = {}
         self.start = self._close({start})
         if not self.start:
             raise PatternError(f"pattern {source!r}: no string of printable ASCII matches it")
@@ -133,9 +135,19 @@ class Pattern:
 
     # -- matching ---------------------------------------------------------------------------
     def step(self, states: frozenset, ch: str) -> frozenset | None:
-        """The state set after ch, or None when no match can follow."""
-        nxt = self._close({s + 1 for s in states if self.chars[s] and ch in self.chars[s]})
-        return nxt or None
+        """The state set after ch, or None when no match can follow. Memoized: a mask walks
+        every token's bytes from one state set, so the same (set, char) comes back
+        thousands of times, and a closure over a spelled-out {n,m} costs hundreds of states."""
+        key = (states, ch)
+        nxt = self._memo.get(key, False)
+        if nxt is False:
+            nxt = self._close({s + 1 for s in states if self.chars[s] and ch in self.chars[s]}) \
+                or None
+            if len(self._memo) >= _MAX_MEMO:
+                self._memo.clear()
+            # one object per set: entries are many, distinct sets few (and large)
+            self._memo[key] = nxt = self._memo.setdefault(nxt, nxt)
+        return nxt
 
     def accepts(self, states: frozenset) -> bool:
         return self.accept in states
