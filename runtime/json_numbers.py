@@ -8,7 +8,9 @@ So a prefix is never a dead end: `-` under `minimum: 0` leads to `-0`, `1` under
 
 A bounded number is written in plain decimal, without an exponent (a subset of the valid
 spellings, as everywhere in JSON mode). Values compare exactly, as decimals: `0.1` meets
-`minimum: 0.1`.
+`minimum: 0.1`. A validator reads a number as a double first, though: an exclusive bound on a
+`number` moves to halfway to the next double, so that no decimal above it rounds back onto it
+(`exclusiveMaximum: 1` refuses `0.99999999999999999999`, which is the double 1.0).
 """
 from __future__ import annotations
 
@@ -44,6 +46,8 @@ def number_range(s: dict, integer: bool, where: str, error) -> NumberRange | Non
                            value("exclusiveMaximum"), min)
     if lo is None and hi is None:
         return None
+    if not integer:                              # open bounds where doubles round onto them
+        lo, hi = _past_rounding(lo, lo_open, math.inf), _past_rounding(hi, hi_open, -math.inf)
     if integer:                                  # closed integer bounds
         if lo is not None:
             lo, lo_open = Fraction(math.floor(lo) + 1 if lo_open else math.ceil(lo)), False
@@ -62,6 +66,17 @@ def _tighter(bound, bound_open: bool, exclusive, pick):
     if bound is None or pick(bound, exclusive) == exclusive:
         return exclusive, True
     return bound, bound_open
+
+
+def _past_rounding(bound, bound_open: bool, toward: float):
+    """An open bound as validators apply it to the double they parse: `x > b` fails for a
+    decimal x that rounds to the double b, so it must lie past the midpoint between b and
+    the next double toward `toward` (a closed bound needs nothing: rounding is monotonic)."""
+    if bound is None or not bound_open:
+        return bound
+    b = float(bound)
+    mid = (Fraction(b) + Fraction(math.nextafter(b, toward))) / 2
+    return max(bound, mid) if toward > 0 else min(bound, mid)
 
 
 def contains(r: NumberRange, typed: bytes) -> bool:

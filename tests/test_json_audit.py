@@ -30,3 +30,30 @@ def test_a_counted_pattern_mask_steps_each_state_set_once(smol_index, monkeypatc
                         lambda self, states: calls.append(1) or close(self, states))
     smol_index.allowed(a, a.feed(a.start, b'"abc'))
     assert len(calls) < 5000
+
+
+@pytest.mark.parametrize("schema, annotated, text, ok", [
+    ({"type": "number", "exclusiveMaximum": 1}, {"lt": 1}, "0.99999999999999999999", False),
+    ({"type": "number", "exclusiveMaximum": 1}, {"lt": 1}, "0.9999999999999999", True),
+    ({"type": "number", "exclusiveMinimum": 0}, {"gt": 0}, "0." + "0" * 400 + "1", False),
+    ({"type": "number", "exclusiveMinimum": 0}, {"gt": 0}, "0.000001", True),
+    ({"type": "number", "exclusiveMinimum": 0.1}, {"gt": 0.1}, "0.10000000000000000001", False),
+    ({"type": "number", "exclusiveMinimum": 0.1}, {"gt": 0.1}, "0.10000000000000002", True),
+    ({"type": "number", "exclusiveMaximum": 1e20}, {"lt": 1e20}, "99999999999999999999", False),
+    ({"type": "number", "maximum": 1}, {"le": 1}, "0.99999999999999999999", True)])
+def test_exclusive_number_bounds_hold_after_rounding_to_a_double(schema, annotated, text, ok):
+    """pydantic (and Python's jsonschema) read the number as a double, then compare: a
+    decimal just inside an exclusive bound can round onto it and fail."""
+    from typing import Annotated
+
+    from pydantic import Field, TypeAdapter, ValidationError
+
+    a = Automaton(compile_schema(schema))
+    state = a.feed(a.start, text.encode())
+    assert (state is not None and a.complete(state)) == ok, text
+    try:
+        TypeAdapter(Annotated[float, Field(**annotated)]).validate_json(text)
+        valid = True
+    except ValidationError:
+        valid = False
+    assert valid or not ok
