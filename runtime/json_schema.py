@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from .json_formats import FORMATS
+from .json_formats import FORMATS, LENGTHS as FORMAT_LENGTHS
 from .json_numbers import number_range
 from .json_pattern import Pattern, PatternError
 
@@ -220,6 +220,13 @@ def compile_schema(schema) -> Schema:
             raise SchemaError(f"{where}: format {fmt!r} not supported (supported: "
                               f"{', '.join(sorted(FORMATS))}); drop it or check the answer "
                               "yourself")
+        # The format is followed character by character, blind to the length: a bound
+        # that cuts into its lengths would leave a string no character can finish.
+        shortest, longest = FORMAT_LENGTHS[fmt]
+        if s.get("minLength", 0) > shortest or s.get("maxLength", longest) < longest:
+            raise SchemaError(f"{where}: minLength / maxLength beside format {fmt!r} is only "
+                              f"supported where it allows all its lengths ({shortest} to "
+                              f"{longest}); drop it or write a pattern")
         return fmt
 
     def string_pattern(s: dict, where: str) -> Pattern | None:

@@ -7,7 +7,7 @@ import pytest
 from rustinfer.runtime import json_pattern
 from rustinfer.runtime.json_constraint import Automaton
 from rustinfer.runtime.json_masks import JsonTokenIndex
-from rustinfer.runtime.json_schema import compile_schema
+from rustinfer.runtime.json_schema import SchemaError, compile_schema
 from rustinfer.runtime.token_bytes import token_bytes
 from rustinfer.runtime.tokenizer import Tokenizer
 
@@ -57,3 +57,23 @@ def test_exclusive_number_bounds_hold_after_rounding_to_a_double(schema, annotat
     except ValidationError:
         valid = False
     assert valid or not ok
+
+
+@pytest.mark.parametrize("fmt, bounds", [("date", {"maxLength": 5}), ("uuid", {"minLength": 40}),
+                                         ("date-time", {"maxLength": 25}), ("time", {"minLength": 12})])
+def test_length_bounds_that_cut_into_a_format_are_refused(fmt, bounds):
+    """date-time with maxLength 25 dead-ended at "2023-01-01T00:00:00.12345" (no offset
+    fits), uuid with minLength 40 at its 36th character (no quote allowed)."""
+    with pytest.raises(SchemaError, match=f"beside format '{fmt}'"):
+        compile_schema({"type": "string", "format": fmt, **bounds})
+
+
+def test_length_bounds_a_format_always_meets_are_fine():
+    from rustinfer.runtime.json_formats import FORMATS, LENGTHS
+    assert set(LENGTHS) == set(FORMATS)
+    a = Automaton(compile_schema({"type": "string", "format": "date-time", "minLength": 20,
+                                  "maxLength": 35}))
+    for text in (b'"2023-01-01T00:00:00Z"', b'"2023-01-01T00:00:00.123456789+01:00"'):
+        state = a.feed(a.start, text)
+        assert state is not None and a.complete(state), text
+    assert a.feed(a.start, b'"2023-01-01T00:00:00.1234567890') is None
