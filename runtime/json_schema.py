@@ -283,13 +283,14 @@ def compile_schema(schema) -> Schema:
     out.root = node(schema, "schema")
     for u, spec in enumerate(out.nodes):              # $ref copies of unions included
         if spec[0] == "union" and spec[2] is None:
-            out.nodes[u] = _first_branches(out, u)
-            alike = [chr(b) for b, branches in out.nodes[u][-1].items() if len(branches) > 1] \
-                if out.nodes[u][0] == "union" else []
-            if u in exclusive and alike:
+            # oneOf: checked on its own branches, before integer | number becomes number
+            # (2 is both: oneOf fails) and before a branch that is any value swallows all
+            alike = _alike(out, u) if u in exclusive else []
+            if alike:
                 raise SchemaError(f"{exclusive[u]}: oneOf branches that can start alike "
-                                  f"({', '.join(map(repr, sorted(alike)))}) could both match; "
+                                  f"({', '.join(map(repr, alike))}) could both match; "
                                   "use anyOf, or a discriminator (pydantic's tagged unions)")
+            out.nodes[u] = _first_branches(out, u)
     if min_depths(out.nodes)[out.root] > MAX_DEPTH:
         raise SchemaError(f"schema: no instance fits in {MAX_DEPTH} nested objects / arrays (does "
                           "a required property require itself, through $ref?)")
@@ -335,6 +336,18 @@ def _first_branches(out: Schema, u: int) -> tuple:
         for byte in starts:
             first[byte] = first.get(byte, ()) + (b,)
     return ("union", branches, first)
+
+
+def _alike(out: Schema, u: int) -> list[str]:
+    """The first bytes that more than one of a union's branches may start with (sorted)."""
+    seen: set[int] = set()
+    alike: set[int] = set()
+    for b in out.nodes[u][1]:
+        starts = out.first_bytes(b, frozenset({u}))
+        starts = range(256) if starts is None else starts      # any value: every start
+        alike |= seen & set(starts)
+        seen |= set(starts)
+    return [chr(b) for b in sorted(alike)]
 
 
 def _of_type(value, kind) -> bool:

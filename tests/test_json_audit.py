@@ -77,3 +77,13 @@ def test_length_bounds_a_format_always_meets_are_fine():
         state = a.feed(a.start, text)
         assert state is not None and a.complete(state), text
     assert a.feed(a.start, b'"2023-01-01T00:00:00.1234567890') is None
+
+
+@pytest.mark.parametrize("branches", [[{"type": "integer"}, {"type": "number"}],
+                                      [{}, {"type": "string"}],
+                                      [{"type": "number", "maximum": 3}, {"type": "integer"}]])
+def test_oneof_whose_branches_both_match_a_value_is_refused(branches):
+    """oneOf [integer, number] was followed as number: "2" matches both branches, so it
+    fails oneOf (jsonschema: "is valid under each of"); likewise a branch that is any value."""
+    with pytest.raises(SchemaError, match="oneOf branches that can start alike"):
+        compile_schema({"oneOf": branches})
