@@ -15,8 +15,12 @@ spellings, as everywhere in JSON mode). Values compare exactly, as decimals: `0.
 from __future__ import annotations
 
 import math
+import sys
 from fractions import Fraction
 from typing import NamedTuple
+
+
+_LARGEST = Fraction(sys.float_info.max)
 
 
 class NumberRange(NamedTuple):
@@ -32,7 +36,7 @@ def number_range(s: dict, integer: bool, where: str, error) -> NumberRange | Non
         v = s.get(key)
         if v is None or isinstance(v, bool):
             return None
-        if not isinstance(v, (int, float)) or not math.isfinite(v):
+        if not isinstance(v, (int, float)) or (isinstance(v, float) and not math.isfinite(v)):
             error(f"{where}: {key} must be a finite number, got {v!r}")
         return Fraction(v) if isinstance(v, int) else Fraction(repr(v))   # 0.1 as a decimal
 
@@ -72,7 +76,7 @@ def _past_rounding(bound, bound_open: bool, toward: float):
     """An open bound as validators apply it to the double they parse: `x > b` fails for a
     decimal x that rounds to the double b, so it must lie past the midpoint between b and
     the next double toward `toward` (a closed bound needs nothing: rounding is monotonic)."""
-    if bound is None or not bound_open:
+    if bound is None or not bound_open or abs(bound) > _LARGEST:   # past it: inf, no rounding
         return bound
     b = float(bound)
     mid = (Fraction(b) + Fraction(math.nextafter(b, toward))) / 2

@@ -115,7 +115,7 @@ def compile_schema(schema) -> Schema:
         return len(out.nodes) - 1
 
     def resolve(ref: str, where: str) -> dict:
-        if not ref.startswith("#/"):
+        if not isinstance(ref, str) or not ref.startswith("#/"):
             raise SchemaError(f"{where}: only local $ref ('#/$defs/Name') is supported, got {ref!r}")
         target = schema
         for part in ref[2:].split("/"):
@@ -156,7 +156,7 @@ def compile_schema(schema) -> Schema:
                 if not values:
                     raise SchemaError(f"{where}: no {'const' if 'const' in s else 'enum'} value is "
                                       f"of type {s['type']!r}")
-            return add(("lits", tuple(sorted({_spell(v) for v in values}))))   # sorted: bisect
+            return add(("lits", tuple(sorted({_spell(v, where) for v in values}))))  # bisect
         for key in ("anyOf", "oneOf"):
             if key in s:
                 if not isinstance(s[key], list) or not s[key]:
@@ -214,9 +214,9 @@ def compile_schema(schema) -> Schema:
         """A string's format the automaton holds (json_formats.py), None for none. (On other
         types JSON Schema says a format does not apply: it is ignored there.)"""
         fmt = s.get("format")
-        if fmt is None or fmt in _ANNOTATION_FORMATS:
+        if fmt is None or (isinstance(fmt, str) and fmt in _ANNOTATION_FORMATS):
             return None
-        if fmt not in FORMATS:
+        if not isinstance(fmt, str) or fmt not in FORMATS:
             raise SchemaError(f"{where}: format {fmt!r} not supported (supported: "
                               f"{', '.join(sorted(FORMATS))}); drop it or check the answer "
                               "yourself")
@@ -258,7 +258,10 @@ def compile_schema(schema) -> Schema:
         props = s.get("properties") or {}
         if not isinstance(props, dict):
             raise SchemaError(f"{where}: properties must be an object")
-        required = set(s.get("required") or ())
+        required = s.get("required") or []
+        if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
+            raise SchemaError(f"{where}: required must be a list of property names")
+        required = set(required)
         missing = sorted(required - set(props))
         if missing:
             raise SchemaError(f"{where}: required names {missing} that properties does not declare")
@@ -268,7 +271,7 @@ def compile_schema(schema) -> Schema:
             more = s.get("additionalProperties", True)
             extra = None if more is False else node(more, f"{where}.additionalProperties")
         out.nodes[slot] = ("object", tuple(
-            (json.dumps(name, ensure_ascii=False)[1:-1].encode(), node(p, f"{where}.properties.{name}"),
+            (_spell(name, where)[1:-1], node(p, f"{where}.properties.{name}"),
              name in required) for name, p in props.items()), extra)
         return slot
 
@@ -354,13 +357,18 @@ def _of_type(value, kind) -> bool:
     kinds = kind if isinstance(kind, list) else [kind]
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
     return any({"null": value is None, "boolean": isinstance(value, bool),
-                "integer": number and float(value).is_integer(), "number": number,
+                "integer": number and (isinstance(value, int) or value.is_integer()),
+                "number": number,
                 "string": isinstance(value, str), "array": isinstance(value, list),
                 "object": isinstance(value, dict)}.get(k, False) for k in kinds)
 
 
-def _spell(value) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+def _spell(value, where: str) -> bytes:
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    except UnicodeEncodeError:                        # JSON's "\ud800": no UTF-8 spells it
+        raise SchemaError(f"{where}: a lone surrogate in {value!r} is not text; pydantic "
+                          "refuses it in an answer") from None
 
 
 def schema_of(response_format: dict | None) -> Schema | None:

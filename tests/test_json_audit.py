@@ -87,3 +87,23 @@ def test_oneof_whose_branches_both_match_a_value_is_refused(branches):
     fails oneOf (jsonschema: "is valid under each of"); likewise a branch that is any value."""
     with pytest.raises(SchemaError, match="oneOf branches that can start alike"):
         compile_schema({"oneOf": branches})
+
+
+@pytest.mark.parametrize("schema, match", [
+    ({"type": "integer", "maximum": 10 ** 400}, None),
+    ({"type": "number", "exclusiveMaximum": 10 ** 400}, None),
+    ({"type": "integer", "enum": [10 ** 400, 1]}, None),
+    ({"enum": ["\ud800"]}, "schema: a lone surrogate"),
+    ({"type": "object", "properties": {"\udc00": {}}}, "schema: a lone surrogate"),
+    ({"type": "object", "properties": {"a": {}}, "required": 5}, "required must be a list"),
+    ({"type": "object", "properties": {"a": {}}, "required": [["a"]]}, "required must be a list"),
+    ({"$ref": 5}, "only local \\$ref"),
+    ({"type": "string", "format": ["date"]}, "format \\['date'\\] not supported")])
+def test_malformed_schemas_are_refused_not_crashed_on(schema, match):
+    """Each of these was a 500 (OverflowError, UnicodeEncodeError, TypeError,
+    AttributeError) instead of a 400 naming the part (huge integers are fine JSON)."""
+    if match is None:
+        compile_schema(schema)
+    else:
+        with pytest.raises(SchemaError, match=match):
+            compile_schema(schema)
