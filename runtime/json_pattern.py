@@ -210,6 +210,8 @@ class _Parser:
                         "?": ("opt", atom)}[c]
             elif c == "{" and self._counted():
                 lo, hi = self._counted()
+                if max(lo, hi or 0) > _MAX_STATES:     # refused before a list that size is built
+                    self._fail(f"a count over {_MAX_STATES}")
                 self.i = self.text.index("}", self.i) + 1
                 atom = ("seq", [atom] * lo + ([("star", atom)] if hi is None
                                               else [("opt", atom)] * (hi - lo)))

@@ -107,3 +107,12 @@ def test_malformed_schemas_are_refused_not_crashed_on(schema, match):
     else:
         with pytest.raises(SchemaError, match=match):
             compile_schema(schema)
+
+
+def test_a_huge_pattern_count_is_refused_before_it_is_spelled_out():
+    """x{99999999999} built a list of 10^11 copies before the state limit could say no:
+    MemoryError (a request could take the server's memory)."""
+    with pytest.raises(SchemaError, match="a count over"):
+        compile_schema({"type": "string", "pattern": "^x{99999999999}$"})
+    with pytest.raises(SchemaError, match="a count over"):
+        compile_schema({"type": "string", "pattern": "^x{2,99999999999}$"})
