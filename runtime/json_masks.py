@@ -5,7 +5,8 @@ Automaton), per vocabulary, and one sequence's place in its JSON value.
 branch at its first rejected byte, and remembers the mask per (schema, state). Inside a
 free string almost every token is allowed: those made only of plain string bytes are one
 precomputed mask (bounded by their characters under maxLength), and only the rest (a
-quote, a backslash, a control byte, a UTF-8 continuation byte first) is walked.
+quote, a backslash, a control byte, a UTF-8 continuation byte first) is walked. So too in
+a union's strings followed together (a MULTI state).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .json_constraint import DONE, JSON_OBJECT_AUTOMATON, STRING, Automaton
+from .json_constraint import DONE, JSON_OBJECT_AUTOMATON, MULTI, STRING, Automaton
 from .json_schema import ANY, ANY_OBJECT
 
 
@@ -73,13 +74,11 @@ class JsonTokenIndex:
             self._masks.move_to_end(key)
             return mask
         mask = np.zeros(self.vocab_size, bool)
-        mode, detail = state[0], state[3]
-        if mode == STRING and detail[1:4] == (0, 0, None):
-            most = automaton.bounds(state[4])[1]            # maxLength, None: unbounded
-            mask |= self.plain if most is None else \
-                self.plain & (self.plain_chars <= most - detail[4])
+        plain = self._plain_allowed(automaton, state)
+        if plain is not None:
+            mask |= plain
             self._walk(automaton, self.rest, state, mask)
-        elif mode != DONE:
+        elif state[0] != DONE:
             self._walk(automaton, self.all, state, mask)
         if automaton.complete(state) or not mask.any():
             # A state no token continues (a vocabulary without a byte the JSON needs) ends
@@ -90,6 +89,20 @@ class JsonTokenIndex:
         if len(self._masks) > self._cache:
             self._masks.popitem(last=False)
         return mask
+
+    def _plain_allowed(self, automaton: Automaton, state) -> np.ndarray | None:
+        """The plain tokens allowed when the state is between characters of a string without
+        a format or pattern, or a MULTI state whose every branch is (pydantic's Cat | Dog
+        while their bounded `name` is typed): a branch takes a plain token when its
+        characters fit, whatever the other branches do. None when that is not the case."""
+        out = None
+        for s in state[3] if state[0] == MULTI else (state,):
+            if s[0] != STRING or s[3][1:4] != (0, 0, None):
+                return None
+            most = automaton.bounds(s[4])[1]                # maxLength, None: unbounded
+            part = self.plain if most is None else self.plain & (self.plain_chars <= most - s[3][4])
+            out = part if out is None else out | part
+        return out
 
     @staticmethod
     def _walk(automaton: Automaton, trie: _Trie, state, mask: np.ndarray) -> None:
