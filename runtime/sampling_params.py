@@ -6,6 +6,7 @@ field (SamplingParamsError, a 400 in the server) before anything runs.
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 
@@ -39,7 +40,7 @@ class SamplingParams:
     # OpenAI's response_format: None or {"type": "text"}; {"type": "json_object"} holds the
     # output to one JSON object, {"type": "json_schema", "json_schema": {"schema": {...}}} to
     # one value of that schema (json_constraint.py, json_schema.py)
-    response_format: dict | None = None     # (compiled into .schema, not a field: not sent)
+    response_format: dict | str | None = None   # or its JSON text; compiled into .schema
 
     def __post_init__(self):
         if isinstance(self.stop, str):
@@ -73,6 +74,12 @@ class SamplingParams:
                    f"{name} must be between 0 and {MAX_LOGPROBS}, got {value}", name)
         _check(all(_finite(v) for v in self.logit_bias.values()),
                "logit_bias values must be finite numbers", "logit_bias")
+        if isinstance(self.response_format, str):      # its JSON text (the server's wire)
+            try:
+                self.response_format = json.loads(self.response_format)
+            except ValueError:
+                raise SamplingParamsError("response_format must be a JSON object",
+                                          "response_format") from None
         try:
             self.schema = schema_of(self.response_format)
         except SchemaError as e:

@@ -258,9 +258,14 @@ def build_params(req: SamplingFields, *, max_tokens: int, vocab_size: int, logpr
         if getattr(req, name) is not None:
             fields[name] = getattr(req, name)
     try:
-        return dataclasses.asdict(SamplingParams(**fields))
+        params = dataclasses.asdict(SamplingParams(**fields))
     except SamplingParamsError as e:
         raise invalid(str(e), e.param) from None
+    if params["response_format"] is not None:
+        # As JSON text to the engine: msgpack holds no integer past 64 bits, and a schema
+        # may have one (a bound of 10**400).
+        params["response_format"] = json.dumps(params["response_format"])
+    return params
 
 
 def pick_params(req: SamplingFields, allowed: set[int]) -> dict:

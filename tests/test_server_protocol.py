@@ -61,3 +61,26 @@ def test_private_dir(tmp_path):
     with pytest.raises(ValueError, match="ipc"):
         socket_path("tcp://0.0.0.0:5555")
 
+
+
+def test_a_schema_with_integers_past_64_bits_crosses_to_the_engine():
+    """msgpack holds no integer past 64 bits; a JSON schema may (a bound of 10**400), so
+    the server sends response_format as JSON text and SamplingParams reads it back. It was
+    a 500 (OverflowError in the hand-off)."""
+    from types import SimpleNamespace
+
+    from rustinfer.runtime.sampling import SamplingParams
+    from rustinfer.server.openai_types import build_params
+
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "maximum": 10**400}},
+              "required": ["n"]}
+    fmt = {"type": "json_schema", "json_schema": {"name": "big", "schema": schema}}
+    req = SimpleNamespace(logit_bias=None, stop_token_ids=None, n=1, ignore_eos=False,
+                          min_tokens=0, seed=None, stop=None, skip_special_tokens=True,
+                          include_stop_str_in_output=False, temperature=None, top_p=None,
+                          top_k=None, min_p=None, presence_penalty=None,
+                          frequency_penalty=None, repetition_penalty=None)
+    params = build_params(req, max_tokens=8, vocab_size=100, logprobs=None, response_format=fmt)
+    frame = protocol.pack("generate", request_id="r", prompt_token_ids=[1], params=params)
+    back = SamplingParams(**protocol.unpack(frame)["params"])
+    assert back.response_format == fmt and back.json_mode
