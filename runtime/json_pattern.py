@@ -240,7 +240,10 @@ class _Parser:
             if self.text.startswith("?:", self.i):
                 self.i += 2
             elif self._peek() == "?":
-                self._fail("a lookaround or named group")
+                kind = {"=": "a lookahead", "!": "a lookahead", "<": "a lookbehind or named "
+                        "group", "P": "a named group"}.get(self.text[self.i + 1:self.i + 2],
+                                                           "an inline flag")
+                self._fail(kind)
             tree = self.alternation()
             if self._peek() != ")":
                 self._fail("an unclosed group")
@@ -274,7 +277,11 @@ class _Parser:
         negated = self._peek() == "^"
         self.i += negated
         chars: set[str] = set()
-        while self._peek() != "]":                  # ECMA-262: [] is an empty class
+        if self._peek() == "]":
+            # ECMA-262 reads []a] as an empty class then "a]", Python and Rust (pydantic's
+            # regex) as the class of "]" and "a": ask for the unambiguous spelling
+            self._fail("a class that starts with ']' (write \\] inside the class)")
+        while self._peek() != "]":
             c = self._peek()
             if c is None:
                 self._fail("an unclosed class")

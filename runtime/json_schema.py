@@ -59,6 +59,7 @@ _NUMBER_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 # Formats that constrain nothing (pydantic's SecretStr writes "password"): annotations.
 _ANNOTATION_FORMATS = frozenset({"password"})
 _BOUNDS = {"array": ("minItems", "maxItems"), "string": ("minLength", "maxLength")}
+_MOST_ITEMS = 1 << 20                  # minLength / minItems above this: no answer gets there
 TYPES = ("object", "array", "string", "number", "integer", "boolean", "null")
 _FIRST = {"object": b"{", "array": b"[", "string": b'"', "number": b"-0123456789",
           "boolean": b"tf", "null": b"n"}
@@ -145,7 +146,10 @@ def compile_schema(schema) -> Schema:
             ref = s["$ref"]
             if ref not in refs:
                 refs[ref] = add(("any",))             # a placeholder: recursive schemas
-                out.nodes[refs[ref]] = out.nodes[node(resolve(ref, where), ref)]
+                target = node(resolve(ref, where), ref)
+                if target == refs[ref]:               # {"$ref": itself}: no schema at all
+                    raise SchemaError(f"{where}: $ref {ref!r} refers only to itself")
+                out.nodes[refs[ref]] = out.nodes[target]
             return refs[ref]
         if "const" in s or "enum" in s:
             values = [s["const"]] if "const" in s else s["enum"]
@@ -252,6 +256,9 @@ def compile_schema(schema) -> Schema:
                 raise SchemaError(f"{where}: {key} must be a non-negative integer, got {v!r}")
         if hi is not None and hi < lo:
             raise SchemaError(f"{where}: {lo_key} {lo} is more than {hi_key} {hi}: no value fits")
+        if lo > _MOST_ITEMS:                          # no answer could reach it
+            raise SchemaError(f"{where}: {lo_key} {lo} is more than an answer can hold "
+                              f"({_MOST_ITEMS})")
         return lo, hi
 
     def obj(s: dict, where: str) -> int:

@@ -9,14 +9,12 @@ from rustinfer.runtime.json_constraint import Automaton
 from rustinfer.runtime.json_masks import JsonTokenIndex
 from rustinfer.runtime.json_schema import SchemaError, compile_schema
 from rustinfer.runtime.token_bytes import token_bytes
-from rustinfer.runtime.tokenizer import Tokenizer
 
 
 @pytest.fixture(scope="module")
-def smol_index(smollm2_gguf):
-    tok = Tokenizer.load(smollm2_gguf)
-    tb = token_bytes(tok)
-    return JsonTokenIndex(tb, len(tb), tok.eos_token_ids)
+def smol_index(smol_tokenizer):
+    tb = token_bytes(smol_tokenizer)
+    return JsonTokenIndex(tb, len(tb), smol_tokenizer.eos_token_ids)
 
 
 def test_a_counted_pattern_mask_steps_each_state_set_once(smol_index, monkeypatch):
@@ -145,3 +143,18 @@ def test_a_union_of_bounded_strings_takes_the_plain_token_mask(smol_index, monke
     monkeypatch.setattr(Automaton, "step", lambda self, s, b: calls.append(1) or step(self, s, b))
     smol_index.allowed(a, a.feed(a.start, b'{"pet": {"name": "R'))
     assert len(calls) < 5000
+
+
+@pytest.mark.parametrize("schema, match", [
+    ({"type": "string", "pattern": "(?i)abc"}, "an inline flag at 1"),
+    ({"type": "string", "pattern": "(?=a)b"}, "a lookahead at 1"),
+    ({"type": "string", "pattern": "^[]a]$"}, "a class that starts with '\\]'"),
+    ({"$ref": "#/$defs/A", "$defs": {"A": {"$ref": "#/$defs/A"}}}, "refers only to itself"),
+    ({"type": "array", "minItems": 10 ** 400},
+     r"minItems 10+ is more than an answer can hold \(1048576\)")])
+def test_schemas_that_cannot_mean_what_they_say_are_refused_by_name(schema, match):
+    """Were: (?i) reported as a lookaround, []a] as matching nothing (pydantic's regex reads
+    it as "]" or "a"), a $ref to itself compiled as any value, and a minimum no answer can
+    reach compiled into an answer that never ends."""
+    with pytest.raises(SchemaError, match=match):
+        compile_schema(schema)

@@ -353,7 +353,7 @@ def test_patterns_match_what_python_re_matches():
 
 
 @pytest.mark.parametrize("schema,match", [
-    ({"type": "string", "pattern": "(?=a)b"}, "lookaround"),
+    ({"type": "string", "pattern": "(?=a)b"}, "a lookahead"),
     ({"type": "string", "pattern": r"(a)\1"}, r"escape \\1"),
     ({"type": "string", "pattern": r"\bword"}, r"escape \\b"),
     ({"type": "string", "pattern": "a^b"}, "an anchor inside a branch"),
