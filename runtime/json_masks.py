@@ -63,6 +63,7 @@ class JsonTokenIndex:
                 rest.append((i, b))
         self.all = _Trie(entries)
         self.rest = _Trie(rest)                     # what a free string's plain mask leaves out
+        self.plain_trie = _Trie([(i, b) for i, b in entries if self.plain[i]])
         self._masks: OrderedDict = OrderedDict()
         self._cache = cache
 
@@ -75,7 +76,13 @@ class JsonTokenIndex:
             return mask
         mask = np.zeros(self.vocab_size, bool)
         plain = self._plain_allowed(automaton, state)
-        if plain is not None:
+        pattern = _pattern_of(automaton, state)
+        if pattern is not None:
+            # a string held to a pattern: its plain tokens through the NFA alone (no
+            # automaton states built per byte), the rest (a closing quote...) as usual
+            self._walk_pattern(pattern, state[3][3], mask)
+            self._walk(automaton, self.rest, state, mask)
+        elif plain is not None:
             mask |= plain
             self._walk(automaton, self.rest, state, mask)
         elif state[0] != DONE:
@@ -104,6 +111,30 @@ class JsonTokenIndex:
             out = part if out is None else out | part
         return out
 
+    def _walk_pattern(self, pattern, states: frozenset, mask: np.ndarray) -> None:
+        """Mark the plain tokens whose characters keep the pattern's NFA alive. Each state
+        set's moves are one dict {byte: next set}, filled as met (the sets a walk meets are
+        few), and the ids are marked at the end: ~100k trie nodes a walk make both count."""
+        children, ids, step = self.plain_trie.children, self.plain_trie.ids, pattern.step
+        rows: dict = {}
+        hits: list[int] = []
+        todo = [(0, states)]
+        while todo:
+            node, s = todo.pop()
+            row = rows.get(s)
+            if row is None:
+                row = rows[s] = {}
+            for b, child in children[node].items():
+                s2 = row.get(b, _UNSEEN)
+                if s2 is _UNSEEN:                   # patterns write ASCII only
+                    s2 = row[b] = step(s, chr(b)) if b < 0x7F else None
+                if s2 is None:                      # a byte the pattern refuses here
+                    continue
+                hits.extend(ids[child])
+                if children[child]:
+                    todo.append((child, s2))
+        mask[hits] = True
+
     @staticmethod
     def _walk(automaton: Automaton, trie: _Trie, state, mask: np.ndarray) -> None:
         step = automaton.step
@@ -118,6 +149,17 @@ class JsonTokenIndex:
                     mask[trie.ids[child]] = True
                 if trie.children[child]:
                     todo.append((child, s2))
+
+
+_UNSEEN = object()
+
+
+def _pattern_of(automaton: Automaton, state):
+    """The Pattern of a string state held to one (its NFA states are state[3][3]), else None."""
+    if state[0] != STRING or state[3][0] or state[3][3] is None or state[4] is None:
+        return None
+    spec = automaton.nodes[state[4]]
+    return spec[4] if spec[0] == "string" else None
 
 
 class JsonConstraint:
