@@ -40,15 +40,34 @@ def _add_sampling_args(p: argparse.ArgumentParser, max_tokens: int) -> None:
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--json", action="store_true",
                    help="answer with one JSON object (response_format json_object)")
+    p.add_argument("--schema", metavar="FILE_OR_JSON",
+                   help="answer with one instance of this JSON Schema (response_format "
+                        "json_schema): a .json file, or the schema itself")
 
 
 def _params(args):
     from .sampling import SamplingParams
 
+    fmt = {"type": "json_object"} if args.json else None
+    if args.schema:
+        fmt = {"type": "json_schema", "json_schema": {"name": "cli", "schema": _schema(args.schema)}}
     return SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature,
                           top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
-                          seed=args.seed, stop=args.stop,
-                          response_format={"type": "json_object"} if args.json else None)
+                          seed=args.seed, stop=args.stop, response_format=fmt)
+
+
+def _schema(text: str) -> dict:
+    """--schema: inline JSON (it starts with "{"), else a file holding it."""
+    import json
+    from pathlib import Path
+
+    where = "--schema"
+    if not text.lstrip().startswith("{"):
+        where, text = text, Path(text).read_text()
+    try:
+        return json.loads(text)
+    except ValueError as err:
+        raise ValueError(f"{where} is not JSON: {err}") from None
 
 
 def cuda_problem() -> str | None:
@@ -113,6 +132,7 @@ def _no_tokenizer(args) -> int | None:
 
 
 def cmd_generate(args) -> int:
+    params = _params(args)              # a bad option or schema is said before the model loads
     if (status := _no_tokenizer(args)) is not None:
         return status
     llm = _load(args)
@@ -120,7 +140,7 @@ def cmd_generate(args) -> int:
         ids = llm.tokenizer.encode(args.prompt)
     else:
         ids = llm.tokenizer.encode_chat([{"role": "user", "content": args.prompt}])
-    for piece in llm.stream_text(ids, _params(args)):
+    for piece in llm.stream_text(ids, params):
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
@@ -128,6 +148,7 @@ def cmd_generate(args) -> int:
 
 
 def cmd_chat(args) -> int:
+    _params(args)                       # a bad option or schema is said before the model loads
     if (status := _no_tokenizer(args)) is not None:
         return status
     llm = _load(args)

@@ -141,6 +141,23 @@ def test_generate_json_answers_one_object(smollm2_gguf, capsys):
 
 
 @pytest.mark.slow
+def test_generate_schema_answers_an_instance(smollm2_gguf, tmp_path, capsys):
+    """--schema takes the schema inline or from a file (response_format json_schema)."""
+    import json
+
+    schema = {"type": "object", "required": ["city", "year"], "properties": {
+        "city": {"type": "string", "maxLength": 20}, "year": {"type": "integer",
+                                                             "minimum": 1000, "maximum": 2100}}}
+    (tmp_path / "s.json").write_text(json.dumps(schema))
+    for given in (json.dumps(schema), str(tmp_path / "s.json")):
+        assert rustinfer_cli.main(["generate", "Name a city and the year it was founded.",
+                                   "--model", str(smollm2_gguf), "--schema", given,
+                                   "--max-tokens", "48"]) == 0
+        value = json.loads(capsys.readouterr().out)
+        assert list(value) == ["city", "year"] and 1000 <= value["year"] <= 2100, value
+
+
+@pytest.mark.slow
 def test_chat_keeps_the_conversation(smollm2_gguf, monkeypatch, capsys):
     lines = iter(["What is the capital of France?", "And of Italy?", "/exit"])
     monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))

@@ -360,3 +360,19 @@ def test_http_side_says_why_the_tokenizer_did_not_load(tmp_path):
     assert not state.ready
     assert state.not_ready_reason.startswith(f"cannot load the tokenizer from {tmp_path}: ")
     assert "no tokenizer.json" in state.not_ready_reason
+
+
+# ---------------------------------------------------------------- --schema ---
+@pytest.mark.parametrize("schema, wanted", [
+    ("/nonexistent/schema.json", "No such file"),
+    ('{"type": "object",', "--schema is not JSON"),
+    ('{"type": "string", "format": "email"}', "format 'email' not supported"),
+    ('{"type": "integer", "minimum": 3, "maximum": 1}', "no integer meets")])
+@pytest.mark.parametrize("command", ["generate", "chat"])
+def test_a_bad_schema_is_one_error_line_before_any_model_loads(command, schema, wanted, capsys,
+                                                               monkeypatch):
+    monkeypatch.setattr(rustinfer_cli, "_load", _no_engine)
+    monkeypatch.setattr(rustinfer_cli, "_no_tokenizer", _no_engine)
+    argv = [command] + (["a prompt"] if command == "generate" else []) + ["--schema", schema]
+    assert rustinfer_cli.main(argv) == 2
+    _one_error_line(capsys.readouterr().err, wanted)
