@@ -63,7 +63,7 @@ class JsonTokenIndex:
                 rest.append((i, b))
         self.all = _Trie(entries)
         self.rest = _Trie(rest)                     # what a free string's plain mask leaves out
-        self.plain_trie = _Trie([(i, b) for i, b in entries if self.plain[i]])
+        self._plain_trie: _Trie | None = None        # built when a pattern first needs it
         self._masks: OrderedDict = OrderedDict()
         self._cache = cache
 
@@ -110,6 +110,15 @@ class JsonTokenIndex:
             part = self.plain if most is None else self.plain & (self.plain_chars <= most - s[3][4])
             out = part if out is None else out | part
         return out
+
+    @property
+    def plain_trie(self) -> _Trie:
+        """The plain tokens' trie (~0.3 s to build for 49k tokens: only once a schema has a
+        pattern)."""
+        if self._plain_trie is None:
+            self._plain_trie = _Trie([(i, b) for i, b in enumerate(self.token_bytes[:self.vocab_size])
+                                      if b and self.plain[i]])
+        return self._plain_trie
 
     def _walk_pattern(self, pattern, states: frozenset, mask: np.ndarray) -> None:
         """Mark the plain tokens whose characters keep the pattern's NFA alive. Each state
