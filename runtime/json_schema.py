@@ -167,9 +167,9 @@ def compile_schema(schema) -> Schema:
                     raise SchemaError(f"{where}: {key} must be a non-empty list")
                 # oneOf: exactly one branch may match. Branches that start alike can both
                 # match, unless a discriminator (pydantic's tagged unions) tells them apart.
-                exclusive = key == "oneOf" and "discriminator" not in s
+                only_one = key == "oneOf" and "discriminator" not in s
                 return union([node(b, f"{where}.{key}[{i}]") for i, b in enumerate(s[key])],
-                             where if exclusive else None)
+                             where if only_one else None)
         kind = s.get("type")
         if kind is None:                              # the keywords say which, if any
             if {"properties", "required", "additionalProperties"} & s.keys():
