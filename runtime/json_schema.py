@@ -376,26 +376,3 @@ def _spell(value, where: str) -> bytes:
     except UnicodeEncodeError:                        # JSON's "\ud800": no UTF-8 spells it
         raise SchemaError(f"{where}: a lone surrogate in {value!r} is not text; pydantic "
                           "refuses it in an answer") from None
-
-
-def schema_of(response_format: dict | None) -> Schema | None:
-    """The Schema an OpenAI response_format asks for: None for text, JSON_OBJECT for
-    json_object, the compiled json_schema.schema for json_schema (SchemaError otherwise)."""
-    if response_format is None:
-        return None
-    if not isinstance(response_format, dict):
-        raise SchemaError(f"response_format must be an object, got {response_format!r}")
-    kind = response_format.get("type", "text")
-    if kind == "text":
-        return None
-    if kind == "json_object":
-        return JSON_OBJECT
-    if kind == "json_schema":
-        spec = response_format.get("json_schema")
-        if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
-            raise SchemaError("response_format json_schema needs json_schema.schema, the JSON "
-                              'Schema: {"type": "json_schema", "json_schema": {"name": ..., '
-                              '"schema": {...}}}')
-        return compile_schema(spec["schema"])
-    raise SchemaError(f"response_format type {kind!r} is not supported: 'text', 'json_object' "
-                      "or 'json_schema'")

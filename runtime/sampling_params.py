@@ -10,7 +10,7 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from .json_schema import SchemaError, schema_of
+from .json_schema import JSON_OBJECT, Schema, SchemaError, compile_schema
 
 MAX_LOGPROBS = 20
 
@@ -108,3 +108,26 @@ def _finite(x) -> bool:
 def _check(ok: bool, message: str, param: str) -> None:
     if not ok:
         raise SamplingParamsError(message, param)
+
+
+def schema_of(response_format: dict | None) -> Schema | None:
+    """The Schema an OpenAI response_format asks for: None for text, JSON_OBJECT for
+    json_object, the compiled json_schema.schema for json_schema (SchemaError otherwise)."""
+    if response_format is None:
+        return None
+    if not isinstance(response_format, dict):
+        raise SchemaError(f"response_format must be an object, got {response_format!r}")
+    kind = response_format.get("type", "text")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return JSON_OBJECT
+    if kind == "json_schema":
+        spec = response_format.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+            raise SchemaError("response_format json_schema needs json_schema.schema, the JSON "
+                              'Schema: {"type": "json_schema", "json_schema": {"name": ..., '
+                              '"schema": {...}}}')
+        return compile_schema(spec["schema"])
+    raise SchemaError(f"response_format type {kind!r} is not supported: 'text', 'json_object' "
+                      "or 'json_schema'")

@@ -23,6 +23,20 @@ from rustinfer.runtime.json_schema import SchemaError, compile_schema
 from rustinfer.runtime.token_bytes import token_bytes
 
 
+def _completes_exactly_when(a: Automaton, text: bytes, fits: bool) -> bool:
+    """The automaton completes text exactly when it fits, and accepts every prefix of one
+    that does (a prefix refused is reported with its bytes). Whether it completed."""
+    state = a.start
+    for k in range(len(text)):
+        state = a.step(state, text[k])
+        if state is None:
+            assert not fits, text[:k + 1]
+            break
+    done = state is not None and a.complete(state)
+    assert done == fits, text
+    return done
+
+
 # ---- minLength / maxLength, minItems / maxItems -----------------------------------------
 
 TAGS = {"type": "array", "minItems": 1, "maxItems": 3,             # pydantic: conlist(constr(
@@ -45,15 +59,7 @@ def test_length_bounds_accept_exactly_what_fits():
         value = [random_string(rng) for _ in range(rng.randint(0, 4))]
         text = json.dumps(value, ensure_ascii=rng.random() < 0.5,
                           indent=rng.choice([None, 1])).encode()
-        state = a.start
-        for k in range(len(text)):
-            state = a.step(state, text[k])
-            if state is None:
-                assert not _fits_tags(value), text[:k + 1]
-                break
-        done = state is not None and a.complete(state)
-        assert done == _fits_tags(value), text
-        fits += done
+        fits += _completes_exactly_when(a, text, _fits_tags(value))
     assert 100 < fits < 2900                     # both sides of the bounds were exercised
 
 
@@ -435,15 +441,7 @@ def test_unions_that_start_alike_follow_every_branch():
                  "either": rng.choice(["ab", "xxxx", "xyz", "yes", "nope", [1, 2], ["a"], [],
                                        ["a", "b"], [1.5]])}
         text = json.dumps(value, indent=rng.choice([None, 1])).encode()
-        state = a.start
-        for k in range(len(text)):
-            state = a.step(state, text[k])
-            if state is None:
-                assert not _fits_pets(value), text[:k + 1]
-                break
-        done = state is not None and a.complete(state)
-        assert done == _fits_pets(value), text
-        fits += done
+        fits += _completes_exactly_when(a, text, _fits_pets(value))
     assert 50 < fits < 1450
 
 
