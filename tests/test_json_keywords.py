@@ -374,14 +374,22 @@ def test_unsupported_patterns_are_refused(schema, match):
         compile_schema(schema)
 
 
-def test_pattern_masks_equal_a_brute_force_check(smol_tokenizer):
+@pytest.mark.parametrize("pattern, prefixes", [
+    (r"^[A-Z]{3}-\d{2,4}$", ['', 'AB', 'ABC', 'ABC-1', 'ABC-12', 'ABC-1234']),
+    # classes that overlap (letters in three sets, '.' in two), so characters split finely
+    (r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[a-z]{2,}$", ['', 'jo.d', 'jo.d@ex', 'jo.d@ex.co']),
+    (r"^(foo|bar)+ ?[^a-c]{2}$", ['', 'fo', 'foobar', 'foobar ', 'bar x']),
+    (r"ab.c", ['', 'xa', 'zab', 'ab!c q']),            # unanchored: any text around
+    (r"^[a-z ]{0,6}$", ['', 'abc d', 'abcdef'])])
+def test_pattern_masks_equal_a_brute_force_check(smol_tokenizer, pattern, prefixes):
+    """The masks walk the tokens spelled in the pattern's character classes
+    (json_masks._ClassTrie); the automaton fed each token's bytes is the oracle."""
     tb = token_bytes(smol_tokenizer)
     index = JsonTokenIndex(tb, len(tb), smol_tokenizer.eos_token_ids)
     a = Automaton(compile_schema({"type": "object", "required": ["sku"], "properties": {
-        "sku": {"type": "string", "pattern": r"^[A-Z]{3}-\d{2,4}$"}}}))
-    for prefix in [b'{"sku": "', b'{"sku": "AB', b'{"sku": "ABC', b'{"sku": "ABC-1',
-                   b'{"sku": "ABC-12', b'{"sku": "ABC-1234']:
-        state = a.feed(a.start, prefix)
+        "sku": {"type": "string", "pattern": pattern}}}))
+    for prefix in prefixes:
+        state = a.feed(a.start, b'{"sku": "' + prefix.encode())
         want = brute_force_mask(a, state, tb)
         assert (index.allowed(a, state) == want).all(), prefix
 
