@@ -223,15 +223,24 @@ class Automaton:
         return (STRING, frames, 0, (is_key, 0, due, None, counted), node)
 
     def _pattern_string(self, state, b: int):
-        """A string held to a pattern (json_pattern.py): printable ASCII, no escapes."""
+        """A string held to a pattern (json_pattern.py): printable ASCII, no escapes. Under
+        minLength / maxLength its characters are counted (up to the larger bound), and one
+        is taken only while the match can still end within the bounds."""
         _, frames, _, (_, _, _, states, n), node = state
         pattern = self.nodes[node][4]
+        lo, hi = self.bounds(node)
         if b == 0x22:
-            return self._after_value(frames) if pattern.accepts(states) else None
+            return self._after_value(frames) if pattern.accepts(states) and n >= lo else None
         if not 0x20 <= b < 0x7F or b == 0x5C:
             return None
         nxt = pattern.step(states, chr(b))
-        return None if nxt is None else (STRING, frames, 0, (False, 0, 0, nxt, n), node)
+        if nxt is None:
+            return None
+        if lo or hi is not None:
+            n = n + 1 if hi is not None else min(n + 1, lo)
+            if not pattern.lengths.fits(nxt, lo - n, None if hi is None else hi - n):
+                return None
+        return (STRING, frames, 0, (False, 0, 0, nxt, n), node)
 
     # -- the automaton --------------------------------------------------------------------
     def step(self, state, b: int):

@@ -1,4 +1,5 @@
-"""JSON mode's string formats: `date`, `time`, `date-time` and `uuid`.
+"""JSON mode's string formats: `date`, `time`, `date-time` and `uuid`; and `email`, `ipv4`,
+`hostname` and `uri`, followed as patterns (PATTERN_FORMATS).
 
 The first three as JSON Schema defines them (RFC 3339: full-date, full-time, date-time),
 checked to the calendar: `2023-02-29` is refused at its last digit, so what pydantic (or
@@ -38,6 +39,22 @@ _HEX = frozenset("0123456789abcdefABCDEF")
 # The fewest and most characters of each format's strings (a time's fraction: 0-9 digits
 # and its dot; its offset: `Z` or `+hh:mm`): json_schema.py refuses length bounds within.
 LENGTHS = {"date": (10, 10), "time": (9, 24), "date-time": (20, 35), "uuid": (36, 36)}
+
+
+# Formats followed as a pattern (json_pattern.py), each a subset of its strings that the
+# usual validators accept: pydantic's EmailStr (email-validator), IPv4Address (Python's
+# ipaddress: no leading zeros), AnyUrl / HttpUrl, and RFC 1123 host names. Labels are kept
+# under 63 characters and the email's local part under 64 by counted repeats.
+_LABEL = r"[A-Za-z0-9]{1,25}(-[A-Za-z0-9]{1,25})?"
+_DOMAIN = rf"({_LABEL}\.){{1,3}}([a-z]{{2}}|com|org|net|edu|gov|info|biz|dev|app|xyz|tech|online|site|shop|blog|cloud)"
+_OCTET = r"(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+_URL_TEXT = r"[A-Za-z0-9._~!$&'()*+,;=:@-]"         # RFC 3986's unreserved and sub-delims
+PATTERN_FORMATS = {
+    "email": rf"^[A-Za-z0-9]{{1,20}}([._+-][A-Za-z0-9]{{1,20}}){{0,2}}@{_DOMAIN}$",
+    "ipv4": rf"^({_OCTET}\.){{3}}{_OCTET}$",
+    "hostname": rf"^{_LABEL}(\.{_LABEL}){{0,3}}$",
+    "uri": rf"^https?://{_DOMAIN}(:[1-9]\d{{0,3}})?(/{_URL_TEXT}*)*(\?({_URL_TEXT}|[/?])*)?(#({_URL_TEXT}|[/?])*)?$",
+}
 
 
 def viable(fmt: str, text: str) -> bool:

@@ -17,6 +17,7 @@ from collections import OrderedDict
 import numpy as np
 
 from .json_constraint import DONE, JSON_OBJECT_AUTOMATON, MULTI, STRING, Automaton
+from .json_pattern import DEAD
 from .json_schema import ANY, ANY_OBJECT
 
 
@@ -83,7 +84,7 @@ class JsonTokenIndex:
         if pattern is not None:
             # a string held to a pattern: its plain tokens through the NFA alone (no
             # automaton states built per byte), the rest (a closing quote...) as usual
-            self._walk_pattern(pattern, state[3][3], mask)
+            self._walk_pattern(pattern, state[3][3], mask, state[3][4], automaton.bounds(state[4]))
             self._walk(automaton, self.rest, state, mask)
         elif plain is not None:
             mask |= plain
@@ -125,30 +126,39 @@ class JsonTokenIndex:
                 del self._pattern_tries[next(iter(self._pattern_tries))]
         return trie
 
-    def _walk_pattern(self, pattern, states: frozenset, mask: np.ndarray) -> None:
-        """Mark the plain tokens whose characters keep the pattern's NFA alive, walking the
-        trie of their class strings (_ClassTrie). Each state set's moves are one dict
+    def _walk_pattern(self, pattern, states: frozenset, mask: np.ndarray, typed: int,
+                      bounds: tuple[int, int | None]) -> None:
+        """Mark the plain tokens whose characters keep the pattern's NFA alive (and, under
+        length bounds, its match able to end within them, `typed` characters in), walking
+        the trie of their class strings (_ClassTrie). Each state set's moves are one dict
         {class: next set}, filled as met: the sets a walk meets are few."""
         trie = self._pattern_trie(pattern)
         children, ids, chars, step = trie.children, trie.ids, trie.chars, pattern.step
+        lo, hi = bounds
+        fits = pattern.lengths.fits if lo or hi is not None else None
         rows: dict = {}
         hits: list[np.ndarray] = []
-        todo = [(0, states)]
+        todo = [(0, states, typed)]
         while todo:
-            node, s = todo.pop()
+            node, s, n = todo.pop()
+            if hi is not None and n >= hi:
+                continue                            # no character more
             row = rows.get(s)
             if row is None:
                 row = rows[s] = {}
+            n += 1
             for c, child in children[node].items():
                 s2 = row.get(c, _UNSEEN)
                 if s2 is _UNSEEN:
                     s2 = row[c] = step(s, chars[c])
                 if s2 is None:                      # a character the pattern refuses here
                     continue
-                if ids[child] is not None:
+                # Only tokens' ends are checked: a state a longer token passes through fits
+                # whenever the token's end does.
+                if ids[child] is not None and (fits is None or fits(s2, lo - n, None if hi is None else hi - n)):
                     hits.append(ids[child])
                 if children[child]:
-                    todo.append((child, s2))
+                    todo.append((child, s2, n))
         if hits:
             mask[np.concatenate(hits)] = True
 
@@ -169,37 +179,21 @@ class JsonTokenIndex:
 
 
 _UNSEEN = object()
-_DEAD = 0xFF                          # a byte no character set of the pattern holds
 
 
 class _ClassTrie:
-    """The plain tokens spelled in a pattern's character classes, as a trie.
-
-    Two characters are in one class when every character set of the pattern holds both or
-    neither, so the NFA moves alike on them. ^[a-z ]{0,100}$ has two classes (its set and
-    the rest): 49k tokens become a few thousand class strings, and a mask walks those
-    instead of ~100k trie nodes of bytes (60-100 ms a new state set before, in Python).
-    A token with a byte in no set (non-ASCII, or a character the pattern never takes) can
-    never be allowed and is left out."""
+    """The plain tokens spelled in a pattern's character classes (Pattern.classes), as a
+    trie. ^[a-z ]{0,100}$ has two classes (its set and the rest): 49k tokens become a few
+    thousand class strings, and a mask walks those instead of ~100k trie nodes of bytes
+    (60-100 ms a new state set before, in Python). A token with a byte in no set
+    (non-ASCII, or a character the pattern never takes) is never allowed: left out."""
 
     def __init__(self, pattern, plain_tokens):
-        sets = list({s for s in pattern.chars if s})
-        classes: dict[tuple, int] = {}
-        table = bytearray([_DEAD]) * 256
-        self.chars: list[str] = []                   # a representative character per class
-        for b in range(0x20, 0x7F):
-            signature = tuple(chr(b) in s for s in sets)
-            if not any(signature):
-                continue
-            c = classes.get(signature)
-            if c is None:
-                c = classes[signature] = len(self.chars)
-                self.chars.append(chr(b))
-            table[b] = c
+        table, self.chars = pattern.classes()
         groups: dict[bytes, list[int]] = {}
         for token_id, data in plain_tokens:
             spelled = data.translate(table)
-            if _DEAD not in spelled:
+            if DEAD not in spelled:
                 groups.setdefault(spelled, []).append(token_id)
         self.children: list[dict[int, int]] = [{}]
         self.ids: list[np.ndarray | None] = [None]

@@ -26,6 +26,7 @@ _CLASSES = {"d": frozenset(string.digits), "w": frozenset(string.ascii_letters +
             "s": frozenset(" ")}
 _MAX_STATES = 4000                    # NFA states a pattern may expand to ({n,m} copies)
 _MAX_MEMO = 1 << 16                   # (state set, char) -> next state set, per pattern
+DEAD = 0xFF                           # classes(): a byte in no set of the pattern
 
 
 class PatternError(ValueError):
@@ -56,6 +57,8 @@ class Pattern:
         self.accept = end
         self.live = self._live()
         self._memo: dict = {}
+        self._classes: tuple | None = None
+        self._lengths = None
         self.start = self._close({start})
         if not self.start:
             raise PatternError(f"pattern {source!r}: no string of printable ASCII matches it")
@@ -151,6 +154,33 @@ class Pattern:
 
     def accepts(self, states: frozenset) -> bool:
         return self.accept in states
+
+    def classes(self) -> tuple[bytes, list[str]]:
+        """The pattern's character classes: two characters share one when every set of the
+        pattern holds both or neither, so the NFA moves alike on them. (A bytes.translate
+        table from each byte to its class, DEAD for bytes no set holds; a character of each
+        class.)"""
+        if self._classes is None:
+            sets = list({c for c in self.chars if c})
+            ids: dict[tuple, int] = {}
+            table, chars = bytearray([DEAD]) * 256, []
+            for b in range(0x20, 0x7F):
+                signature = tuple(chr(b) in c for c in sets)
+                if any(signature):
+                    if signature not in ids:
+                        ids[signature] = len(chars)
+                        chars.append(chr(b))
+                    table[b] = ids[signature]
+            self._classes = bytes(table), chars
+        return self._classes
+
+    @property
+    def lengths(self):
+        """How long the match can still get from a state set (json_pattern_lengths.py)."""
+        if self._lengths is None:
+            from .json_pattern_lengths import PatternLengths
+            self._lengths = PatternLengths(self)
+        return self._lengths
 
 
 class _Parser:

@@ -5,8 +5,9 @@ Supported:
   `prefixItems` (tuples);
 - `minItems` / `maxItems`, `minLength` / `maxLength` (characters: code points, an escape
   one), `minimum` / `maximum` / `exclusiveMinimum` / `exclusiveMaximum` (json_numbers.py);
-- `format` `date`, `time`, `date-time`, `uuid` (json_formats.py), `pattern`
-  (json_pattern.py: a regular expression's common subset);
+- `format` `date`, `time`, `date-time`, `uuid`, and `email`, `ipv4`, `hostname`, `uri`
+  as patterns (json_formats.py), `pattern` (json_pattern.py: a regular expression's
+  common subset), with or without minLength / maxLength (json_pattern_lengths.py);
 - `enum`, `const`, `anyOf` / `oneOf`, `$ref` into `$defs` / `definitions` (recursive too);
 - annotations, which are ignored (`title`, `description`, ...).
 That covers what OpenAI's strict structured outputs and pydantic's `model_json_schema()`
@@ -34,7 +35,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from .json_formats import FORMATS, LENGTHS as FORMAT_LENGTHS
+from .json_formats import FORMATS, LENGTHS as FORMAT_LENGTHS, PATTERN_FORMATS
 from .json_numbers import number_range
 from .json_pattern import Pattern, PatternError
 
@@ -218,11 +219,11 @@ def compile_schema(schema) -> Schema:
         """A string's format the automaton holds (json_formats.py), None for none. (On other
         types JSON Schema says a format does not apply: it is ignored there.)"""
         fmt = s.get("format")
-        if fmt is None or (isinstance(fmt, str) and fmt in _ANNOTATION_FORMATS):
+        if fmt is None or (isinstance(fmt, str) and fmt in _ANNOTATION_FORMATS | PATTERN_FORMATS.keys()):
             return None
         if not isinstance(fmt, str) or fmt not in FORMATS:
             raise SchemaError(f"{where}: format {fmt!r} not supported (supported: "
-                              f"{', '.join(sorted(FORMATS))}); drop it or check the answer "
+                              f"{', '.join(sorted([*FORMATS, *PATTERN_FORMATS]))}); drop it or check the answer "
                               "yourself")
         # The format is followed character by character, blind to the length: a bound
         # that cuts into its lengths would leave a string no character can finish.
@@ -234,18 +235,31 @@ def compile_schema(schema) -> Schema:
         return fmt
 
     def string_pattern(s: dict, where: str) -> Pattern | None:
-        if "pattern" not in s:
+        """The pattern a string is held to: its `pattern`, or the one its format is followed
+        as (json_formats.PATTERN_FORMATS: email, uri...). minLength / maxLength count
+        beside it (json_pattern_lengths.py)."""
+        fmt = s.get("format")
+        if "pattern" in s:
+            if fmt is not None and fmt not in _ANNOTATION_FORMATS:
+                raise SchemaError(f"{where}: pattern beside format {fmt!r} is not supported; "
+                                  "keep one of them")
+            source, what = s["pattern"], "pattern"
+            if not isinstance(source, str):
+                raise SchemaError(f"{where}: pattern must be a string, got {source!r}")
+        elif isinstance(fmt, str) and fmt in PATTERN_FORMATS:
+            source, what = PATTERN_FORMATS[fmt], f"format {fmt!r}"
+        else:
             return None
-        beside = [k for k in ("format", "minLength", "maxLength") if k in s]
-        if beside:
-            raise SchemaError(f"{where}: pattern beside {', '.join(beside)} is not supported; "
-                              "write the length into the pattern (^[a-z]{2,8}$)")
-        if not isinstance(s["pattern"], str):
-            raise SchemaError(f"{where}: pattern must be a string, got {s['pattern']!r}")
         try:
-            return Pattern(s["pattern"])
+            pattern = Pattern(source)
         except PatternError as err:
             raise SchemaError(f"{where}: {err}") from None
+        lo, hi = bounds(s, "string", where)
+        if not pattern.lengths.fits(pattern.start, lo, hi):
+            raise SchemaError(f"{where}: no string of the {what} has "
+                              f"{f'{lo} or more' if hi is None else f'{lo} to {hi}'} characters; "
+                              "widen minLength / maxLength")
+        return pattern
 
     def bounds(s: dict, kind: str, where: str) -> tuple[int, int | None]:
         """(min, max or None) of an array's items or a string's characters (code points)."""

@@ -283,9 +283,10 @@ def test_formats_accept_exactly_the_valid_strings(fmt):
 
 
 @pytest.mark.parametrize("schema,match", [
-    ({"type": "string", "format": "email"}, "format 'email' not supported"),
-    ({"type": "object", "properties": {"u": {"type": "string", "format": "uri"}}},
-     r"schema.properties.u: format 'uri' not supported \(supported: date, date-time, time, uuid\)")])
+    ({"type": "string", "format": "ipv6"}, "format 'ipv6' not supported"),
+    ({"type": "object", "properties": {"u": {"type": "string", "format": "iri"}}},
+     r"schema.properties.u: format 'iri' not supported \(supported: date, date-time, email, "
+     r"hostname, ipv4, time, uri, uuid\)")])
 def test_unsupported_formats_are_refused(schema, match):
     with pytest.raises(SchemaError, match=match):
         compile_schema(schema)
@@ -367,7 +368,6 @@ def test_patterns_match_what_python_re_matches():
     ({"type": "string", "pattern": "a{3,2}"}, "maximum is below its minimum"),
     ({"type": "string", "pattern": "(ab"}, "unclosed group"),
     ({"type": "string", "pattern": '^"$'}, "no string of printable ASCII matches"),
-    ({"type": "string", "pattern": "^a$", "maxLength": 3}, "pattern beside maxLength"),
     ({"type": "string", "pattern": "a{1000}b{1000}c{1000}x{2000}"}, "too large")])
 def test_unsupported_patterns_are_refused(schema, match):
     with pytest.raises(SchemaError, match=match):
