@@ -8,7 +8,8 @@ Supported:
 - `format` `date`, `time`, `date-time`, `uuid`, and `email`, `ipv4`, `hostname`, `uri`
   as patterns (json_formats.py), `pattern` (json_pattern.py: a regular expression's
   common subset), with or without minLength / maxLength (json_pattern_lengths.py);
-- `enum`, `const`, `anyOf` / `oneOf`, `$ref` into `$defs` / `definitions` (recursive too);
+- `enum`, `const`, `anyOf` / `oneOf`, `$ref` into `$defs` / `definitions` (recursive too),
+  `allOf` wrapping one schema;
 - annotations, which are ignored (`title`, `description`, ...).
 That covers what OpenAI's strict structured outputs and pydantic's `model_json_schema()`
 write (pydantic's `min_length` / `max_length` and `ge` / `gt` / `le` / `lt` included).
@@ -25,8 +26,8 @@ The automaton produces a subset of the valid instances, always valid ones:
 - a number with bounds is written in plain decimal, without an exponent.
 
 A keyword that constrains values in a way the automaton cannot hold (another `format`,
-`multipleOf`, `uniqueItems`, `allOf`, ...) is refused, naming it and where it is: dropping
-it silently would produce answers that fail the schema. Bounds without a `type` make the
+`multipleOf`, `uniqueItems`, an `allOf` of several schemas, ...) is refused, naming it and
+where it is: dropping it silently would produce answers that fail the schema. Bounds without a `type` make the
 value a string (`minLength`, `format`, `pattern`), an array (`minItems`) or a number
 (`minimum`).
 """
@@ -55,7 +56,7 @@ ANNOTATIONS = frozenset({"title", "description", "default", "examples", "$schema
 KEYWORDS = frozenset({"type", "properties", "required", "additionalProperties", "items", "enum",
                       "const", "anyOf", "oneOf", "$ref", "minItems", "maxItems", "minLength",
                       "maxLength", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
-                      "format", "pattern", "prefixItems"})
+                      "format", "pattern", "prefixItems", "allOf"})
 _NUMBER_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 # Formats that constrain nothing (pydantic's SecretStr writes "password"): annotations.
 _ANNOTATION_FORMATS = frozenset({"password"})
@@ -138,11 +139,23 @@ def compile_schema(schema) -> Schema:
                               f"(supported: {', '.join(sorted(KEYWORDS))}); drop them or hold the "
                               "answer to them yourself")
         for key, fine in (("$ref", ()), ("const", ("type",)), ("enum", ("type",)), ("anyOf", ()),
-                          ("oneOf", ())):
+                          ("oneOf", ()), ("allOf", ())):
             beside = sorted(k for k in s if k in KEYWORDS and k != key and k not in fine)
             if key in s and beside:                   # they would be dropped: answers could fail
                 raise SchemaError(f"{where}: {key} next to {', '.join(beside)} is not supported; "
                                   f"move them into the {key}'s schemas")
+        if "allOf" in s:
+            # One schema wrapped (pydantic before 2.9 and OpenAPI generators write
+            # {"allOf": [{"$ref": ...}], "description": ...}): that schema. An intersection of
+            # several would need them merged, which is not done.
+            parts = s["allOf"]
+            if not isinstance(parts, list) or not parts:
+                raise SchemaError(f"{where}: allOf must be a non-empty list")
+            kept = [(i, p) for i, p in enumerate(parts) if p is not True and p != {}]
+            if len(kept) > 1:
+                raise SchemaError(f"{where}: allOf of {len(kept)} schemas is not supported (only "
+                                  "one schema wrapped); merge them into one schema")
+            return node(kept[0][1], f"{where}.allOf[{kept[0][0]}]") if kept else ANY
         if "$ref" in s:
             ref = s["$ref"]
             if ref not in refs:

@@ -157,3 +157,18 @@ def test_schemas_that_cannot_mean_what_they_say_are_refused_by_name(schema, matc
     reach compiled into an answer that never ends."""
     with pytest.raises(SchemaError, match=match):
         compile_schema(schema)
+
+
+def test_an_all_of_wrapping_one_schema_is_that_schema():
+    """pydantic before 2.9 (and OpenAPI generators) wrap a described $ref in allOf; an
+    intersection of several schemas is refused by name, not followed halfway."""
+    pet = {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}
+    a = Automaton(compile_schema({"$defs": {"Pet": pet}, "type": "object", "required": ["pet"],
+                                  "properties": {"pet": {"allOf": [{"$ref": "#/$defs/Pet"}],
+                                                         "description": "the pet"}}}))
+    assert a.complete(a.feed(a.start, b'{"pet": {"name": "Rex"}}'))
+    assert a.feed(a.start, b'{"pet": 1') is None
+    with pytest.raises(SchemaError, match=r"schema.properties.x: allOf of 2 schemas is not supported"):
+        compile_schema({"type": "object", "properties": {"x": {"allOf": [{"type": "string"}, {"maxLength": 2}]}}})
+    with pytest.raises(SchemaError, match="allOf next to type"):
+        compile_schema({"type": "string", "allOf": [{"maxLength": 2}]})
