@@ -158,9 +158,10 @@ def num_splits(batch: int, kv_heads: int, max_context: int, num_sms: int) -> int
 def decode_attention(q, k_cache, v_cache, block_table, context_lens, out, partial_out,
                      partial_lse, *, heads: int, kv_heads: int, head_dim: int, scale: float,
                      splits: int, block_n: int = BLOCK_N, num_warps: int = NUM_WARPS,
-                     pdl: bool | None = None) -> None:
+                     num_stages: int | None = None, pdl: bool | None = None) -> None:
     """partial_out / partial_lse: fp32 scratch of at least B * heads * splits (* head_dim).
-    block_n (keys per tile) and num_warps: defaults the plan uses (bench/gpu_attention.py
+    block_n (keys per tile), num_warps and num_stages (the software pipeline's depth over
+    the key tiles; None: Triton's default): defaults the plan uses (bench/gpu_attention.py
     sweeps them); pdl overrides the module's PDL switch (tests, benchmarks)."""
     b = q.shape[0]
     check_rows("decode q", q, heads * head_dim, b)
@@ -192,7 +193,7 @@ def decode_attention(q, k_cache, v_cache, block_table, context_lens, out, partia
            KV_HEADS=kv_heads, GROUP=group, HEAD_DIM=head_dim, BLOCK_SIZE=k_cache.shape[1],
            G_PAD=max(16, next_pow2(group)), D_PAD=max(16, next_pow2(head_dim)),
            BLOCK_N=block_n, DIRECT=direct, DOT_FP32=INTERPRET, num_warps=num_warps,
-           PDL=pdl, launch_pdl=pdl)
+           num_stages=num_stages, PDL=pdl, launch_pdl=pdl)
     if not direct:
         launch(_merge_kernel, (b, heads), partial_out, partial_lse, out, out.stride(0), splits,
                HEADS=heads, HEAD_DIM=head_dim, S_PAD=max(2, next_pow2(splits)),
