@@ -1,16 +1,22 @@
-"""JSON mode's numeric bounds: `minimum`, `maximum`, `exclusiveMinimum`, `exclusiveMaximum`.
+"""JSON mode's numeric bounds: `minimum`, `maximum`, `exclusiveMinimum`, `exclusiveMaximum`,
+and `multipleOf`.
 
 json_schema.py reads them into a NumberRange; json_constraint.py keeps the bytes of a bounded
 number as they are typed and allows the next byte only while some continuation of them
 still lands in the range (`reachable`), and the end only on a value in it (`contains`).
 So a prefix is never a dead end: `-` under `minimum: 0` leads to `-0`, `1` under
-`maximum: 150` to `1`, `10`..`19`, `100`..`150`.
+`maximum: 150` to `1`, `10`..`19`, `100`..`150`. Under `multipleOf` the continuation must
+also be a multiple: after `12.` with `multipleOf: 0.5` only `0` and `5` follow (`12.3` could
+not end in one), and the end is allowed on an exact multiple only.
 
 A bounded number is written in plain decimal, without an exponent (a subset of the valid
 spellings, as everywhere in JSON mode). Values compare exactly, as decimals: `0.1` meets
 `minimum: 0.1`. A validator reads a number as a double first, though: an exclusive bound on a
 `number` moves to halfway to the next double, so that no decimal above it rounds back onto it
-(`exclusiveMaximum: 1` refuses `0.99999999999999999999`, which is the double 1.0).
+(`exclusiveMaximum: 1` refuses `0.99999999999999999999`, which is the double 1.0). A
+multiple is exact as a decimal too (`0.3` under `multipleOf: 0.1`); pydantic accepts those,
+while a validator that divides doubles (Python's jsonschema: 0.3 / 0.1 = 2.9999999999999996)
+may not, for a step that is not an integer.
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ class NumberRange(NamedTuple):
     lo_open: bool               # exclusive
     hi: Fraction | None
     hi_open: bool
+    step: Fraction | None = None  # multipleOf (for integers: the least integer multiple)
 
 
 def number_range(s: dict, integer: bool, where: str, error) -> NumberRange | None:
@@ -48,7 +55,12 @@ def number_range(s: dict, integer: bool, where: str, error) -> NumberRange | Non
                            value("exclusiveMinimum"), max)
     hi, hi_open = _tighter(value("maximum"), s.get("exclusiveMaximum") is True,
                            value("exclusiveMaximum"), min)
-    if lo is None and hi is None:
+    step = value("multipleOf")
+    if step is not None and step <= 0:
+        error(f"{where}: multipleOf must be greater than 0, got {s['multipleOf']!r}")
+    if step is not None and integer:             # integer multiples of a/b: multiples of a
+        step = Fraction(step.numerator)
+    if lo is None and hi is None and step is None:
         return None
     if not integer:                              # open bounds where doubles round onto them
         lo, hi = _past_rounding(lo, lo_open, math.inf), _past_rounding(hi, hi_open, -math.inf)
@@ -59,7 +71,12 @@ def number_range(s: dict, integer: bool, where: str, error) -> NumberRange | Non
             hi, hi_open = Fraction(math.ceil(hi) - 1 if hi_open else math.floor(hi)), False
     if lo is not None and hi is not None and (lo > hi or (lo == hi and (lo_open or hi_open))):
         error(f"{where}: no {'integer' if integer else 'number'} meets its minimum and maximum")
-    return NumberRange(lo, lo_open, hi, hi_open)
+    r = NumberRange(lo, lo_open, hi, hi_open, step)
+    if step is not None and not (reachable(r, b"-") or reachable(r, b"0") or any(
+            reachable(r, str(d).encode()) for d in range(1, 10))):
+        error(f"{where}: no {'integer' if integer else 'number'} between its minimum and "
+              f"maximum is a multiple of {s['multipleOf']!r}")
+    return r
 
 
 def _tighter(bound, bound_open: bool, exclusive, pick):
@@ -87,46 +104,59 @@ def contains(r: NumberRange, typed: bytes) -> bool:
     """Whether the complete number `typed` is in the range."""
     x = Fraction(typed.decode())
     return ((r.lo is None or x > r.lo or (x == r.lo and not r.lo_open))
-            and (r.hi is None or x < r.hi or (x == r.hi and not r.hi_open)))
+            and (r.hi is None or x < r.hi or (x == r.hi and not r.hi_open))
+            and (r.step is None or (x / r.step).denominator == 1))
 
 
 def reachable(r: NumberRange, typed: bytes) -> bool:
-    """Whether some plain-decimal number that starts with `typed` is in the range (an
-    integer's range has closed integer bounds: then "some integer" follows alike)."""
+    """Whether some plain-decimal number that starts with `typed` is in the range, and a
+    multiple of its step (an integer's range has closed integer bounds and an integer step:
+    then "some integer" follows alike)."""
     text = typed.decode()
     negative = text.startswith("-")
     body = text[1:] if negative else text
     # The magnitudes m this sign may take: value = -m for a negative number.
+    step = r.step
     if negative:
         lo, lo_open, hi, hi_open = (None if r.hi is None else -r.hi), r.hi_open, \
             (None if r.lo is None else -r.lo), r.lo_open
     else:
-        lo, lo_open, hi, hi_open = r
+        lo, lo_open, hi, hi_open = r.lo, r.lo_open, r.hi, r.hi_open
     if hi is not None and (hi < 0 or (hi == 0 and hi_open)):
         return False                             # no magnitude on this side at all
-    if not body:                                 # "-": any magnitude
-        return True
+    if not body:                                 # "-": any magnitude (a multiple in range)
+        return step is None or hi is None or _meets(Fraction(0), hi + 1, lo, lo_open, hi,
+                                                    hi_open, step)
     whole, dot, frac = body.partition(".")
     if dot:                                      # the integer part is settled
         start = Fraction(f"{whole}.{frac}" if frac else whole)
-        return _meets(start, start + Fraction(1, 10 ** len(frac)), lo, lo_open, hi, hi_open)
+        return _meets(start, start + Fraction(1, 10 ** len(frac)), lo, lo_open, hi, hi_open, step)
     d = int(whole)
     if d == 0:                                   # 0, or 0.xxx (a number): [0, 1)
-        return _meets(Fraction(0), Fraction(1), lo, lo_open, hi, hi_open)
-    if hi is None:                               # more digits reach past any lower bound
+        return _meets(Fraction(0), Fraction(1), lo, lo_open, hi, hi_open, step)
+    if hi is None and step is None:              # more digits reach past any lower bound
         return True
     j = 0
-    while d * 10 ** j <= hi:                     # [d, d+1), [10d, 10d+10), ... up to hi
-        if _meets(Fraction(d * 10 ** j), Fraction((d + 1) * 10 ** j), lo, lo_open, hi, hi_open):
-            return True
+    while hi is None or d * 10 ** j <= hi:       # [d, d+1), [10d, 10d+10), ... up to hi
+        if _meets(Fraction(d * 10 ** j), Fraction((d + 1) * 10 ** j), lo, lo_open, hi, hi_open,
+                  step):
+            return True                          # (unbounded: some width holds a multiple)
         j += 1
     return False
 
 
-def _meets(a: Fraction, b: Fraction, lo, lo_open, hi, hi_open) -> bool:
-    """Whether [a, b) meets the magnitude range. Integers have closed integer bounds, so
-    an integer in [a, b) is one in [a, b - 1]: the same test, as b - 1 < hi + 1."""
+def _meets(a: Fraction, b: Fraction, lo, lo_open, hi, hi_open, step=None) -> bool:
+    """Whether [a, b) meets the magnitude range (at a multiple of step, if any). Integers
+    have closed integer bounds, so an integer in [a, b) is one in [a, b - 1]: the same
+    test, as b - 1 < hi + 1."""
     low, low_open = (a, False) if lo is None or lo < a else (lo, lo_open)
+    if step is not None:                         # the least multiple past low
+        k = math.ceil(low / step)
+        if low_open and k * step == low:
+            k += 1
+        low, low_open = k * step, False
+        if low >= b:
+            return False
     if hi is None or hi >= b:
         return low < b
     return low < hi or (low == hi and not low_open and not hi_open)

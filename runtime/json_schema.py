@@ -4,7 +4,8 @@ Supported:
 - `type` (one or a list), `properties` / `required` / `additionalProperties`, `items`,
   `prefixItems` (tuples);
 - `minItems` / `maxItems`, `minLength` / `maxLength` (characters: code points, an escape
-  one), `minimum` / `maximum` / `exclusiveMinimum` / `exclusiveMaximum` (json_numbers.py);
+  one), `minimum` / `maximum` / `exclusiveMinimum` / `exclusiveMaximum` / `multipleOf`
+  (json_numbers.py);
 - `format` `date`, `time`, `date-time`, `uuid`, and `email`, `ipv4`, `hostname`, `uri`
   as patterns (json_formats.py), `pattern` (json_pattern.py: a regular expression's
   common subset), with or without minLength / maxLength (json_pattern_lengths.py);
@@ -26,7 +27,7 @@ The automaton produces a subset of the valid instances, always valid ones:
 - a number with bounds is written in plain decimal, without an exponent.
 
 A keyword that constrains values in a way the automaton cannot hold (another `format`,
-`multipleOf`, `uniqueItems`, an `allOf` of several schemas, ...) is refused, naming it and
+`uniqueItems`, an `allOf` of several schemas, `not`, ...) is refused, naming it and
 where it is: dropping it silently would produce answers that fail the schema. Bounds without a `type` make the
 value a string (`minLength`, `format`, `pattern`), an array (`minItems`) or a number
 (`minimum`).
@@ -56,8 +57,8 @@ ANNOTATIONS = frozenset({"title", "description", "default", "examples", "$schema
 KEYWORDS = frozenset({"type", "properties", "required", "additionalProperties", "items", "enum",
                       "const", "anyOf", "oneOf", "$ref", "minItems", "maxItems", "minLength",
                       "maxLength", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
-                      "format", "pattern", "prefixItems", "allOf"})
-_NUMBER_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+                      "format", "pattern", "prefixItems", "allOf", "multipleOf"})
+_NUMBER_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
 # Formats that constrain nothing (pydantic's SecretStr writes "password"): annotations.
 _ANNOTATION_FORMATS = frozenset({"password"})
 _BOUNDS = {"array": ("minItems", "maxItems"), "string": ("minLength", "maxLength")}

@@ -12,6 +12,7 @@ import json
 import random
 import re as _re
 import uuid as _uuid
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -152,7 +153,20 @@ RANGES = [  # (schema, the test it means)
     ({"type": "number", "minimum": -2.5}, lambda v: v >= -2.5),
     ({"type": "number", "minimum": 0.1, "exclusiveMaximum": 0.1001},
      lambda v: 0.1 <= v < 0.1001),
-    ({"type": "integer", "minimum": 5, "exclusiveMinimum": True}, lambda v: v == int(v) and v > 5)]
+    ({"type": "integer", "minimum": 5, "exclusiveMinimum": True}, lambda v: v == int(v) and v > 5),
+    # multipleOf: exact as decimals, so these take the value as a Fraction (_number)
+    ({"type": "integer", "multipleOf": 5, "minimum": 3, "maximum": 120},
+     lambda v: v.denominator == 1 and 3 <= v <= 120 and v % 5 == 0),
+    ({"type": "integer", "multipleOf": 2.5}, lambda v: v.denominator == 1 and v % 5 == 0),
+    ({"type": "number", "multipleOf": 0.25, "minimum": -2, "exclusiveMaximum": 7.5},
+     lambda v: -2 <= v < 7.5 and v % Fraction(1, 4) == 0),
+    ({"type": "number", "multipleOf": 0.01}, lambda v: v % Fraction(1, 100) == 0)]
+
+
+def _number(schema: dict, text) -> float | Fraction:
+    """The value a validator compares: a double, or under multipleOf the exact decimal."""
+    return Fraction(text.decode() if isinstance(text, bytes) else text) \
+        if "multipleOf" in schema else float(text)
 
 
 def _spellings(rng: random.Random) -> list[str]:
@@ -174,7 +188,7 @@ def test_number_bounds_accept_exactly_what_fits(case):
     rng = random.Random(case)
     for _ in range(300):
         for text in _spellings(rng):
-            good = "e" not in text.lower() and fits(float(text)) and \
+            good = "e" not in text.lower() and fits(_number(schema, text)) and \
                 (schema["type"] == "number" or "." not in text)
             state = a.feed(a.start, f"[{text}]".encode())
             assert (state is not None and a.complete(state)) == good, (schema, text)
@@ -189,7 +203,7 @@ def test_number_bounds_accept_exactly_what_fits(case):
             if b == 0x5D:
                 break
             state, text = a.step(state, b), text + bytes([b])
-        assert fits(float(text)), (schema, text)
+        assert fits(_number(schema, text)), (schema, text)
 
 
 @pytest.mark.parametrize("schema,match", [
@@ -198,7 +212,11 @@ def test_number_bounds_accept_exactly_what_fits(case):
     ({"type": "integer", "exclusiveMinimum": 1, "exclusiveMaximum": 2}, "no integer meets"),
     ({"type": "number", "minimum": 1, "exclusiveMaximum": 1}, "no number meets"),
     ({"type": "number", "exclusiveMaximum": True}, "exclusiveMaximum: true needs maximum"),
-    ({"type": "number", "multipleOf": 2}, "multipleOf not supported")])
+    ({"type": "number", "multipleOf": 0}, "multipleOf must be greater than 0"),
+    ({"type": "integer", "multipleOf": 5, "minimum": 6, "maximum": 9},
+     "no integer between its minimum and maximum is a multiple of 5"),
+    ({"type": "integer", "multipleOf": 0.5, "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+     "no integer meets")])
 def test_bad_number_bounds_are_refused(schema, match):
     with pytest.raises(SchemaError, match=match):
         compile_schema(schema)
@@ -209,10 +227,13 @@ def test_number_bound_masks_equal_a_brute_force_check(smol_tokenizer):
     index = JsonTokenIndex(tb, len(tb), smol_tokenizer.eos_token_ids)
     a = Automaton(compile_schema({"type": "object", "required": ["age", "score"], "properties": {
         "age": {"type": "integer", "minimum": 0, "maximum": 120},
-        "score": {"type": "number", "exclusiveMinimum": 0, "maximum": 1}}}))
+        "score": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+        "price": {"type": "number", "multipleOf": 0.05, "maximum": 50}}}))
     for prefix in [b'{"age": ', b'{"age": 1', b'{"age": 12', b'{"age": 120', b'{"age": 0',
                    b'{"age": 7, "score": ', b'{"age": 7, "score": 0', b'{"age": 7, "score": 0.',
-                   b'{"age": 7, "score": 1']:
+                   b'{"age": 7, "score": 1', b'{"age": 7, "score": 1, "price": ',
+                   b'{"age": 7, "score": 1, "price": 4', b'{"age": 7, "score": 1, "price": 4.1',
+                   b'{"age": 7, "score": 1, "price": 49.9']:
         state = a.feed(a.start, prefix)
         want = brute_force_mask(a, state, tb)
         assert (index.allowed(a, state) == want).all(), prefix
