@@ -12,6 +12,9 @@ same on any target), loads it with LLM(target=...) and runs runtime.bench_cmd.be
     prefill   one 128-token prompt: tokens/s to the first token
     decode    its next 64 tokens: median engine step -> tokens/s
     batch N   N such requests at once (8 and 32): aggregate tokens/s
+    sampling  the decode step with temperature 0.8 and top_p 0.95 (OpenAI's knobs: top_p
+              without top_k sorts each whole row on the GPU), and with top_k 50 too,
+              against the greedy step, at 1 and 8 requests
 
 and, in the same run, the same executor stepped from a tight loop as bench/gpu.py does
 (StepInputs of one sequence, the step, argmax read back): engine step / bare step is
@@ -85,10 +88,19 @@ def bench_model(config: dict, target: str, device: str) -> list[str]:
         lines += bench(llm, prompt_tokens=128, new_tokens=64, batches=(8, 32))
         one = run_requests(llm, 1, 128, 64, seed=2)     # the engine's step, measured again
         engine_ms = 1e3 * statistics.median(one["steps"])
-        llm.engine.overlap_decode = False                # each step waits for its tokens
-        plain = run_requests(llm, 1, 128, 64, seed=3)
+        overlap, llm.engine.overlap_decode = llm.engine.overlap_decode, False
+        plain = run_requests(llm, 1, 128, 64, seed=3)    # each step waits for its tokens
         plain_ms = 1e3 * statistics.median(plain["steps"])
-        llm.engine.overlap_decode = True
+        llm.engine.overlap_decode = overlap              # (False on a CPU target)
+        for n in (1, 8):
+            greedy = run_requests(llm, n, 128, 64, seed=4)
+            cells = [f"greedy {1e3 * statistics.median(greedy['steps']):.3f}"]
+            for label, knobs in (("top_p 0.95", {"temperature": 0.8, "top_p": 0.95}),
+                                 ("top_p 0.95 + top_k 50", {"temperature": 0.8, "top_p": 0.95,
+                                                            "top_k": 50})):
+                r = run_requests(llm, n, 128, 64, seed=5, sampling=knobs)
+                cells.append(f"{label} {1e3 * statistics.median(r['steps']):.3f}")
+            lines.append(f"sampling, {n} request{'s' * (n > 1)}, engine step ms: " + ", ".join(cells))
         bare = bare_step_ms(llm)
         lines.append(f"bare step (no engine) {bare:.3f} ms; engine step {engine_ms:.3f} ms: "
                      f"engine / bare {engine_ms / bare:.2f}x")

@@ -19,21 +19,24 @@ import time
 import torch
 
 
-def _requests(llm, n: int, prompt_tokens: int, new_tokens: int, seed: int):
+def _requests(llm, n: int, prompt_tokens: int, new_tokens: int, seed: int, sampling: dict):
     from .sampling import SamplingParams
 
     g = torch.Generator().manual_seed(seed)
     vocab = int(llm.graph.symbols["vocab"])
-    params = SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True)
+    params = SamplingParams(max_tokens=new_tokens, ignore_eos=True,
+                            **{"temperature": 0.0, **sampling})
     for i in range(n):
         llm.engine.add_request(f"bench-{seed}-{i}", torch.randint(
             0, vocab, (prompt_tokens,), generator=g).tolist(), params)
 
 
-def run_requests(llm, n: int, prompt_tokens: int, new_tokens: int, seed: int) -> dict:
-    """Prefill time (until every request has its first token), then decode step times."""
+def run_requests(llm, n: int, prompt_tokens: int, new_tokens: int, seed: int,
+                 sampling: dict | None = None) -> dict:
+    """Prefill time (until every request has its first token), then decode step times.
+    sampling: SamplingParams fields other than greedy (temperature 0) to use."""
     eng = llm.engine
-    _requests(llm, n, prompt_tokens, new_tokens, seed)
+    _requests(llm, n, prompt_tokens, new_tokens, seed, sampling or {})
     started, prefill_s, steps, generated = time.perf_counter(), None, [], 0
     first: set[str] = set()
     while eng.has_unfinished():
