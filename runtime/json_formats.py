@@ -1,5 +1,5 @@
 """JSON mode's string formats: `date`, `time`, `date-time` and `uuid`; and `email`, `ipv4`,
-`hostname` and `uri`, followed as patterns (PATTERN_FORMATS).
+`ipv6`, `hostname`, `uri` and `duration`, followed as patterns (PATTERN_FORMATS).
 
 The first three as JSON Schema defines them (RFC 3339: full-date, full-time, date-time),
 checked to the calendar: `2023-02-29` is refused at its last digit, so what pydantic (or
@@ -42,16 +42,26 @@ LENGTHS = {"date": (10, 10), "time": (9, 24), "date-time": (20, 35), "uuid": (36
 
 
 # Formats followed as a pattern (json_pattern.py), each a subset of its strings that the
-# usual validators accept: pydantic's EmailStr (email-validator), IPv4Address (Python's
-# ipaddress: no leading zeros), AnyUrl / HttpUrl, and RFC 1123 host names. Labels are kept
-# under 63 characters and the email's local part under 64 by counted repeats.
+# usual validators accept: pydantic's EmailStr (email-validator), IPv4Address / IPv6Address
+# (Python's ipaddress: no leading zeros), AnyUrl / HttpUrl, timedelta, and RFC 1123 host
+# names. Labels are kept under 63 characters and the email's local part under 64 by counted
+# repeats.
 _LABEL = r"[A-Za-z0-9]{1,25}(-[A-Za-z0-9]{1,25})?"
 _DOMAIN = rf"({_LABEL}\.){{1,3}}([a-z]{{2}}|com|org|net|edu|gov|info|biz|dev|app|xyz|tech|online|site|shop|blog|cloud)"
 _OCTET = r"(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 _URL_TEXT = r"[A-Za-z0-9._~!$&'()*+,;=:@-]"         # RFC 3986's unreserved and sub-delims
+_HEX4 = r"[0-9a-f]{1,4}"
+# RFC 3339's duration grammar (years only before months, months before days; weeks alone;
+# no fractions), which pydantic's timedelta also reads
+_DUR_TIME = r"T(\d{1,4}H(\d{1,4}M(\d{1,4}S)?)?|\d{1,4}M(\d{1,4}S)?|\d{1,4}S)"
+_DUR_DATE = r"(\d{1,4}Y(\d{1,4}M(\d{1,4}D)?)?|\d{1,4}M(\d{1,4}D)?|\d{1,4}D)"
 PATTERN_FORMATS = {
     "email": rf"^[A-Za-z0-9]{{1,20}}([._+-][A-Za-z0-9]{{1,20}}){{0,2}}@{_DOMAIN}$",
     "ipv4": rf"^({_OCTET}\.){{3}}{_OCTET}$",
+    # all eight groups, or "::" for the rest where it leaves at most seven
+    "ipv6": rf"^({_HEX4}(:{_HEX4}){{7}}|({_HEX4}:){{1,7}}:|::({_HEX4}(:{_HEX4}){{0,6}})?|"
+            rf"{_HEX4}(:{_HEX4}){{0,5}}::{_HEX4})$",
+    "duration": rf"^P({_DUR_DATE}({_DUR_TIME})?|{_DUR_TIME}|\d{{1,4}}W)$",
     "hostname": rf"^{_LABEL}(\.{_LABEL}){{0,3}}$",
     "uri": rf"^https?://{_DOMAIN}(:[1-9]\d{{0,3}})?(/{_URL_TEXT}*)*(\?({_URL_TEXT}|[/?])*)?(#({_URL_TEXT}|[/?])*)?$",
 }

@@ -59,8 +59,9 @@ KEYWORDS = frozenset({"type", "properties", "required", "additionalProperties", 
                       "maxLength", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
                       "format", "pattern", "prefixItems", "allOf", "multipleOf"})
 _NUMBER_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
-# Formats that constrain nothing (pydantic's SecretStr writes "password"): annotations.
-_ANNOTATION_FORMATS = frozenset({"password"})
+# Formats that constrain nothing a JSON string can hold (pydantic writes "password" for
+# SecretStr, "binary" for bytes, "path" for Path): annotations.
+_ANNOTATION_FORMATS = frozenset({"password", "binary", "path"})
 _BOUNDS = {"array": ("minItems", "maxItems"), "string": ("minLength", "maxLength")}
 _MOST_ITEMS = 1 << 20                  # minLength / minItems above this: no answer gets there
 TYPES = ("object", "array", "string", "number", "integer", "boolean", "null")

@@ -366,7 +366,7 @@ def test_http_side_says_why_the_tokenizer_did_not_load(tmp_path):
 @pytest.mark.parametrize("schema, wanted", [
     ("/nonexistent/schema.json", "No such file"),
     ('{"type": "object",', "--schema is not JSON"),
-    ('{"type": "string", "format": "ipv6"}', "format 'ipv6' not supported"),
+    ('{"type": "string", "format": "ipv4network"}', "format 'ipv4network' not supported"),
     ('{"type": "integer", "minimum": 3, "maximum": 1}', "no integer meets")])
 @pytest.mark.parametrize("command", ["generate", "chat"])
 def test_a_bad_schema_is_one_error_line_before_any_model_loads(command, schema, wanted, capsys,

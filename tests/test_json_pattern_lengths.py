@@ -157,6 +157,47 @@ def _valid_ipv4(text: str) -> bool:
         return False
 
 
+def _valid_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _valid_duration(text: str) -> bool:
+    """pydantic's timedelta, and RFC 3339's grammar (no fractions, weeks alone) written
+    out: P, then Y [M [D]] | M [D] | D, then T with H [M [S]] | M [S] | S; or nW."""
+    from datetime import timedelta
+
+    from pydantic import TypeAdapter, ValidationError
+
+    try:
+        TypeAdapter(timedelta).validate_python(text)
+    except ValidationError:
+        return False
+    if not text.startswith("P") or len(text) < 3:
+        return False
+    date, _, time = text[1:].partition("T")
+    if text[1:].endswith("W"):
+        return text[1:-1].isdigit()
+    units = [u for u in "YMDHS" if u in text]
+    return all(f(part) for f, part in ((_units_in_order("YMD"), date), (_units_in_order("HMS"), time))) \
+        and bool(units) and ("T" not in text or bool(time))
+
+
+def _units_in_order(units: str):
+    """A check that text is number-unit pairs, units in order and none skipped after the first."""
+    def ok(text: str) -> bool:
+        found = _re.findall(r"(\d+)([A-Z])", text)
+        if "".join(n + u for n, u in found) != text:
+            return False
+        got = "".join(u for _, u in found)
+        return got == "" or (got in units and units.index(got[0]) + len(got) <= len(units)
+                             and units[units.index(got[0]):units.index(got[0]) + len(got)] == got)
+    return ok
+
+
 def _valid_hostname(text: str) -> bool:
     """RFC 1123: dot-separated labels of 1-63 letters, digits and inner hyphens, 253 at most."""
     label = set(string.ascii_letters + string.digits + "-")
@@ -176,7 +217,8 @@ def _valid_uri(text: str) -> bool:
         return False
 
 
-VALIDATORS = {"email": _valid_email, "ipv4": _valid_ipv4, "hostname": _valid_hostname, "uri": _valid_uri}
+VALIDATORS = {"email": _valid_email, "ipv4": _valid_ipv4, "ipv6": _valid_ipv6,
+              "duration": _valid_duration, "hostname": _valid_hostname, "uri": _valid_uri}
 
 
 @pytest.mark.parametrize("fmt", sorted(VALIDATORS))
@@ -194,6 +236,10 @@ def test_format_patterns_produce_only_valid_strings(fmt):
     ("email", ["john.doe@example.com", "a+tag@mail.example.co.uk", "x_1@b.io"],
      ["john@localhost", "a@b.test", "@example.com", "a..b@example.com", "a@-b.com"]),
     ("ipv4", ["192.168.0.1", "0.0.0.0", "255.255.255.255"], ["01.2.3.4", "256.1.1.1", "1.2.3", "1.2.3.4.5"]),
+    ("ipv6", ["::1", "::", "fe80::1", "2001:db8:0:0:0:0:0:1", "2001:db8::"],
+     ["1:2:3:4:5:6:7:8:9", "12345::", ":1", "1:::2", "g::1"]),
+    ("duration", ["P1D", "PT1H30M", "P2W", "P1Y2M3DT4H5M6S", "PT45S"],
+     ["P", "PT", "P1DT", "1D", "P1H", "P1Y3D", "P1W2D", "PT1.5S"]),
     ("hostname", ["localhost", "my-host.example.org", "a1"], ["-a.com", "a-.com", "a..b", "a_b"]),
     ("uri", ["https://example.com", "http://api.example.org:8080/v1/items?q=a&n=2#top"],
      ["example.com", "ftp://example.com", "https://example.com:99999", "https://"])])

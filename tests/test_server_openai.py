@@ -210,9 +210,9 @@ def test_json_mode(client, server):
     r = httpx.post(server + "/v1/chat/completions", json=body)
     assert r.status_code == 400 and r.json()["error"]["param"] == "response_format"
     assert "json_schema.schema" in r.json()["error"]["message"]
-    body["response_format"]["json_schema"]["schema"] = {"type": "string", "format": "ipv6"}
+    body["response_format"]["json_schema"]["schema"] = {"type": "string", "format": "ipv4network"}
     r = httpx.post(server + "/v1/chat/completions", json=body)
-    assert r.status_code == 400 and "format 'ipv6'" in r.json()["error"]["message"]
+    assert r.status_code == 400 and "format 'ipv4network'" in r.json()["error"]["message"]
     tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
     r = httpx.post(server + "/v1/chat/completions", json={**body, "tools": [tool],
                                                          "response_format": {"type": "json_object"}})
