@@ -28,6 +28,7 @@ class PatternLengths:
         self.fewest = self._fewest()
         self.most = self._most()
         self._memo: dict = {}
+        self._next: dict = {}                      # state set -> the states one character on
 
     def _fewest(self) -> dict[int, int]:
         """A 0-1 BFS backwards from the accept state: a character costs one, epsilon none."""
@@ -114,14 +115,37 @@ class PatternLengths:
             return False
         if most is None:
             return True                             # a path at least that long exists
-        # Both bounds, and lengths may have gaps (^(aaa)+$ has 3, 6, ...): one character
-        # of each class further, memoized; `least` steps at most.
+        # Both bounds, and lengths may have gaps (^(aaa)+$ has 3, 6, ...): a completion of
+        # least to most characters is, `least` characters in, at an NFA state at most
+        # most - least characters from the end. Those states are walked over the NFA's
+        # states, not its state sets (any string will do: no subsets to follow), and not
+        # by recursion: minLength 1000 beside `^[a-z]+$` is pydantic's constr of an essay.
         key = (states, least, most)
         hit = self._memo.get(key)
         if hit is None:
-            hit = any(nxt is not None and self.fits(nxt, least - 1, most - 1)
-                      for nxt in (self.pattern.step(states, ch) for ch in self.pattern.classes()[1]))
+            reach = self._reach(states, least)
+            hit = bool(reach) and self.fewest_of(reach) <= most - least
             if len(self._memo) > 1 << 16:
                 self._memo.clear()
             self._memo[key] = hit
         return hit
+
+    def _reach(self, states: frozenset, k: int) -> frozenset:
+        """The NFA states some string of exactly k characters leads to from `states`. Each
+        set follows from the one before, so once a set comes back they repeat with that
+        period: k is reached by skipping the whole periods."""
+        chars, close = self.pattern.chars, self.pattern._close
+        seen: dict[frozenset, int] = {}
+        sets: list[frozenset] = []
+        while len(sets) < k and states:
+            if states in seen:
+                first = seen[states]
+                return sets[first + (k - first) % (len(sets) - first)]
+            seen[states] = len(sets)
+            sets.append(states)
+            states = self._next.get(states)
+            if states is None:
+                if len(self._next) > 1 << 12:
+                    self._next.clear()
+                states = self._next[sets[-1]] = close({s + 1 for s in sets[-1] if chars[s]})
+        return states
