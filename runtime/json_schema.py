@@ -113,6 +113,7 @@ def compile_schema(schema) -> Schema:
         raise SchemaError(f"the schema must be a JSON object, got {type(schema).__name__}")
     out = Schema(key=json.dumps(schema))              # not sort_keys: the order of keys matters
     refs: dict[str, int] = {}
+    compiling: set[int] = set()                       # placeholders of $refs being compiled
     exclusive: dict[int, str] = {}                    # a oneOf's union node -> where it is
 
     def add(node: tuple) -> int:
@@ -162,9 +163,14 @@ def compile_schema(schema) -> Schema:
             ref = s["$ref"]
             if ref not in refs:
                 refs[ref] = add(("any",))             # a placeholder: recursive schemas
+                compiling.add(refs[ref])
                 target = node(resolve(ref, where), ref)
-                if target == refs[ref]:               # {"$ref": itself}: no schema at all
-                    raise SchemaError(f"{where}: $ref {ref!r} refers only to itself")
+                compiling.discard(refs[ref])
+                # {"$ref": itself}, or A -> B -> A through $ref / allOf alone: no schema at
+                # all (the placeholder, any value, would be copied round the cycle)
+                if target == refs[ref] or target in compiling:
+                    raise SchemaError(f"{where}: $ref {ref!r} refers only to itself"
+                                      + ("" if target == refs[ref] else " (through other $refs)"))
                 out.nodes[refs[ref]] = out.nodes[target]
             return refs[ref]
         if "const" in s or "enum" in s:

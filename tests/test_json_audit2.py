@@ -49,3 +49,23 @@ def test_a_bounded_uri_mask_looks_each_state_set_up_once(smol_tokenizer):
     mask = index.allowed(a, state)
     assert Counted.lookups < 50_000, Counted.lookups
     assert (mask == brute_force_mask(a, state, tb)).all()
+
+
+def test_a_cycle_of_refs_alone_is_refused():
+    """A -> B -> A through $ref or allOf wrapping one (pydantic before 2.9's spelling):
+    no schema at all. The first $ref's placeholder (any value) was copied round the cycle,
+    so any JSON value was allowed; it is refused, as {"$ref": itself} is."""
+    import pytest
+    from rustinfer.runtime.json_schema import SchemaError
+
+    for a, b in [({"allOf": [{"$ref": "#/$defs/B"}]}, {"allOf": [{"$ref": "#/$defs/A"}]}),
+                 ({"$ref": "#/$defs/B"}, {"$ref": "#/$defs/A"}),
+                 ({"$ref": "#/$defs/B"}, {"allOf": [{"$ref": "#/$defs/A"}], "description": "b"})]:
+        with pytest.raises(SchemaError, match="refers only to itself"):
+            compile_schema({"$ref": "#/$defs/A", "$defs": {"A": a, "B": b}})
+    # a cycle through a property or a union's branch is a recursive schema: it compiles
+    auto = Automaton(compile_schema({"$ref": "#/$defs/A", "$defs": {
+        "A": {"allOf": [{"$ref": "#/$defs/B"}]},
+        "B": {"anyOf": [{"type": "null"}, {"type": "array", "items": {"$ref": "#/$defs/A"}}]}}}))
+    assert auto.complete(auto.feed(auto.start, b"[[null], []]"))
+    assert auto.feed(auto.start, b'"x"') is None
