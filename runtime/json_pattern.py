@@ -256,6 +256,11 @@ class _Parser:
         inner = self.text[self.i + 1:close] if close > 0 else ""
         lo, comma, hi = inner.partition(",")
         if not lo.isdigit() or (hi and not hi.isdigit()):
+            if close > 0 and inner.strip() and inner.replace(" ", "").replace(",", "", 1).isdigit() \
+                    or inner.replace(" ", "") == ",":
+                # {,3} and {,} are counts to Python's re, {1, 3} to pydantic's Rust regex,
+                # text to ECMA-262: ask for the spelling they all read as a count
+                self._fail(f"the count {{{inner}}} (write {{0,n}}, {{n,}} or {{n,m}} without spaces)")
             return None
         lo_n = int(lo)
         hi_n = lo_n if not comma else (int(hi) if hi else None)

@@ -69,3 +69,21 @@ def test_a_cycle_of_refs_alone_is_refused():
         "B": {"anyOf": [{"type": "null"}, {"type": "array", "items": {"$ref": "#/$defs/A"}}]}}}))
     assert auto.complete(auto.feed(auto.start, b"[[null], []]"))
     assert auto.feed(auto.start, b'"x"') is None
+
+
+def test_counts_the_engines_read_differently_are_refused():
+    """{,3} is 0-3 repeats to Python's re (what jsonschema matches with) and {1, 3} is 1-3
+    to pydantic's Rust regex; both were taken as text (ECMA-262's reading), so the answer
+    "a{,3}" failed re.search('^a{,3}$') and "5{1, 3}" failed pydantic's check."""
+    import re
+
+    import pytest
+    from rustinfer.runtime.json_schema import SchemaError
+
+    for pattern in [r"^a{,3}$", r"^a{,}$", r"^\d{1, 3}$", r"^a{ 2}$"]:
+        with pytest.raises(SchemaError, match="without spaces"):
+            compile_schema({"type": "string", "pattern": pattern})
+    # a brace no engine reads as a count stays text, as in Python's re
+    for pattern, text in [(r"^a{}$", "a{}"), (r"^x{y}$", "x{y}"), (r"^{$", "{")]:
+        a = Automaton(compile_schema({"type": "string", "pattern": pattern}))
+        assert a.complete(a.feed(a.start, f'"{text}"'.encode())) and re.search(pattern, text)
