@@ -303,7 +303,9 @@ class _Parser:
         if c.lower() in _CLASSES:
             chars = _CLASSES[c.lower()]
             return ALPHABET - chars if c.isupper() else chars
-        if c.isalnum() and not (in_class and c == "b"):
+        if in_class and c == "b":
+            return frozenset()                       # [\b] is a backspace: never in the text
+        if c.isalnum():
             self._fail(f"the escape \\{c}")
         return frozenset(c) & ALPHABET
 

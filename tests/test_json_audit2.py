@@ -87,3 +87,18 @@ def test_counts_the_engines_read_differently_are_refused():
     for pattern, text in [(r"^a{}$", "a{}"), (r"^x{y}$", "x{y}"), (r"^{$", "{")]:
         a = Automaton(compile_schema({"type": "string", "pattern": pattern}))
         assert a.complete(a.feed(a.start, f'"{text}"'.encode())) and re.search(pattern, text)
+
+
+def test_a_backspace_in_a_class_is_not_the_letter_b():
+    """[\\b] is a backspace in ECMA-262 and Python's re; it was read as "b", so ^[a\\b]+$
+    let the answer "ab" through, which re.search refuses."""
+    import re
+
+    import pytest
+    from rustinfer.runtime.json_schema import SchemaError
+
+    a = Automaton(compile_schema({"type": "string", "pattern": r"^[a\b]+$"}))
+    assert a.feed(a.start, b'"ab') is None and not re.search(r"^[a\b]+$", "ab")
+    assert a.complete(a.feed(a.start, b'"aa"'))
+    with pytest.raises(SchemaError, match="no string of printable ASCII"):
+        compile_schema({"type": "string", "pattern": r"^[\b]$"})
