@@ -305,7 +305,8 @@ class _Parser:
             return ALPHABET - chars if c.isupper() else chars
         if in_class and c == "b":
             return frozenset()                       # [\b] is a backspace: never in the text
-        if c.isalnum():
+        if c.isalnum() or c in "<>" and not in_class:
+            # \< and \> are word boundaries to pydantic's Rust regex, text to the others
             self._fail(f"the escape \\{c}")
         return frozenset(c) & ALPHABET
 

@@ -102,3 +102,17 @@ def test_a_backspace_in_a_class_is_not_the_letter_b():
     assert a.complete(a.feed(a.start, b'"aa"'))
     with pytest.raises(SchemaError, match="no string of printable ASCII"):
         compile_schema({"type": "string", "pattern": r"^[\b]$"})
+
+
+def test_escaped_angle_brackets_are_refused():
+    """\\< and \\> are word boundaries to pydantic's Rust regex (constr(pattern=r"^\\<a")
+    matches "a"), "<" and ">" to Python's re and ECMA-262: the answer "<a" failed
+    pydantic's check. Unescaped, or in a class, they are plain characters."""
+    import pytest
+    from rustinfer.runtime.json_schema import SchemaError
+
+    for pattern in [r"^\<a$", r"^a\>$"]:
+        with pytest.raises(SchemaError, match=r"the escape \\[<>]"):
+            compile_schema({"type": "string", "pattern": pattern})
+    a = Automaton(compile_schema({"type": "string", "pattern": r"^<a>$"}))
+    assert a.complete(a.feed(a.start, b'"<a>"'))
