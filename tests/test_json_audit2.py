@@ -116,3 +116,23 @@ def test_escaped_angle_brackets_are_refused():
             compile_schema({"type": "string", "pattern": pattern})
     a = Automaton(compile_schema({"type": "string", "pattern": r"^<a>$"}))
     assert a.complete(a.feed(a.start, b'"<a>"'))
+
+
+def test_a_long_walk_to_minlength_is_kept_between_characters():
+    """^(a{97}|b{89})+$ under minLength 100000 / maxLength 100010: the NFA's state sets
+    take ~8,600 characters to repeat. Each character's length check walks them; they were
+    forgotten past 4,096 and recomputed every character (0.5 s each)."""
+    a = Automaton(compile_schema({"type": "string", "pattern": "^(a{97}|b{89})+$",
+                                  "minLength": 100_000, "maxLength": 100_010}))
+    pattern = a.nodes[a.schema.root][4]
+    calls = 0
+    close = pattern._close
+
+    def counted(states):
+        nonlocal calls
+        calls += 1
+        return close(states)
+
+    pattern._close = counted
+    state = a.feed(a.start, b'"' + b"a" * 20)
+    assert state is not None and calls < 20_000, calls
