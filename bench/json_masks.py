@@ -33,6 +33,9 @@ CASES = [  # (label, schema of the answer's one field, the field's text typed so
     ("pattern email", {"type": "string", "pattern": r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[a-z]{2,}$"},
      ["", "ada", "ada.l@", "ada.l@ex"]),
     ("format date-time", {"type": "string", "format": "date-time"}, ["", "2024-0", "2024-05-01T1"]),
+    ("format email", {"type": "string", "format": "email"}, ["", "ada", "ada.l@", "ada.l@exa"]),
+    ("HttpUrl (uri, maxLength)", {"type": "string", "format": "uri", "minLength": 1, "maxLength": 2083},
+     ["", "https://", "https://exam", "https://example.com/a"]),
     ("number in [0, 100]", {"type": "number", "minimum": 0, "maximum": 100}, ["", "1", "12.", "12.5"]),
 ]
 

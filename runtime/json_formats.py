@@ -47,7 +47,12 @@ LENGTHS = {"date": (10, 10), "time": (9, 24), "date-time": (20, 35), "uuid": (36
 # names. Labels are kept under 63 characters and the email's local part under 64 by counted
 # repeats.
 _LABEL = r"[A-Za-z0-9]{1,25}(-[A-Za-z0-9]{1,25})?"
-_DOMAIN = rf"({_LABEL}\.){{1,3}}([a-z]{{2}}|com|org|net|edu|gov|info|biz|dev|app|xyz|tech|online|site|shop|blog|cloud)"
+# A top-level domain of 2-3 letters: com, org, io, uk... (email-validator refuses the
+# special-use ones, arpa / invalid / local / localhost / onion / test, all longer). Not a
+# list of words: each letter of "com|org|..." would be a character class of its own, and
+# a mask walks the tokens spelled in classes (json_masks._ClassTrie): 19 ms a new state
+# for an email with the list, against ~1 ms with one class of letters.
+_DOMAIN = rf"({_LABEL}\.){{1,3}}[a-z]{{2,3}}"
 _OCTET = r"(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 _URL_TEXT = r"[A-Za-z0-9._~!$&'()*+,;=:@-]"         # RFC 3986's unreserved and sub-delims
 _HEX4 = r"[0-9a-f]{1,4}"
