@@ -36,6 +36,9 @@ FORMATS = {
              ("hex", 4), ("lit", "-"), ("hex", 12)),
 }
 _HEX = frozenset("0123456789abcdefABCDEF")
+# Formats that constrain nothing a JSON string can hold (pydantic writes "password" for
+# SecretStr, "binary" for bytes, "path" for Path): annotations.
+ANNOTATION_FORMATS = frozenset({"password", "binary", "path"})
 # The fewest and most characters of each format's strings (a time's fraction: 0-9 digits
 # and its dot; its offset: `Z` or `+hh:mm`): json_schema.py refuses length bounds within.
 LENGTHS = {"date": (10, 10), "time": (9, 24), "date-time": (20, 35), "uuid": (36, 36)}

@@ -6,9 +6,10 @@ Supported:
 - `minItems` / `maxItems`, `minLength` / `maxLength` (characters: code points, an escape
   one), `minimum` / `maximum` / `exclusiveMinimum` / `exclusiveMaximum` / `multipleOf`
   (json_numbers.py);
-- `format` `date`, `time`, `date-time`, `uuid`, and `email`, `ipv4`, `hostname`, `uri`
-  as patterns (json_formats.py), `pattern` (json_pattern.py: a regular expression's
-  common subset), with or without minLength / maxLength (json_pattern_lengths.py);
+- `format` `date`, `time`, `date-time`, `uuid`, and `email`, `ipv4`, `ipv6`, `hostname`,
+  `uri`, `duration` as patterns (json_formats.py), `pattern` (json_pattern.py: a regular
+  expression's common subset), with or without minLength / maxLength (json_strings.py,
+  json_pattern_lengths.py);
 - `enum`, `const`, `anyOf` / `oneOf`, `$ref` into `$defs` / `definitions` (recursive too),
   `allOf` wrapping one schema;
 - annotations, which are ignored (`title`, `description`, ...).
@@ -37,9 +38,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from .json_formats import FORMATS, LENGTHS as FORMAT_LENGTHS, PATTERN_FORMATS
 from .json_numbers import number_range
-from .json_pattern import Pattern, PatternError
+from .json_strings import string_format, string_pattern
 
 # Node kinds: ("any",) ("object", props, extra)
 # ("array", items, min items, max items or None, prefixItems' nodes)
@@ -59,9 +59,6 @@ KEYWORDS = frozenset({"type", "properties", "required", "additionalProperties", 
                       "maxLength", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
                       "format", "pattern", "prefixItems", "allOf", "multipleOf"})
 _NUMBER_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
-# Formats that constrain nothing a JSON string can hold (pydantic writes "password" for
-# SecretStr, "binary" for bytes, "path" for Path): annotations.
-_ANNOTATION_FORMATS = frozenset({"password", "binary", "path"})
 _BOUNDS = {"array": ("minItems", "maxItems"), "string": ("minLength", "maxLength")}
 _MOST_ITEMS = 1 << 20                  # minLength / minItems above this: no answer gets there
 TYPES = ("object", "array", "string", "number", "integer", "boolean", "null")
@@ -213,8 +210,9 @@ def compile_schema(schema) -> Schema:
         if kind == "array":
             return array(s, where)
         if kind == "string":
-            return add(("string", *bounds(s, kind, where), string_format(s, where),
-                        string_pattern(s, where)))
+            lo, hi = bounds(s, kind, where)
+            return add(("string", lo, hi, string_format(s, where, _refuse),
+                        string_pattern(s, where, lo, hi, _refuse)))
         if kind in ("number", "integer"):
             return add(("number", kind == "integer",
                         number_range(s, kind == "integer", where, _refuse)))
@@ -235,52 +233,6 @@ def compile_schema(schema) -> Schema:
                                   f"fewer than minItems {lo}")
         return add(("array", ANY if items is False else node(items, f"{where}.items"), lo, hi,
                     tuple(node(p, f"{where}.prefixItems[{i}]") for i, p in enumerate(prefix))))
-
-    def string_format(s: dict, where: str) -> str | None:
-        """A string's format the automaton holds (json_formats.py), None for none. (On other
-        types JSON Schema says a format does not apply: it is ignored there.)"""
-        fmt = s.get("format")
-        if fmt is None or (isinstance(fmt, str) and fmt in _ANNOTATION_FORMATS | PATTERN_FORMATS.keys()):
-            return None
-        if not isinstance(fmt, str) or fmt not in FORMATS:
-            raise SchemaError(f"{where}: format {fmt!r} not supported (supported: "
-                              f"{', '.join(sorted([*FORMATS, *PATTERN_FORMATS]))}); drop it or check the answer "
-                              "yourself")
-        # The format is followed character by character, blind to the length: a bound
-        # that cuts into its lengths would leave a string no character can finish.
-        shortest, longest = FORMAT_LENGTHS[fmt]
-        if s.get("minLength", 0) > shortest or s.get("maxLength", longest) < longest:
-            raise SchemaError(f"{where}: minLength / maxLength beside format {fmt!r} is only "
-                              f"supported where it allows all its lengths ({shortest} to "
-                              f"{longest}); drop it or write a pattern")
-        return fmt
-
-    def string_pattern(s: dict, where: str) -> Pattern | None:
-        """The pattern a string is held to: its `pattern`, or the one its format is followed
-        as (json_formats.PATTERN_FORMATS: email, uri...). minLength / maxLength count
-        beside it (json_pattern_lengths.py)."""
-        fmt = s.get("format")
-        if "pattern" in s:
-            if fmt is not None and fmt not in _ANNOTATION_FORMATS:
-                raise SchemaError(f"{where}: pattern beside format {fmt!r} is not supported; "
-                                  "keep one of them")
-            source, what = s["pattern"], "pattern"
-            if not isinstance(source, str):
-                raise SchemaError(f"{where}: pattern must be a string, got {source!r}")
-        elif isinstance(fmt, str) and fmt in PATTERN_FORMATS:
-            source, what = PATTERN_FORMATS[fmt], f"format {fmt!r}"
-        else:
-            return None
-        try:
-            pattern = Pattern(source)
-        except PatternError as err:
-            raise SchemaError(f"{where}: {err}") from None
-        lo, hi = bounds(s, "string", where)
-        if not pattern.lengths.fits(pattern.start, lo, hi):
-            raise SchemaError(f"{where}: no string of the {what} has "
-                              f"{f'{lo} or more' if hi is None else f'{lo} to {hi}'} characters; "
-                              "widen minLength / maxLength")
-        return pattern
 
     def bounds(s: dict, kind: str, where: str) -> tuple[int, int | None]:
         """(min, max or None) of an array's items or a string's characters (code points)."""
