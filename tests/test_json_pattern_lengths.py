@@ -139,30 +139,26 @@ def test_bounded_pattern_masks_equal_a_brute_force_check(smol_tokenizer):
 
 # ---- formats followed as patterns --------------------------------------------------------------
 
+def _parses(parse, text: str, errors=ValueError) -> bool:
+    try:
+        parse(text)
+        return True
+    except errors:
+        return False
+
+
 def _valid_email(text: str) -> bool:
     from email_validator import EmailNotValidError, validate_email
 
-    try:
-        validate_email(text, check_deliverability=False)
-        return True
-    except EmailNotValidError:
-        return False
+    return _parses(lambda t: validate_email(t, check_deliverability=False), text, EmailNotValidError)
 
 
 def _valid_ipv4(text: str) -> bool:
-    try:
-        ipaddress.IPv4Address(text)
-        return True
-    except ValueError:
-        return False
+    return _parses(ipaddress.IPv4Address, text)
 
 
 def _valid_ipv6(text: str) -> bool:
-    try:
-        ipaddress.IPv6Address(text)
-        return True
-    except ValueError:
-        return False
+    return _parses(ipaddress.IPv6Address, text)
 
 
 def _valid_duration(text: str) -> bool:
