@@ -224,11 +224,7 @@ def bench_fused(iters: int, flush: torch.Tensor) -> list[dict]:
 # default on compute capability 9+). Measured and dropped, 2026-11-27: each GEMV program
 # loading its first weight tile before gdc_wait (0.26 ms slower replayed), and GEMVs
 # letting their dependents launch before their K loop (0.01-0.05 ms slower).
-# Then (2026-11-27, new): the o projection's GEMV, marked by the plan, prefetching its
-# weights into L2 while decode attention runs, with 1, 2 and 4 programs' rows each.
-PDL_VARIANTS = (dict(), dict(attention_pdl=True), dict(attention_pdl=True, hints=True),
-                dict(attention_pdl=True, hints=True, span=2),
-                dict(attention_pdl=True, hints=True, span=4))
+PDL_VARIANTS = (dict(), dict(attention_pdl=True))
 
 
 def variant_name(t: dict) -> str:
@@ -237,18 +233,14 @@ def variant_name(t: dict) -> str:
     if t.get("pdl"):
         name += " + PDL" + ", L2 prefetch" * bool(t.get("prefetch")) \
             + ", attention" * bool(t.get("attention_pdl"))
-        if t.get("hints"):
-            name += f", o prefetch (span {t.get('span', 1)})"
     return name
 
 
 def bench_tpot(use_gemv: bool, steps: int, pdl: bool = False, prefetch: bool = False,
-               attention_pdl: bool = False, hints: bool = False,
-               span: int = 1) -> tuple[dict, torch.Tensor]:
+               attention_pdl: bool = False) -> tuple[dict, torch.Tensor]:
     """bs=1 decode on Llama-3.2-1B (random bf16 weights) with or without the GEMV (and its
     programmatic dependent launch: with L2 prefetches; decode attention launched with PDL
-    too; hints: the plan's prefetch hint on the o projection, each prefetching program
-    covering `span` programs' rows): timings, and the logits of one decode step after a
+    too): timings, and the logits of one decode step after a
     128-token prefill."""
     from rustinfer.kernels.triton import decode_attention as attention_mod
     from rustinfer.kernels.triton import gemv as gemv_mod
@@ -268,8 +260,6 @@ def bench_tpot(use_gemv: bool, steps: int, pdl: bool = False, prefetch: bool = F
     saved_pdl, gemv_mod.PDL = gemv_mod.PDL, pdl
     saved_prefetch, gemv_mod.PDL_PREFETCH = gemv_mod.PDL_PREFETCH, prefetch
     saved_attention, attention_mod.PDL = attention_mod.PDL, attention_pdl
-    saved_hints, gemv_mod.PREFETCH_HINTS = gemv_mod.PREFETCH_HINTS, hints
-    saved_span, gemv_mod.PREFETCH_SPAN = gemv_mod.PREFETCH_SPAN, span
     try:
         ex = CudaExecutor(folder / "plan.py", ckpt, num_blocks=-(-max_len // BLOCK) + 8,
                           block_size=BLOCK, max_model_len=max_len, max_batch=1)
@@ -285,7 +275,7 @@ def bench_tpot(use_gemv: bool, steps: int, pdl: bool = False, prefetch: bool = F
             tok = greedy_argmax(ex.forward_device(step)).tolist()[0]
             times.append(time.perf_counter() - t0)
         r = dict(gemv=use_gemv, pdl=pdl, prefetch=pdl and prefetch,
-                 attention_pdl=attention_pdl, hints=hints, span=span,
+                 attention_pdl=attention_pdl,
                  tpot_ms=1e3 * statistics.median(times[3:]), replay_ms=replay_ms(ex.graphs[1]),
                  overlap_ms=overlapped_tpot_ms(ex, table, steps))
     finally:
@@ -293,8 +283,6 @@ def bench_tpot(use_gemv: bool, steps: int, pdl: bool = False, prefetch: bool = F
         gemv_mod.PDL = saved_pdl
         gemv_mod.PDL_PREFETCH = saved_prefetch
         attention_mod.PDL = saved_attention
-        gemv_mod.PREFETCH_HINTS = saved_hints
-        gemv_mod.PREFETCH_SPAN = saved_span
     del ex
     gc.collect()
     torch.cuda.empty_cache()

@@ -106,11 +106,7 @@ def _describe(node: Node, graph: Graph) -> tuple | None:
     if op == "gather_rows":
         return op, f"the rows of {i[0]} listed in step.logit_rows: only those get logits"
     if op == "linear_add":
-        text = f"{o[0]} = {i[2]} + {i[0]} @ weight.T: the residual add, done by the GEMM"
-        if node.attrs.get("prefetch"):
-            return (op, "prefetch"), (text + "; prefetch: the GEMV pulls its weights into L2 "
-                                      "while attention runs")
-        return op, text
+        return op, f"{o[0]} = {i[2]} + {i[0]} @ weight.T: the residual add, done by the GEMM"
     if op == "rms_norm_linear":
         if node.attrs.get("act") == "swiglu":
             return (op, "swiglu"), (f"silu(gate) * up, where gate, up = rms_norm({i[0]}) "

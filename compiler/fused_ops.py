@@ -20,9 +20,8 @@ nodes; kernels may skip storing it).
     add_rms_norm      a, b, weight                          (normed, a + b)       eps, offset
     gather_rows       x [T, D], rows [R] int64              [R, D]
     linear_add        x [T, K], weight [N, K], residual     residual + x @ weight^T  (3)
-                                                            [prefetch]
     rms_norm_linear   x [T, K], norm_weight [K], weight,    act(rms_norm(x) @ weight^T + bias)
-                      [bias]                                eps, offset, [act], [prefetch] (4)
+                      [bias]                                eps, offset, [act]       (4)
     rms_norm_linear_rope_kv  x, norm_weight, weight [(H + 2 KVH) D, K], positions,
                       k_cache, v_cache                      q_rot [T, H*D]           (5)
 
@@ -32,8 +31,6 @@ nodes; kernels may skip storing it).
     (3) the residual stream's update: a decode-sized GEMV adds it in its epilogue
     (4) the norm folds into the GEMV; act None, or 'swiglu' (weight [2F, K], gate rows
         then up rows; output [T, F]). Both come from the cuda target's fuse_norm_linear.
-    [prefetch]: true on the GEMM that reads attention's output (the cuda target's
-        prefetch_after_attention): a hint, the result is the same without it.
     (5) rms_norm_linear of the fused qkv, split, then rope_kv_write: eps, offset and
         rope_kv_write's attributes (full rotary only); side effects (writes the cache)
     [attr]: present only when not at its default (OpDef.omit_default), as on the
@@ -192,14 +189,12 @@ register(OpDef("add_rms_norm", ("a", "b", "weight"), attrs={"eps": REQUIRED, "of
                doc="h = a + b; returns (rms_norm(h) * (weight + offset), h)"))
 register(OpDef("gather_rows", ("x", "rows"), infer=_gather_rows, primitive=False,
                doc="x[rows]: [T, D] -> [R, D] (e.g. the rows whose logits are wanted)"))
-register(OpDef("linear_add", ("x", "weight", "residual"), attrs={"prefetch": False},
-               omit_default=frozenset({"prefetch"}), infer=_linear_add, primitive=False,
+register(OpDef("linear_add", ("x", "weight", "residual"), infer=_linear_add, primitive=False,
                inplace=(0, 2),
                doc="residual + x @ weight.T: a residual-stream update in the GEMM's epilogue"))
 register(OpDef("rms_norm_linear", ("x", "norm_weight", "weight"), optional_inputs=("bias",),
-               attrs={"eps": REQUIRED, "offset": 0.0, "act": None, "prefetch": False},
-               omit_default=frozenset({"act", "prefetch"}), infer=_rms_norm_linear,
-               primitive=False,
+               attrs={"eps": REQUIRED, "offset": 0.0, "act": None},
+               omit_default=frozenset({"act"}), infer=_rms_norm_linear, primitive=False,
                doc="act(rms_norm(x) * (norm_weight + offset) @ weight.T + bias); act None or "
                    "'swiglu' (weight is gate rows then up rows)"))
 register(OpDef("rms_norm_linear_rope_kv", ("x", "norm_weight", "weight", "positions"),
@@ -261,13 +256,12 @@ def gather_rows(x, rows, *, step):
 
 
 @reference("linear_add")
-def linear_add(x, weight, residual, *, step, prefetch=False):
+def linear_add(x, weight, residual, *, step):
     return residual + _linear_ref(x, weight, step=step)
 
 
 @reference("rms_norm_linear")
-def rms_norm_linear(x, norm_weight, weight, bias=None, *, eps, offset=0.0, act=None, step,
-                    prefetch=False):
+def rms_norm_linear(x, norm_weight, weight, bias=None, *, eps, offset=0.0, act=None, step):
     y = _linear_ref(rms_norm(x, norm_weight, eps=eps, offset=offset, step=step), weight, bias,
                     step=step)
     return swiglu(y, step=step) if act == "swiglu" else y

@@ -138,7 +138,6 @@ OPS: dict[str, OpDef] = {}
 FUSED_ATTR_TYPES = {
     "sizes": AttrType("ints", min=1),
     "act": AttrType("str", optional=True, choices=("swiglu",)),
-    "prefetch": AttrType("bool"),
 }
 
 

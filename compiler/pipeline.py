@@ -22,8 +22,7 @@ from typing import Callable
 from .errors import nearest
 from .ir import Graph
 from .passes import (dead_value_removal, fuse_add_rms_norm, fuse_gate_up_swiglu,
-                     fuse_norm_linear, fuse_qkv, fuse_rope_kv, lm_head_last_token,
-                     prefetch_after_attention)
+                     fuse_norm_linear, fuse_qkv, fuse_rope_kv, lm_head_last_token)
 from .verify import verify as verify_graph
 
 PassFn = Callable[[Graph], "tuple[Graph, int]"]
@@ -38,14 +37,11 @@ PASSES: list[tuple[str, PassFn]] = [
     # After it, so the other targets' dumps keep their numbers; its rewrites leave
     # nothing dead (each drops the values it replaces).
     ("fuse_norm_linear", fuse_norm_linear.run),
-    ("prefetch_after_attention", prefetch_after_attention.run),
 ]
 
 # Passes that only some targets run: fuse_norm_linear's fused GEMVs exist only as
-# Triton kernels (the ONNX lowering and the CPU ops keep the separate ops), and
-# prefetch_after_attention's hint is for those GEMVs.
-TARGET_PASSES: dict[str, tuple[str, ...]] = {"fuse_norm_linear": ("cuda",),
-                                              "prefetch_after_attention": ("cuda",)}
+# Triton kernels (the ONNX lowering and the CPU ops keep the separate ops).
+TARGET_PASSES: dict[str, tuple[str, ...]] = {"fuse_norm_linear": ("cuda",)}
 KNOWN_TARGETS = ("cpu-torch", "cpu", "cuda", "reference")
 
 

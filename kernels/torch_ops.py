@@ -85,9 +85,8 @@ def add_rms_norm(a, b, weight, *, out, eps, offset=0.0, ws):
         rms_norm(out, weight, out=out, eps=eps, offset=offset, ws=ws)
 
 
-def linear_add(x, weight, residual, *, out, prefetch=False):
-    """out = residual + x @ weight^T (in place when the plan gives out residual's bytes).
-    prefetch: a cuda plan's hint to its GEMV (an L2 prefetch); nothing to do here."""
+def linear_add(x, weight, residual, *, out):
+    """out = residual + x @ weight^T (in place when the plan gives out residual's bytes)."""
     if residual.shape != out.shape:        # addmm would broadcast a wrong one silently
         raise ValueError(f"linear_add: residual {list(residual.shape)} must be out's shape "
                          f"{list(out.shape)}")
@@ -103,11 +102,10 @@ def _check_act(act) -> None:
         raise ValueError(f"rms_norm_linear: act must be None or 'swiglu', got {act!r}")
 
 
-def rms_norm_linear(x, norm_weight, weight, bias=None, *, out, eps, offset=0.0, act=None,
-                    prefetch=False, ws):
+def rms_norm_linear(x, norm_weight, weight, bias=None, *, out, eps, offset=0.0, act=None, ws):
     """out = act(rms_norm(x) @ weight^T + bias). Only the cuda target's plans use it (its
     fuse_norm_linear pass); this twin, for interface parity and tests, allocates its
-    intermediates instead of planning them. prefetch: as linear_add's."""
+    intermediates instead of planning them."""
     _check_act(act)
     normed = torch.empty_like(x)
     rms_norm(x, norm_weight, out=normed, eps=eps, offset=offset, ws=ws)

@@ -155,26 +155,23 @@ def linear(x, weight, bias=None, *, out):
         torch.addmm(bias, x, weight.t(), out=out)
 
 
-def linear_add(x, weight, residual, *, out, prefetch=False):
+def linear_add(x, weight, residual, *, out):
     """out = residual + x @ weight^T (the residual stream's update): the GEMV adds it in its
     epilogue; more rows take torch_ops' cuBLAS addmm (in place on the plan's residual
-    stream, so nothing is copied). prefetch: the plan's hint that this GEMV follows
-    attention, so it may pull its weights into L2 while it waits (gemv.PREFETCH_HINTS)."""
+    stream, so nothing is copied)."""
     if use_gemv(x):
-        _gemv.gemv(x, weight, out, residual=residual, prefetch=prefetch)
+        _gemv.gemv(x, weight, out, residual=residual)
     else:
         _torch_ops.linear_add(x, weight, residual, out=out)
 
 
-def rms_norm_linear(x, norm_weight, weight, bias=None, *, out, eps, offset=0.0, act=None,
-                    prefetch=False, ws):
+def rms_norm_linear(x, norm_weight, weight, bias=None, *, out, eps, offset=0.0, act=None, ws):
     """out = act(rms_norm(x) @ weight^T + bias): one GEMV for a decode row, else the norm
-    kernel, cuBLAS and (act='swiglu') the SwiGLU kernel through the workspace's scratch.
-    prefetch: as linear_add's."""
+    kernel, cuBLAS and (act='swiglu') the SwiGLU kernel through the workspace's scratch."""
     _torch_ops._check_act(act)  # the same rule as the CPU twin
     if use_gemv(x):
         _gemv.gemv(x, weight, out, bias, norm_weight=norm_weight, eps=eps, offset=offset,
-                   swiglu=act == "swiglu", prefetch=prefetch)
+                   swiglu=act == "swiglu")
         return
     # The product goes straight to `out` unless SwiGLU still has to combine its halves.
     normed, *product = ws.scratch_views(x.shape[0], x.shape[1],

@@ -308,20 +308,14 @@ def test_gemv_rope_kv_matches_unfused_kernels():
         assert torch.equal(fused.abs().sum(dim=(2, 3)) > 0, parts.abs().sum(dim=(2, 3)) > 0)
 
 
-@pytest.mark.parametrize("span", [0, 1, 4])
-def test_pdl_layer_chain_matches_plain_launches_eager_and_replayed(span, monkeypatch):
+def test_pdl_layer_chain_matches_plain_launches_eager_and_replayed():
     """A 1B bs=1 layer as the fused plan launches it, every kernel with programmatic
     dependent launch: norm+qkv+RoPE+KV append, decode attention (8 splits) and its merge
-    signalling their dependents at once, o + residual (span > 0: with the plan's prefetch
-    hint, each prefetching program covering `span` programs' rows), norm+gate_up+SwiGLU,
-    down + residual. Three layers in a row (each reads the cache and the residual the last
-    one wrote), eagerly and under CUDA graph replay, give exactly what plain launches give."""
-    from rustinfer.kernels.triton import gemv as gemv_mod
+    signalling their dependents at once, o + residual, norm+gate_up+SwiGLU, down +
+    residual. Three layers in a row (each reads the cache and the residual the last one wrote),
+    eagerly and under CUDA graph replay, give exactly what plain launches give."""
     from rustinfer.kernels.triton.decode_attention import decode_attention
     from rustinfer.kernels.triton.gemv import gemv, gemv_rope_kv
-
-    monkeypatch.setattr(gemv_mod, "PREFETCH_HINTS", True)
-    monkeypatch.setattr(gemv_mod, "PREFETCH_SPAN", max(span, 1))
 
     heads, kvh, d, hidden, ffn, splits = 32, 8, 64, 2048, 8192, 8
     g = torch.Generator("cuda").manual_seed(1)
@@ -353,7 +347,7 @@ def test_pdl_layer_chain_matches_plain_launches_eager_and_replayed(span, monkeyp
                          head_dim=d, norm_weight=ln1, eps=1e-5, pdl=pdl)
             decode_attention(q, *caches, table, ctx, attn, po, plse, heads=heads, kv_heads=kvh,
                              head_dim=d, scale=d ** -0.5, splits=splits, pdl=pdl)
-            gemv(attn, w_o, x1, residual=h, pdl=pdl, prefetch=span > 0)
+            gemv(attn, w_o, x1, residual=h, pdl=pdl)
             gemv(x1, w_gu, act, norm_weight=ln2, eps=1e-5, swiglu=True, pdl=pdl)
             gemv(act, w_d, h, residual=x1, pdl=pdl)
         return h.clone(), caches[0].clone(), caches[1].clone()

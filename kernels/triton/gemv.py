@@ -64,21 +64,10 @@ _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # ms); letting dependents launch right after gdc_wait rather than after the K loop, for
 # grids of <= 400 / 512 programs (0.822 / 0.859 ms against 0.809 in the same run).
 PDL = os.environ.get("RUSTINFER_GEMV_PDL", "1") == "1"
-# With PDL, every GEMV also prefetches its weight rows into L2 before waiting: measured
-# slower (1.019-1.106 vs 0.90 ms replayed, 2026-11-26: most GEMVs wait on a GEMV that
-# already streams at full bandwidth, and a line evicted before its load is read twice), so
+# With PDL, also prefetch the weight rows into L2 before waiting: measured slower
+# (1.019-1.106 vs 0.90 ms replayed: a line evicted before its load is read twice), so
 # opt-in, RUSTINFER_GEMV_PDL_PREFETCH=1.
 PDL_PREFETCH = os.environ.get("RUSTINFER_GEMV_PDL_PREFETCH", "0") == "1"
-# The plan's hint instead (`prefetch=True`, set by compiler/passes/prefetch_after_attention
-# on the GEMV that reads attention's output): only that GEMV prefetches, while it waits on
-# decode attention, which leaves HBM nearly idle. RUSTINFER_GEMV_PREFETCH=0 ignores hints.
-PREFETCH_HINTS = os.environ.get("RUSTINFER_GEMV_PREFETCH", "1") == "1"
-# A prefetching program pulls in the rows of PREFETCH_SPAN programs (its own and the next
-# SPAN - 1), and only the first 1 / SPAN of the grid prefetch: the programs resident while
-# attention runs are the grid's first, and the later waves find their rows in L2.
-PREFETCH_SPAN = int(os.environ.get("RUSTINFER_GEMV_PREFETCH_SPAN", "1"))
-if PREFETCH_SPAN not in (1, 2, 4, 8):
-    raise ValueError(f"RUSTINFER_GEMV_PREFETCH_SPAN={PREFETCH_SPAN}: use 1, 2, 4 or 8")
 
 
 def pdl_default(device: torch.device) -> bool:
@@ -98,8 +87,8 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, nw_ptr, res_ptr, out_ptr, M, N, K, stride_
                  SWIGLU: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ROPE: tl.constexpr = False,
                  HEADS: tl.constexpr = 1, KV_HEADS: tl.constexpr = 1,
                  HEAD_DIM: tl.constexpr = 2, PDL: tl.constexpr = False,
-                 PREFETCH: tl.constexpr = False, SPAN: tl.constexpr = 1,
-                 LINES: tl.constexpr = 1, LINE_ELEMS: tl.constexpr = 64, DOT: tl.constexpr = False,
+                 PREFETCH: tl.constexpr = False, LINES: tl.constexpr = 1,
+                 LINE_ELEMS: tl.constexpr = 64, DOT: tl.constexpr = False,
                  DOT_FP32: tl.constexpr = False):
     # x:    [M, K], row stride stride_x, columns contiguous; M <= BLOCK_M <= 32 (DOT:
     #       BLOCK_M >= 16; operands cast to fp32 when DOT_FP32, i.e. interpreting)
@@ -127,26 +116,20 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, nw_ptr, res_ptr, out_ptr, M, N, K, stride_
         row = (n // HALF) * HEAD_DIM + n % HALF
         pair = HALF
     if PDL and PREFETCH:
-        # Launched with programmatic dependent launch: pull SPAN programs' weight rows (this
-        # one's and the next SPAN - 1's) into L2 (LINES cache lines of LINE_ELEMS per row; a
-        # masked-off line prefetches row 0's first) while the previous kernel may still be
-        # running; the grid's last programs, which run later, prefetch nothing. Weights are
-        # never written by a step; everything else is read or written only after gdc_wait.
-        if tl.program_id(0) * SPAN < tl.num_programs(0):
-            pn = tl.program_id(0).to(tl.int64) * (BLOCK_N * SPAN) + tl.arange(0, BLOCK_N * SPAN)
-            prow = pn
-            if ROPE:
-                prow = (pn // HALF) * HEAD_DIM + pn % HALF
-            line = tl.arange(0, LINES) * LINE_ELEMS
-            pmask = (pn < N)[:, None] & (line < K)[None, :]
-            ptrs = tl.where(pmask, w_ptr + prow[:, None] * stride_w + line[None, :], w_ptr)
+        # Launched with programmatic dependent launch: pull this program's weight rows into
+        # L2 (LINES cache lines of LINE_ELEMS per row; a masked-off line prefetches row 0's
+        # first) while the previous kernel may still be running. Weights are never written
+        # by a step; everything else is read or written only after gdc_wait (below).
+        line = tl.arange(0, LINES) * LINE_ELEMS
+        pmask = nmask[:, None] & (line < K)[None, :]
+        ptrs = tl.where(pmask, w_ptr + row[:, None] * stride_w + line[None, :], w_ptr)
+        tl.inline_asm_elementwise("prefetch.global.L2 [$1]; // dummy $0", "=r,l", [ptrs],
+                                  dtype=tl.int32, is_pure=False, pack=1)
+        if PAIRED:
+            ptrs = tl.where(pmask, w_ptr + (row + pair)[:, None] * stride_w + line[None, :],
+                            w_ptr)
             tl.inline_asm_elementwise("prefetch.global.L2 [$1]; // dummy $0", "=r,l", [ptrs],
                                       dtype=tl.int32, is_pure=False, pack=1)
-            if PAIRED:
-                ptrs = tl.where(pmask, w_ptr + (prow + pair)[:, None] * stride_w
-                                + line[None, :], w_ptr)
-                tl.inline_asm_elementwise("prefetch.global.L2 [$1]; // dummy $0", "=r,l",
-                                          [ptrs], dtype=tl.int32, is_pure=False, pack=1)
     if PDL:
         # returns once the previous kernel has finished and its writes are visible
         tl.extra.cuda.gdc_wait()
@@ -280,11 +263,11 @@ def _check_inputs(x, weight, bias, norm_weight) -> tuple[int, int, int]:
 
 
 def _launch(cfg: GemvConfig, n: int, x, weight, out, bias, norm_weight, residual, eps, offset,
-            pdl, *, swiglu=False, rope=None, prefetch=False) -> None:
+            pdl, *, swiglu=False, rope=None) -> None:
     """The one kernel launch behind gemv and gemv_rope_kv (n: the outputs the grid covers)."""
     m, k = x.shape
     pdl = pdl_default(x.device) if pdl is None else pdl
-    prefetch = pdl and (PDL_PREFETCH or (prefetch and PREFETCH_HINTS))
+    prefetch = pdl and PDL_PREFETCH
     line_elems = _LINE_BYTES // weight.element_size()
     res = out if residual is None else residual
     r = rope or {}
@@ -299,14 +282,13 @@ def _launch(cfg: GemvConfig, n: int, x, weight, out, bias, norm_weight, residual
            SWIGLU=bool(swiglu), HAS_RESIDUAL=residual is not None, ROPE=rope is not None,
            HEADS=r.get("heads", 1), KV_HEADS=r.get("kv_heads", 1),
            HEAD_DIM=r.get("head_dim", 2), num_warps=cfg.num_warps, launch_pdl=pdl, PDL=pdl,
-           PREFETCH=prefetch, SPAN=PREFETCH_SPAN if prefetch else 1, LINES=next_pow2(triton.cdiv(k, line_elems)) if prefetch else 1,
+           PREFETCH=prefetch, LINES=next_pow2(triton.cdiv(k, line_elems)) if prefetch else 1,
            LINE_ELEMS=line_elems, DOT=cfg.dot, DOT_FP32=INTERPRET)
 
 
 def gemv(x, weight, out, bias=None, *, norm_weight=None, eps: float = 0.0,
          offset: float = 0.0, swiglu: bool = False, residual=None,
-         config: GemvConfig | None = None, pdl: bool | None = None,
-         prefetch: bool = False) -> None:
+         config: GemvConfig | None = None, pdl: bool | None = None) -> None:
     """out = x @ weight^T (+ bias) for x with <= 32 rows, with optional fusions:
 
     norm_weight [K]: x is RMS-normalized first, x * rsqrt(mean(x^2) + eps) *
@@ -315,9 +297,7 @@ def gemv(x, weight, out, bias=None, *, norm_weight=None, eps: float = 0.0,
         silu(gate) * up;
     residual [M, N]: out = residual + ...; out may be residual itself (in place).
     swiglu and residual do not combine. `config` overrides gemv_config and `pdl` the
-    module's PDL switch (benchmarks and tests; plans always take the defaults). prefetch:
-    the plan's hint that the kernel before this one leaves HBM idle (decode attention):
-    launched with PDL, the GEMV pulls its weights into L2 while it waits (PREFETCH_HINTS)."""
+    module's PDL switch (benchmarks and tests; plans always take the defaults)."""
     m, k, rows_w = _check_inputs(x, weight, bias, norm_weight)
     if swiglu:
         if residual is not None:
@@ -337,7 +317,7 @@ def gemv(x, weight, out, bias=None, *, norm_weight=None, eps: float = 0.0,
     if m == 0:
         return
     _launch(config or gemv_config(n, k, m, swiglu=swiglu), n, x, weight, out, bias,
-            norm_weight, residual, eps, offset, pdl, swiglu=swiglu, prefetch=prefetch)
+            norm_weight, residual, eps, offset, pdl, swiglu=swiglu)
 
 
 def gemv_rope_kv(x, weight, q_out, positions, slots, cos, sin, k_cache, v_cache, *,

@@ -4,7 +4,7 @@
 spec          specs/llama3.yaml (family llama3)
 model         LlamaForCausalLM, 2 layers, hidden 64
 target        cuda, max 32 tokens per step
-passes        fuse_qkv x2, fuse_gate_up_swiglu x2, fuse_rope_kv x2, fuse_add_rms_norm x4, lm_head_last_token x1, dead_value_removal x11, fuse_norm_linear x13, prefetch_after_attention x2
+passes        fuse_qkv x2, fuse_gate_up_swiglu x2, fuse_rope_kv x2, fuse_add_rms_norm x4, lm_head_last_token x1, dead_value_removal x11, fuse_norm_linear x13
 memory        naive 0.1 MiB -> planned 0.0 MiB (42.4%), lower bound 0.0 MiB
 
 Memory plan (as in memory.txt):
@@ -100,15 +100,14 @@ def run(step, W, C, arena, outputs, K, ws):
     l0_attn_out = arena[5120:5120 + T * 64].view(T, 64)
     K.cached_attention(l0_attn_q_rot, C["layers.0/attn/k_cache"], C["layers.0/attn/v_cache"], out=l0_attn_out, heads=4, kv_heads=2, head_dim=16, scale=INV_SQRT_HEAD_DIM, step=step, ws=ws)
     # [3] layers.0/h: linear_add [T, 64] [T, 64] -> [T, 64]               (llama3.yaml:83,84,86)
-    #     l0_h = h + l0_attn_out @ weight.T: the residual add, done by the GEMM; prefetch: the GEMV pulls its weights into L2 while attention runs
+    #     l0_h = h + l0_attn_out @ weight.T: the residual add, done by the GEMM
     l0_h = arena[3072:3072 + T * 64].view(T, 64)
-    K.linear_add(l0_attn_out, W["model.layers.0.self_attn.o_proj.weight"], h, out=l0_h, prefetch=True)
+    K.linear_add(l0_attn_out, W["model.layers.0.self_attn.o_proj.weight"], h, out=l0_h)
     # [4] layers.0/mlp/prod: rms_norm_linear [T, 64] -> [T, 96]           (llama3.yaml:83,84,86-90)
     #     silu(gate) * up, where gate, up = rms_norm(l0_h) @ [gate; up].T: norm, GEMM and SwiGLU in one
     l0_mlp_prod = arena[0:0 + T * 96].view(T, 96)
     K.rms_norm_linear(l0_h, W["model.layers.0.post_attention_layernorm.weight"], W["model.layers.0.mlp.gate+up_proj.weight"], out=l0_mlp_prod, eps=1e-05, offset=0.0, act='swiglu', ws=ws)
     # [5] layers.0/h.2: linear_add [T, 96] [T, 64] -> [T, 64]             (llama3.yaml:75,91,92)
-    #     l0_h_2 = l0_h + l0_mlp_prod @ weight.T: the residual add, done by the GEMM
     l0_h_2 = arena[3072:3072 + T * 64].view(T, 64)
     K.linear_add(l0_mlp_prod, W["model.layers.0.mlp.down_proj.weight"], l0_h, out=l0_h_2)
 
@@ -121,7 +120,7 @@ def run(step, W, C, arena, outputs, K, ws):
     K.cached_attention(l1_attn_q_rot, C["layers.1/attn/k_cache"], C["layers.1/attn/v_cache"], out=l1_attn_out, heads=4, kv_heads=2, head_dim=16, scale=INV_SQRT_HEAD_DIM, step=step, ws=ws)
     # [8] layers.1/h: linear_add [T, 64] [T, 64] -> [T, 64]               (llama3.yaml:83,84,86)
     l1_h = arena[3072:3072 + T * 64].view(T, 64)
-    K.linear_add(l1_attn_out, W["model.layers.1.self_attn.o_proj.weight"], l0_h_2, out=l1_h, prefetch=True)
+    K.linear_add(l1_attn_out, W["model.layers.1.self_attn.o_proj.weight"], l0_h_2, out=l1_h)
     # [9] layers.1/mlp/prod: rms_norm_linear [T, 64] -> [T, 96]           (llama3.yaml:83,84,86-90)
     l1_mlp_prod = arena[0:0 + T * 96].view(T, 96)
     K.rms_norm_linear(l1_h, W["model.layers.1.post_attention_layernorm.weight"], W["model.layers.1.mlp.gate+up_proj.weight"], out=l1_mlp_prod, eps=1e-05, offset=0.0, act='swiglu', ws=ws)
