@@ -136,8 +136,9 @@ def bench_linears(rows: list[int], iters: int, sweep: bool) -> list[dict]:
                                            gb_s=nbytes / t / 1e9, ok=ok))
             print(json.dumps(r), flush=True)
             results.append(r)
-    if 1 in rows:
-        results += bench_fused(iters, flush)
+    for m in rows:
+        if m == 1 or m > FMA_ROWS:          # the FMA path at 1 row, tensor cores above 4
+            results += bench_fused(iters, flush, m)
     return results
 
 
@@ -149,8 +150,8 @@ def torch_rms_norm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + EPS) * w.float()).to(x.dtype)
 
 
-def bench_fused(iters: int, flush: torch.Tensor) -> list[dict]:
-    """The fused GEMVs at rows=1 vs the unfused torch sequence each replaces (and vs the
+def bench_fused(iters: int, flush: torch.Tensor, m: int = 1) -> list[dict]:
+    """The fused GEMVs at m rows vs the unfused torch sequence each replaces (and vs the
     cuda target's unfused kernels): same timing as the plain rows."""
     from rustinfer.kernels.triton import rms_norm as triton_rms
     from rustinfer.kernels.triton import swiglu as triton_swiglu
@@ -161,11 +162,11 @@ def bench_fused(iters: int, flush: torch.Tensor) -> list[dict]:
         n, k = SHAPES[linear]
         f = n // 2 if swiglu else n                     # out's width
         w = (0.02 * torch.randn(n, k, device="cuda")).to(torch.bfloat16)
-        x = (3 * torch.randn(1, k, device="cuda")).to(torch.bfloat16)
+        x = (3 * torch.randn(m, k, device="cuda")).to(torch.bfloat16)
         nw = (1 + 0.1 * torch.randn(k, device="cuda")).to(torch.bfloat16) if norm else None
-        res = torch.randn(1, f, device="cuda", dtype=torch.bfloat16)
-        out = res.clone() if residual else torch.empty(1, f, device="cuda", dtype=torch.bfloat16)
-        xn, y = torch.empty_like(x), torch.empty(1, n, device="cuda", dtype=torch.bfloat16)
+        res = torch.randn(m, f, device="cuda", dtype=torch.bfloat16)
+        out = res.clone() if residual else torch.empty(m, f, device="cuda", dtype=torch.bfloat16)
+        xn, y = torch.empty_like(x), torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
 
         def unfused_torch():
             h = torch_rms_norm(x, nw) if norm else x
@@ -207,12 +208,12 @@ def bench_fused(iters: int, flush: torch.Tensor) -> list[dict]:
         t_torch = median_time(unfused_torch, iters, flush)
         t_plan = median_time(unfused_plan, iters, flush)
         t_fused = median_time(fused, iters, flush)
-        nbytes = 2 * (n * k + k + f * (2 if residual else 1) + (k if norm else 0))
-        r = dict(linear=name, n=n, k=k, rows=1, cublas_us=1e6 * t_torch,
+        nbytes = 2 * (n * k + m * k + m * f * (2 if residual else 1) + (k if norm else 0))
+        r = dict(linear=name, n=n, k=k, rows=m, cublas_us=1e6 * t_torch,
                  cublas_gb_s=nbytes / t_torch / 1e9, gemv_us=1e6 * t_fused,
                  gemv_gb_s=nbytes / t_fused / 1e9, ratio=t_torch / t_fused,
                  plan_unfused_us=1e6 * t_plan, plan_ratio=t_plan / t_fused,
-                 config=list(gemv_config(f, k, 1, swiglu=swiglu)),
+                 config=list(gemv_config(f, k, m, swiglu=swiglu)),
                  rel_err=(got - want).abs().max().item() / scale)
         print(json.dumps(r), flush=True)
         results.append(r)
@@ -305,26 +306,31 @@ def bench_batched(batches=(1, 8, 32), reps: int = 64) -> list[dict]:
     max_len = CTX + 16
     blocks = -(-max_len // BLOCK)
     out = []
-    # (passes disabled, rows up to which GEMMs take the Triton GEMV): the default plan, the
-    # plan before fuse_norm_linear, and every bucket up to 32 rows on the GEMV (tensor cores
-    # above 4 rows: RUSTINFER_TRITON_GEMV_ROWS=32, the experiment this times)
-    saved = triton_ops.GEMV_MAX_ROWS
-    for disable, gemv_rows in (((), saved), (("fuse_norm_linear",), saved), ((), 32)):
+    # (passes disabled, rows up to which GEMMs take the Triton GEMV, the fused ops that take
+    # it at 8-32 rows): the default plan, the plan before fuse_norm_linear, the norm-fused
+    # GEMMs (+ SwiGLU, the LM head) on the GEMV's tensor cores at 8-32 rows, the same with
+    # qkv + RoPE too, and every bucket up to 32 rows on the GEMV (RUSTINFER_TRITON_GEMV_ROWS)
+    saved, saved_ops = triton_ops.GEMV_MAX_ROWS, triton_ops.GEMV_DOT_OPS
+    norm_ops = frozenset({"rms_norm_linear"})
+    for disable, gemv_rows, dot_ops in (
+            ((), saved, saved_ops), (("fuse_norm_linear",), saved, saved_ops),
+            ((), saved, norm_ops), ((), saved, norm_ops | {"rms_norm_linear_rope_kv"}),
+            ((), 32, frozenset())):
         folder, _ = compile_model(SPECS_DIR / "llama3.yaml", config, ckpt,
                                   CompileOptions(target="cuda", max_tokens=1024,
                                                  disable=disable))
-        triton_ops.GEMV_MAX_ROWS = gemv_rows
+        triton_ops.GEMV_MAX_ROWS, triton_ops.GEMV_DOT_OPS = gemv_rows, dot_ops
         try:
             ex = CudaExecutor(folder / "plan.py", ckpt, num_blocks=blocks * max(batches) + 8,
                               block_size=BLOCK, max_model_len=max_len, max_batch=max(batches))
-            row = dict(fused=not disable, gemv_rows=gemv_rows)
+            row = dict(fused=not disable, gemv_rows=gemv_rows, dot_ops=sorted(dot_ops))
             for b in batches:
                 tables = [list(range(i * blocks, (i + 1) * blocks)) for i in range(b)]
                 step = StepInputs.for_sequences([([1], CTX, t) for t in tables], BLOCK)
                 ex.forward_device(step)                    # fills the bucket's static inputs
                 row[f"replay_bs{b}_ms"] = replay_ms(ex.graphs[ex.bucket_for(step)], reps)
         finally:
-            triton_ops.GEMV_MAX_ROWS = saved
+            triton_ops.GEMV_MAX_ROWS, triton_ops.GEMV_DOT_OPS = saved, saved_ops
         out.append(row)
         del ex
         gc.collect()
@@ -343,6 +349,8 @@ def batched_table(batched: list[dict]) -> str:
         name = "with fuse_norm_linear" if r["fused"] else "without (add_rms_norm, swiglu)"
         if r.get("gemv_rows", 1) > 1:
             name += f", Triton GEMV up to {r['gemv_rows']} rows"
+        if r.get("dot_ops"):
+            name += f", {' + '.join(r['dot_ops'])} on the GEMV at 8-32 rows"
         rows.append(f"| {name} | " + " | ".join(f"{r[c]:.3f}" for c in cols) + " |")
     return "\n".join(rows)
 
@@ -364,22 +372,26 @@ def table(device: str, bandwidth: float, linears: list[dict], tpot: list[dict],
             g = sum(PER_STEP[r["linear"]] * r["gemv_us"] for r in mine) / 1e3
             rows.append(f"| per step (16 layers + LM head) | | {m} | {1e3 * c:.0f} | | "
                         f"{1e3 * g:.0f} | | {c / g:.2f} | |")
-    fused = [r for r in linears if r["linear"] in FUSED]
-    if len(fused) == len(FUSED):
+    for m in sorted({r["rows"] for r in linears}):
+        fused = [r for r in linears if r["linear"] in FUSED and r["rows"] == m]
+        if len(fused) != len(FUSED):
+            continue
         per = lambda key: sum(PER_STEP[FUSED[r["linear"]][0]] * r[key] for r in fused)  # noqa
         c, g, p = per("cublas_us"), per("gemv_us"), per("plan_unfused_us")
-        rows.append(f"| per step, fused (16 layers + LM head) | | 1 | {c:.0f} | | {g:.0f} | | "
-                    f"{c / g:.2f} | |")
-        rows += ["", "Fused rows (a name with +): the cuBLAS columns time the unfused torch "
-                 "sequence the fused GEMV replaces (torch rms_norm, torch.mm, silu(gate) * up "
-                 "or torch.add). Against the cuda target's unfused kernels (Triton rms_norm / "
-                 "swiglu, cuBLAS, torch.add):", "",
-                 "| fused | plan unfused us | fused GEMV us | plan / fused | rel err vs torch |",
-                 "|---|---|---|---|---|"]
+        rows.append(f"| per step, fused (16 layers + LM head) | | {m} | {c:.0f} | | {g:.0f} | "
+                    f"| {c / g:.2f} | |")
+        rows += ["", f"Fused rows at {m} rows (a name with +): the cuBLAS columns time the "
+                 "unfused torch sequence the fused GEMV replaces (torch rms_norm, torch.mm, "
+                 "silu(gate) * up or torch.add). Against the cuda target's unfused kernels "
+                 "(Triton rms_norm / swiglu, cuBLAS, torch.add):", "",
+                 "| fused | rows | plan unfused us | fused GEMV us | plan / fused | config | "
+                 "rel err vs torch |", "|---|---|---|---|---|---|---|"]
         for r in fused:
-            rows.append(f"| {r['linear']} | {r['plan_unfused_us']:.1f} | {r['gemv_us']:.1f} | "
-                        f"{r['plan_ratio']:.2f} | {r['rel_err']:.1e} |")
-        rows.append(f"| per step (16 layers + LM head) | {p:.0f} | {g:.0f} | {p / g:.2f} | |")
+            rows.append(f"| {r['linear']} | {m} | {r['plan_unfused_us']:.1f} | "
+                        f"{r['gemv_us']:.1f} | {r['plan_ratio']:.2f} | {tuple(r['config'])} | "
+                        f"{r['rel_err']:.1e} |")
+        rows.append(f"| per step (16 layers + LM head) | {m} | {p:.0f} | {g:.0f} | {p / g:.2f} "
+                    "| | |")
     sweeps = [r for r in linears if r.get("sweep")]
     if sweeps:
         rows += ["", "Sweep (one knob of the default changed; us, GB/s; * = faster than the "

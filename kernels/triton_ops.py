@@ -39,6 +39,7 @@ from .rope_tables import half_cos_sin
 from .triton import decode_attention as _decode
 from .triton import gather as _gather
 from .triton import gemv as _gemv
+from .triton import gemv_config as _gemv_config
 from .triton import prefill_attention as _prefill
 from .triton import rms_norm as _rms
 from .triton import rope_kv as _rope
@@ -135,15 +136,26 @@ TRITON_GEMV = os.environ.get("RUSTINFER_TRITON_GEMV", "1") != "0"
 # --batched has timed it against cuBLAS + the separate norm / RoPE / SwiGLU kernels.
 GEMV_MAX_ROWS = max(1, min(_gemv.MAX_ROWS, int(os.environ.get("RUSTINFER_TRITON_GEMV_ROWS",
                                                               "1"))))
+# The fused ops that take the GEMV's tensor-core path at FMA_ROWS + 1 .. 32 rows (decode
+# buckets 8, 16, 32) though other GEMMs of those rows take cuBLAS: there the fused GEMV
+# replaces cuBLAS plus separate norm / SwiGLU / RoPE kernels. RUSTINFER_TRITON_GEMV_DOT_OPS
+# names them, comma-separated (rms_norm_linear, rms_norm_linear_rope_kv); none by default
+# until bench/gpu_gemv.py --batched has timed the step with them.
+GEMV_DOT_OPS = frozenset(op for op in os.environ.get("RUSTINFER_TRITON_GEMV_DOT_OPS",
+                                                     "").split(",") if op)
 # Devices whose tensors take the GEMV ("meta" is added by the AOT check, which runs plans
 # on meta tensors to list the kernel specializations).
 GEMV_DEVICES = ("cuda",)
 
 
-def use_gemv(x) -> bool:
+def use_gemv(x, op: str | None = None) -> bool:
     """Whether a GEMM of x's rows takes the Triton GEMV (a shape and device test only, so
-    a CUDA graph bucket always routes the same way)."""
-    return TRITON_GEMV and 1 <= x.shape[0] <= GEMV_MAX_ROWS and x.device.type in GEMV_DEVICES
+    a CUDA graph bucket always routes the same way); op: the fused op asking (GEMV_DOT_OPS)."""
+    m = x.shape[0]
+    if not (TRITON_GEMV and m >= 1 and x.device.type in GEMV_DEVICES):
+        return False
+    return m <= GEMV_MAX_ROWS or (op in GEMV_DOT_OPS
+                                  and _gemv_config.FMA_ROWS < m <= _gemv_config.MAX_ROWS)
 
 
 def linear(x, weight, bias=None, *, out):
@@ -169,7 +181,7 @@ def rms_norm_linear(x, norm_weight, weight, bias=None, *, out, eps, offset=0.0, 
     """out = act(rms_norm(x) @ weight^T + bias): one GEMV for a decode row, else the norm
     kernel, cuBLAS and (act='swiglu') the SwiGLU kernel through the workspace's scratch."""
     _torch_ops._check_act(act)  # the same rule as the CPU twin
-    if use_gemv(x):
+    if use_gemv(x, "rms_norm_linear"):
         _gemv.gemv(x, weight, out, bias, norm_weight=norm_weight, eps=eps, offset=offset,
                    swiglu=act == "swiglu")
         return
@@ -189,7 +201,7 @@ def rms_norm_linear_rope_kv(x, norm_weight, weight, positions, k_cache, v_cache,
     the step's slots. One GEMV (RoPE and the cache append in its epilogue) for a decode
     row, else the norm kernel, cuBLAS and the rope_kv kernel through `ws.scratch`."""
     cos, sin = ws.rope_table(head_dim, theta, scaling)
-    if use_gemv(x):
+    if use_gemv(x, "rms_norm_linear_rope_kv"):
         _gemv.gemv_rope_kv(x, weight, out, positions, step.slot_mapping, cos, sin, k_cache,
                            v_cache, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
                            norm_weight=norm_weight, eps=eps, offset=offset)

@@ -16,8 +16,7 @@ MAX_ROWS = 32
 # Up to FMA_ROWS rows, each row of x is applied to the weight tile with FMAs (the measured
 # bs=1 path; at 8 and 16 rows it was 2-5x slower than cuBLAS); from FMA_ROWS + 1 rows on
 # tensor cores instead, tl.dot of the [BLOCK_N, BLOCK_K] tile with x's [BLOCK_K, 16..32]
-# (DOT configs). NOTE: the DOT path is new (2026-11-26) and not yet timed on a GPU; plans
-# route more than one row here only with RUSTINFER_TRITON_GEMV_ROWS (kernels/triton_ops.py).
+# (DOT configs). Plans route more than one row here only as kernels/triton_ops.py says.
 FMA_ROWS = 4
 # NOTE: measured on an H200, 2026-11-26 (bench/gpu_gemv.py --sweep, Llama-3.2-1B, rows=1):
 # these defaults beat cuBLAS 1.02-1.23x per linear; num_stages=1 was as fast or faster than
@@ -76,12 +75,17 @@ def gemv_config(n: int, k: int, m: int, *, swiglu: bool = False) -> GemvConfig:
 
 def _dot_config(n: int, k: int, swiglu: bool) -> GemvConfig:
     """More than FMA_ROWS rows, on tensor cores: tiles of >= 16 W rows (tl.dot's minimum),
-    halved from 64 until the grid has >= 256 programs (2 per SM on an H100 / H200), K in
-    steps of 128, 3 tiles in flight. Unmeasured first guesses (see FMA_ROWS)."""
+    halved from 64 until the grid has >= 256 programs (2 per SM on an H100 / H200), 4
+    warps, 3 tiles in flight. K in steps of 128, or of 256 where the rows stop at 16 (N
+    too small for 256 programs): each program then has more of W to stream. NOTE measured
+    on an H200, 2026-11-27 (bench/gpu_gemv.py --rows 32 --sweep, single calls, us): 1B's
+    qkv 13.4 -> 11.5, o 12.6 -> 10.0, down 36.4 -> 26.7 with K steps of 256 (cuBLAS 10.6,
+    9.8, 19.5); gate_up (64 rows a tile) 26.5 with 128, 28.2 with 256 (cuBLAS 27.2)."""
     rows = 2 * n if swiglu else n
     block_n = 64
     while block_n > 16 and triton.cdiv(rows, block_n) < _DOT_MIN_PROGRAMS:
         block_n //= 2
+    block_k = min(128 if block_n > 16 else 256, max(16, next_pow2(k)))
     if swiglu:
         block_n = max(16, block_n // 2)   # per half: the unfused program count
-    return GemvConfig(block_n, min(128, max(16, next_pow2(k))), 4, 3, dot=True)
+    return GemvConfig(block_n, block_k, 4, 3, dot=True)
