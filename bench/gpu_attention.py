@@ -26,10 +26,8 @@ HEADS, KV_HEADS, HEAD_DIM, BLOCK = 32, 8, 64, 16
 
 
 def time_case(batch: int, ctx: int, splits: int, layers: int, block_n: int | None = None,
-              num_warps: int | None = None, num_stages: int | None = None,
-              fused_merge: bool = False) -> float:
-    """us per layer: `layers` launches of decode attention (+ merge) in one graph;
-    fused_merge: the last split program of each KV head merges (counters), no merge launch."""
+              num_warps: int | None = None, num_stages: int | None = None) -> float:
+    """us per layer: `layers` launches of decode attention (+ merge) in one graph."""
     from rustinfer.kernels.triton import decode_attention as D
 
     block_n, num_warps = block_n or D.BLOCK_N, num_warps or D.NUM_WARPS
@@ -45,15 +43,13 @@ def time_case(batch: int, ctx: int, splits: int, layers: int, block_n: int | Non
     out = torch.empty_like(q)
     po = torch.empty(batch * HEADS * splits * HEAD_DIM, device=dev)
     plse = torch.empty(batch * HEADS * splits, device=dev)
-    counters = torch.zeros(batch * KV_HEADS, dtype=torch.int32, device=dev) if fused_merge \
-        else None
 
     def run():
         for kc, vc in caches:
             D.decode_attention(q, kc, vc, table, lens, out, po, plse, heads=HEADS,
                                kv_heads=KV_HEADS, head_dim=HEAD_DIM, scale=HEAD_DIM ** -0.5,
                                splits=splits, block_n=block_n, num_warps=num_warps,
-                               num_stages=num_stages, counters=counters)
+                               num_stages=num_stages)
 
     run()
     torch.cuda.synchronize()
@@ -96,14 +92,6 @@ def main(argv=None) -> int:
                              f"({kv_bytes / us / 1e3:.0f} GB/s)")
             lines.append(f"ctx {ctx:5d} bs {batch:3d}: " + ", ".join(cells))
             print(lines[-1], flush=True)
-            # the merge as a second launch (above) or done by the last split program
-            if chosen > 1:
-                us = time_case(batch, ctx, chosen, args.layers, fused_merge=True)
-                rows.append(dict(batch=batch, ctx=ctx, splits=chosen, us=us, fused_merge=True,
-                                 gbs=kv_bytes / us / 1e3))
-                lines.append(f"      merged by the last split program, {chosen} splits: "
-                             f"{us:.1f} us")
-                print(lines[-1], flush=True)
             # the tile and warps, at the chosen count and the best one
             best = min((r for r in rows if r["batch"] == batch and r["ctx"] == ctx),
                        key=lambda r: r["us"])

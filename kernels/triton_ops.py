@@ -77,8 +77,7 @@ def device_meta(step) -> DeviceMeta:
 
 
 class Workspace:
-    """Kernel scratch for one executor, allocated once: rope tables, split-K partials and
-    their counters."""
+    """Kernel scratch for one executor, allocated once: rope tables and split-K partials."""
 
     def __init__(self, *, max_tokens: int, max_context: int, max_heads: int, max_kv_width: int,
                  max_head_dim: int, block_size: int, dtype=torch.float32, device="cpu",
@@ -94,10 +93,6 @@ class Workspace:
         rows = (2 * num_sms + max_seqs) * max_heads
         self.partial_out = torch.empty(rows * max_head_dim, dtype=torch.float32, device=device)
         self.partial_lse = torch.empty(rows, dtype=torch.float32, device=device)
-        # One per (sequence, KV head) <= max_seqs * heads: decode attention's split programs
-        # count themselves done here, and the last one merges (it leaves them at 0).
-        self.split_counters = torch.zeros(max_seqs * max_heads, dtype=torch.int32,
-                                          device=device)
         # rms_norm_linear's parts when it cannot be one GEMV (plan LIMITS["scratch_width"]):
         # allocated here, never during a step (CUDA graphs replay fixed addresses).
         self.scratch = torch.empty(max_tokens * scratch_width, dtype=act_dtype, device=device)
@@ -292,8 +287,7 @@ def cached_attention(q, k_cache, v_cache, *, out, heads, kv_heads, head_dim, sca
     if meta.max_rows <= 1 and q.shape[0] == b and b <= ws.max_seqs:
         _decode.decode_attention(q, k_cache, v_cache, meta.block_table, meta.context_lens, out,
                                  ws.partial_out, ws.partial_lse, heads=heads, kv_heads=kv_heads,
-                                 head_dim=head_dim, scale=scale, splits=ws.splits(b, kv_heads),
-                                 counters=ws.split_counters)
+                                 head_dim=head_dim, scale=scale, splits=ws.splits(b, kv_heads))
     else:
         _prefill.prefill_attention(q, k_cache, v_cache, meta.block_table, meta.query_start,
                                    meta.context_lens, out, heads=heads, kv_heads=kv_heads,

@@ -130,16 +130,9 @@ def _check_attention(seqs, model, skip):
         assert _err(out[lo:hi], want) <= 2e-2, (b, rows, ctx)
 
 
-@pytest.mark.parametrize("fused_merge", [True, False])
 @pytest.mark.parametrize("model", sorted(SHAPES))
-def test_decode_attention(model, fused_merge, monkeypatch):
-    """fused_merge: each KV head's last split program merges (the plan's path), else the
-    merge kernel; bs=1 at 4,000 tokens has 33 splits, merged 8 at a time."""
-    from rustinfer.kernels.triton import decode_attention
-
-    monkeypatch.setattr(decode_attention, "FUSED_MERGE", fused_merge)
+def test_decode_attention(model):
     _check_attention([(1, 4000), (1, 1), (1, 0), (1, 513), (1, 64)], model, skip={2})
-    _check_attention([(1, 4000)], model, skip=set())
 
 
 @pytest.mark.parametrize("model", ["1b", "3b"])
@@ -315,14 +308,12 @@ def test_gemv_rope_kv_matches_unfused_kernels():
         assert torch.equal(fused.abs().sum(dim=(2, 3)) > 0, parts.abs().sum(dim=(2, 3)) > 0)
 
 
-@pytest.mark.parametrize("fused_merge", [False, True])
-def test_pdl_layer_chain_matches_plain_launches_eager_and_replayed(fused_merge):
+def test_pdl_layer_chain_matches_plain_launches_eager_and_replayed():
     """A 1B bs=1 layer as the fused plan launches it, every kernel with programmatic
     dependent launch: norm+qkv+RoPE+KV append, decode attention (8 splits) and its merge
     signalling their dependents at once, o + residual, norm+gate_up+SwiGLU, down +
     residual. Three layers in a row (each reads the cache and the residual the last one wrote),
-    eagerly and under CUDA graph replay, give exactly what plain launches give. fused_merge:
-    the merge done by each KV head's last split program (counters reset for every layer)."""
+    eagerly and under CUDA graph replay, give exactly what plain launches give."""
     from rustinfer.kernels.triton.decode_attention import decode_attention
     from rustinfer.kernels.triton.gemv import gemv, gemv_rope_kv
 
@@ -344,7 +335,6 @@ def test_pdl_layer_chain_matches_plain_launches_eager_and_replayed(fused_merge):
     plse = torch.empty(heads * splits, device="cuda")
     caches = [c.clone() for c in cache0]
     pos, slot, ctx = (torch.empty(1, dtype=torch.int64, device="cuda") for _ in range(3))
-    counters = torch.zeros(kvh, dtype=torch.int32, device="cuda") if fused_merge else None
 
     def layers(pdl):
         h.copy_(h0)
@@ -356,8 +346,7 @@ def test_pdl_layer_chain_matches_plain_launches_eager_and_replayed(fused_merge):
             gemv_rope_kv(h, w_qkv, q, pos, slot, cos, sin, *caches, heads=heads, kv_heads=kvh,
                          head_dim=d, norm_weight=ln1, eps=1e-5, pdl=pdl)
             decode_attention(q, *caches, table, ctx, attn, po, plse, heads=heads, kv_heads=kvh,
-                             head_dim=d, scale=d ** -0.5, splits=splits, pdl=pdl,
-                             counters=counters)
+                             head_dim=d, scale=d ** -0.5, splits=splits, pdl=pdl)
             gemv(attn, w_o, x1, residual=h, pdl=pdl)
             gemv(x1, w_gu, act, norm_weight=ln2, eps=1e-5, swiglu=True, pdl=pdl)
             gemv(act, w_d, h, residual=x1, pdl=pdl)
@@ -375,7 +364,6 @@ def test_pdl_layer_chain_matches_plain_launches_eager_and_replayed(fused_merge):
         graph.replay()
         torch.cuda.synchronize()
         assert torch.equal(h, want[0]) and torch.equal(caches[0], want[1])
-    assert counters is None or not counters.any()
 
 
 @pytest.mark.parametrize("rows", [1, 32])

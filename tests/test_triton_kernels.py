@@ -198,58 +198,23 @@ def _reference(q, kc, vc, step, heads, kv_heads, head_dim, skip=()):
     return rows, out
 
 
-@pytest.mark.parametrize("fused_merge", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("heads,kv_heads,head_dim,block_size,sms", [
     (4, 2, 16, 4, 1),     # GQA, one split: the DIRECT path
     (4, 1, 32, 16, 4),    # MQA, split-K with an LSE merge
     (6, 3, 16, 4, 8),     # group of 2, more splits than some sequences have tiles
 ])
-def test_decode_attention(dtype, heads, kv_heads, head_dim, block_size, sms, fused_merge,
-                          monkeypatch):
-    """fused_merge: the last split program of each (sequence, KV head) merges (the plan's
-    path, leaving the counters at 0), else the separate merge kernel."""
-    monkeypatch.setattr(decode_attention, "FUSED_MERGE", fused_merge)
+def test_decode_attention(dtype, heads, kv_heads, head_dim, block_size, sms):
     seqs = [(1, 70), (1, 1), (1, 0), (1, 33)]                   # row 2 is a padded row
     kc, vc, step = _paged(seqs, kv_heads, head_dim, block_size, dtype, blocks=40)
     q = _rand(4, heads * head_dim, dtype=dtype, seed=5)
     out = torch.full_like(q, float("nan"))
     ws = _ws(num_sms=sms)
-    for _ in range(2):                    # the second launch relies on the counters' reset
-        triton_ops.cached_attention(q, kc, vc, out=out, heads=heads, kv_heads=kv_heads,
-                                    head_dim=head_dim, step=step, ws=ws)
-        rows, want = _reference(q, kc, vc, step, heads, kv_heads, head_dim, skip=(2,))
-        _close(out[rows], want, dtype)
-        assert torch.equal(out[2].float(), torch.zeros(heads * head_dim))
-        assert not ws.split_counters.any()
-        out.fill_(float("nan"))
-
-
-def test_fused_merge_over_more_splits_than_one_chunk():
-    """20 splits of a 1,200-token context: the last program merges them 8 at a time."""
-    heads, kv_heads, head_dim, block_size = 4, 1, 16, 16
-    seqs = [(1, 1200), (1, 5)]
-    kc, vc, step = _paged(seqs, kv_heads, head_dim, block_size, torch.float32, blocks=80)
-    q = _rand(2, heads * head_dim, dtype=torch.float32, seed=9)
-    out = torch.full_like(q, float("nan"))
-    ws = _ws(num_sms=20, max_context=1280)
-    assert ws.splits(2, kv_heads) == 20
     triton_ops.cached_attention(q, kc, vc, out=out, heads=heads, kv_heads=kv_heads,
                                 head_dim=head_dim, step=step, ws=ws)
-    rows, want = _reference(q, kc, vc, step, heads, kv_heads, head_dim)
-    _close(out[rows], want, torch.float32)
-    assert not ws.split_counters.any()
-
-
-def test_decode_attention_counters_must_fit():
-    q = torch.zeros(2, 64)
-    cache = torch.zeros(4, 4, 2, 16)
-    with pytest.raises(ValueError, match="counters: expected int32 zeros of at least 2 rows "
-                       "x 2 kv heads"):
-        decode_attention.decode_attention(
-            q, cache, cache, torch.zeros(2, 4, dtype=torch.int64), torch.ones(2, dtype=torch.int64),
-            torch.empty_like(q), torch.empty(1024), torch.empty(64), heads=4, kv_heads=2,
-            head_dim=16, scale=0.25, splits=2, counters=torch.zeros(3, dtype=torch.int32))
+    rows, want = _reference(q, kc, vc, step, heads, kv_heads, head_dim, skip=(2,))
+    _close(out[rows], want, dtype)
+    assert torch.equal(out[2].float(), torch.zeros(heads * head_dim))
 
 
 def test_decode_split_count_is_fixed_by_host_sizes():

@@ -10,10 +10,7 @@ so a CUDA graph replays with new lengths). Two kernels, because they are one op:
     _merge_kernel  grid (B, HEADS): out = sum_s exp2(lse_s - m) o_s / sum_s exp2(lse_s - m)
 
 With one split, _decode_attention_kernel writes `out` itself (DIRECT) and the merge is skipped.
-Given `counters` (the plan's path), there is no merge launch either: each split program
-counts itself done on its (sequence, KV head)'s counter, and the last to finish merges
-that KV head's GROUP query heads (FUSED_MERGE). A row with context_len 0 (a padded row)
-outputs zeros.
+A row with context_len 0 (a padded row) outputs zeros.
 
 The number of splits is chosen on the host from (batch, kv heads, SM count), never
 from the lengths, so it is fixed per CUDA-graph bucket; each program computes its
@@ -24,7 +21,6 @@ from __future__ import annotations
 
 import os
 
-import torch
 import triton
 import triton.language as tl
 
@@ -49,26 +45,20 @@ NUM_WARPS = 2
 # 1.506 to 1.813 ms at batch 32.
 PDL = os.environ.get("RUSTINFER_ATTENTION_PDL", "1") == "1"
 PDL_PROGRAMS = 256
-# The merge done by the last split program of each (sequence, KV head), not by a second
-# launch, wherever the caller passes counters (triton_ops does);
-# RUSTINFER_ATTENTION_FUSED_MERGE=0 launches _merge_kernel instead.
-FUSED_MERGE = os.environ.get("RUSTINFER_ATTENTION_FUSED_MERGE", "1") == "1"
 
 
 @triton.jit
 def _decode_attention_kernel(q_ptr, kc_ptr, vc_ptr, bt_ptr, ctx_ptr, out_ptr, po_ptr, plse_ptr,
-                             cnt_ptr, stride_q, stride_out, stride_bt, qk_scale, num_splits,
+                             stride_q, stride_out, stride_bt, qk_scale, num_splits,
                              KV_HEADS: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
                              BLOCK_SIZE: tl.constexpr, G_PAD: tl.constexpr, D_PAD: tl.constexpr,
                              BLOCK_N: tl.constexpr, DIRECT: tl.constexpr, DOT_FP32: tl.constexpr,
-                             PDL: tl.constexpr = False, FUSED_MERGE: tl.constexpr = False,
-                             M_PAD: tl.constexpr = 2, S_CHUNK: tl.constexpr = 2):
+                             PDL: tl.constexpr = False):
     # q:      [B, HEADS * HEAD_DIM], row stride stride_q; HEADS = KV_HEADS * GROUP
     # kc, vc: [blocks, BLOCK_SIZE, KV_HEADS, HEAD_DIM] contiguous
     # bt:     [B, max_blocks] block table, row stride stride_bt; ctx: [B] context lengths
     # out:    [B, HEADS * HEAD_DIM] (DIRECT), row stride stride_out
     # po:     [B, HEADS, num_splits, HEAD_DIM] fp32 partial outputs; plse: [B, HEADS, num_splits]
-    # cnt:    [B, KV_HEADS] int32 split counters, all 0 between launches (FUSED_MERGE only)
     # qk_scale = softmax scale * log2(e): scores are in base 2 (exp2 is one instruction)
     # PDL: launched early, and lets its own dependents launch at once
     seq = tl.program_id(0).to(tl.int64)
@@ -129,42 +119,6 @@ def _decode_attention_kernel(q_ptr, kc_ptr, vc_ptr, bt_ptr, ctx_ptr, out_ptr, po
         tl.store(po_ptr + part[:, None] * HEAD_DIM + d[None, :], o, mask=omask)
         lse = tl.where(empty, float("-inf"), m_i + tl.log2(tl.where(empty, 1.0, l_i)))
         tl.store(plse_ptr + part, lse, mask=gmask)
-        if FUSED_MERGE:
-            # Count this split done; the last of the KV head's splits merges them all. The
-            # barrier puts every thread's partial stores before the count's release (and
-            # the merge's loads after its acquire); the loads skip L1 (.cg), since the
-            # partials come from other SMs.
-            tl.debug_barrier()
-            cnt = cnt_ptr + seq * KV_HEADS + kvh
-            if tl.atomic_add(cnt, 1, sem="acq_rel") == num_splits - 1:
-                tl.debug_barrier()
-                # _merge_kernel's sum for this KV head's query heads, over chunks of
-                # S_CHUNK splits with a running max (registers: M_PAD x S_CHUNK x D_PAD)
-                gm = tl.arange(0, M_PAD)
-                mine = (seq * (KV_HEADS * GROUP) + kvh * GROUP + gm) * num_splits  # [M_PAD]
-                m_run = tl.full([M_PAD], float("-inf"), tl.float32)
-                total = tl.zeros([M_PAD], tl.float32)
-                merged = tl.zeros([M_PAD, D_PAD], tl.float32)
-                for s0 in range(0, num_splits, S_CHUNK):
-                    s = s0 + tl.arange(0, S_CHUNK)
-                    smask = (gm < GROUP)[:, None] & (s < num_splits)[None, :]
-                    lse_s = tl.load(plse_ptr + mine[:, None] + s[None, :], mask=smask,
-                                    other=float("-inf"), cache_modifier=".cg")
-                    m_new = tl.maximum(m_run, tl.max(lse_s, axis=1))
-                    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # all empty so far
-                    alpha = tl.exp2(m_run - m_safe)
-                    w = tl.exp2(lse_s - m_safe[:, None])           # empty splits weigh 0
-                    o_s = tl.load(po_ptr + (mine[:, None, None] + s[None, :, None]) * HEAD_DIM
-                                  + d[None, None, :], mask=smask[:, :, None]
-                                  & dmask[None, None, :], other=0.0, cache_modifier=".cg")
-                    merged = merged * alpha[:, None] + tl.sum(w[:, :, None] * o_s, axis=1)
-                    total = total * alpha + tl.sum(w, axis=1)
-                    m_run = m_new
-                res = merged / tl.where(total == 0.0, 1.0, total)[:, None]
-                tl.store(out_ptr + seq * stride_out + (kvh * GROUP + gm)[:, None] * HEAD_DIM
-                         + d[None, :], res.to(out_ptr.dtype.element_ty),
-                         mask=(gm < GROUP)[:, None] & dmask[None, :])
-                tl.store(cnt, 0)                  # ready for the next launch (or replay)
 
 
 @triton.jit
@@ -204,11 +158,8 @@ def num_splits(batch: int, kv_heads: int, max_context: int, num_sms: int) -> int
 def decode_attention(q, k_cache, v_cache, block_table, context_lens, out, partial_out,
                      partial_lse, *, heads: int, kv_heads: int, head_dim: int, scale: float,
                      splits: int, block_n: int = BLOCK_N, num_warps: int = NUM_WARPS,
-                     num_stages: int | None = None, pdl: bool | None = None,
-                     counters=None) -> None:
+                     num_stages: int | None = None, pdl: bool | None = None) -> None:
     """partial_out / partial_lse: fp32 scratch of at least B * heads * splits (* head_dim).
-    counters: int32 zeros, at least B * kv_heads (left zeroed): the split programs merge
-    their partials themselves (FUSED_MERGE) instead of a second launch.
     block_n (keys per tile), num_warps and num_stages (the software pipeline's depth over
     the key tiles; None: Triton's default): defaults the plan uses (bench/gpu_attention.py
     sweeps them); pdl overrides the module's PDL switch (tests, benchmarks)."""
@@ -232,23 +183,18 @@ def decode_attention(q, k_cache, v_cache, block_table, context_lens, out, partia
                        or partial_lse.numel() < b * heads * splits):
         raise ValueError("decode attention scratch too small for "
                          f"{b} rows x {heads} heads x {splits} splits")
-    fused = FUSED_MERGE and counters is not None and not direct
-    if fused and (counters.dtype != torch.int32 or counters.numel() < b * kv_heads):
-        raise ValueError(f"decode attention counters: expected int32 zeros of at least "
-                         f"{b} rows x {kv_heads} kv heads, got {counters.numel()} "
-                         f"{counters.dtype}")
     if pdl is None:
         pdl = PDL and pdl_capable(q.device) and b * heads <= PDL_PROGRAMS \
             and b * kv_heads * splits <= PDL_PROGRAMS
     launch(_decode_attention_kernel, (b, kv_heads, splits), q, k_cache, v_cache, block_table,
-           context_lens, out, partial_out, partial_lse, counters if fused else context_lens,
-           q.stride(0), out.stride(0), block_table.stride(0), float(scale) * LOG2E, splits,
+           context_lens, out,
+           partial_out, partial_lse, q.stride(0), out.stride(0), block_table.stride(0),
+           float(scale) * LOG2E, splits,
            KV_HEADS=kv_heads, GROUP=group, HEAD_DIM=head_dim, BLOCK_SIZE=k_cache.shape[1],
            G_PAD=max(16, next_pow2(group)), D_PAD=max(16, next_pow2(head_dim)),
            BLOCK_N=block_n, DIRECT=direct, DOT_FP32=INTERPRET, num_warps=num_warps,
-           num_stages=num_stages, PDL=pdl, launch_pdl=pdl, FUSED_MERGE=fused,
-           M_PAD=max(2, next_pow2(group)), S_CHUNK=max(2, min(8, next_pow2(splits))))
-    if not direct and not fused:
+           num_stages=num_stages, PDL=pdl, launch_pdl=pdl)
+    if not direct:
         launch(_merge_kernel, (b, heads), partial_out, partial_lse, out, out.stride(0), splits,
                HEADS=heads, HEAD_DIM=head_dim, S_PAD=max(2, next_pow2(splits)),
                D_PAD=next_pow2(head_dim), PDL=pdl, launch_pdl=pdl)
