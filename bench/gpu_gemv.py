@@ -102,12 +102,14 @@ def neighbours(cfg, k: int):
             <= next_pow2(k) and c.block_n * c.block_k <= 32768]
 
 
-def bench_linears(rows: list[int], iters: int, sweep: bool) -> list[dict]:
+def bench_linears(rows: list[int], iters: int, sweep: bool,
+                  sweep_rows: set[int] | None = None) -> list[dict]:
     from rustinfer.kernels.triton.gemv import FMA_ROWS, gemv, gemv_config
 
     flush = torch.empty(256 << 20, dtype=torch.int8, device="cuda")     # 5x the H200's L2
     results = []
     for m in rows:
+        sweep_m = sweep and (sweep_rows is None or m in sweep_rows)
         for name, (n, k) in SHAPES.items():
             w = (0.02 * torch.randn(n, k, device="cuda")).to(torch.bfloat16)
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
@@ -126,7 +128,7 @@ def bench_linears(rows: list[int], iters: int, sweep: bool) -> list[dict]:
             # The sweep is for the bs=1 step's FMA configs and the tensor-core ones above
             # FMA_ROWS rows (the batch-32 step's GEMMs are cuBLAS until those beat it);
             # compiles cost time, so not for the rows in between.
-            if sweep and (m == 1 or m > FMA_ROWS):
+            if sweep_m and (m == 1 or m > FMA_ROWS):
                 r["sweep"] = []
                 for alt in neighbours(cfg, k):
                     t = median_time(lambda: gemv(x, w, out, config=alt), max(50, iters // 4),
@@ -138,7 +140,8 @@ def bench_linears(rows: list[int], iters: int, sweep: bool) -> list[dict]:
             results.append(r)
     for m in rows:
         if m == 1 or m > FMA_ROWS:          # the FMA path at 1 row, tensor cores above 4
-            results += bench_fused(iters, flush, m)
+            results += bench_fused(iters, flush, m, sweep and (sweep_rows is None
+                                                           or m in sweep_rows))
     return results
 
 
@@ -150,12 +153,13 @@ def torch_rms_norm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + EPS) * w.float()).to(x.dtype)
 
 
-def bench_fused(iters: int, flush: torch.Tensor, m: int = 1) -> list[dict]:
+def bench_fused(iters: int, flush: torch.Tensor, m: int = 1, sweep: bool = False) -> list[dict]:
     """The fused GEMVs at m rows vs the unfused torch sequence each replaces (and vs the
-    cuda target's unfused kernels): same timing as the plain rows."""
+    cuda target's unfused kernels): same timing as the plain rows. sweep: above FMA_ROWS,
+    also each default's neighbours (the tensor-core path's fused configs)."""
     from rustinfer.kernels.triton import rms_norm as triton_rms
     from rustinfer.kernels.triton import swiglu as triton_swiglu
-    from rustinfer.kernels.triton.gemv import gemv, gemv_config
+    from rustinfer.kernels.triton.gemv import FMA_ROWS, gemv, gemv_config
 
     results = []
     for name, (linear, norm, swiglu, residual) in FUSED.items():
@@ -193,9 +197,9 @@ def bench_fused(iters: int, flush: torch.Tensor, m: int = 1) -> list[dict]:
             else:
                 torch.mm(h, w.t(), out=out)
 
-        def fused():
+        def fused(config=None):
             gemv(x, w, out, norm_weight=nw, eps=EPS, swiglu=swiglu,
-                 residual=out if residual else None)
+                 residual=out if residual else None, config=config)
 
         # correctness once, from the same residual: fused vs unfused torch (bf16 roundings)
         out.copy_(res)
@@ -215,6 +219,15 @@ def bench_fused(iters: int, flush: torch.Tensor, m: int = 1) -> list[dict]:
                  plan_unfused_us=1e6 * t_plan, plan_ratio=t_plan / t_fused,
                  config=list(gemv_config(f, k, m, swiglu=swiglu)),
                  rel_err=(got - want).abs().max().item() / scale)
+        if sweep and m > FMA_ROWS:
+            r["sweep"] = []
+            for alt in neighbours(gemv_config(f, k, m, swiglu=swiglu), k):
+                out.copy_(res)
+                fused(alt)
+                ok = (out.float() - want).abs().max().item() <= 2e-2 * scale
+                t = median_time(lambda: fused(alt), max(50, iters // 4), flush)
+                r["sweep"].append(dict(config=list(alt), us=1e6 * t, gb_s=nbytes / t / 1e9,
+                                       ok=ok))
         print(json.dumps(r), flush=True)
         results.append(r)
     return results
@@ -225,7 +238,11 @@ def bench_fused(iters: int, flush: torch.Tensor, m: int = 1) -> list[dict]:
 # default on compute capability 9+). Measured and dropped, 2026-11-27: each GEMV program
 # loading its first weight tile before gdc_wait (0.26 ms slower replayed), and GEMVs
 # letting their dependents launch before their K loop (0.01-0.05 ms slower).
-PDL_VARIANTS = (dict(), dict(attention_pdl=True))
+# Then (2026-11-27, new, opt-in) each GEMV prefetching the first 4 / 8 / 16 MB of the next
+# GEMV's weight into L2 after its K loop (triton_ops.NEXT_PREFETCH).
+PDL_VARIANTS = (dict(), dict(attention_pdl=True), dict(attention_pdl=True, next_mb=4),
+                dict(attention_pdl=True, next_mb=8), dict(attention_pdl=True, next_mb=16),
+                dict(attention_pdl=True, next_mb=8, evict_last=True))
 
 
 def variant_name(t: dict) -> str:
@@ -234,15 +251,19 @@ def variant_name(t: dict) -> str:
     if t.get("pdl"):
         name += " + PDL" + ", L2 prefetch" * bool(t.get("prefetch")) \
             + ", attention" * bool(t.get("attention_pdl"))
+        if t.get("next_mb"):
+            name += f", next weight's first {t['next_mb']} MB prefetched" \
+                + " (evict_last)" * bool(t.get("evict_last"))
     return name
 
 
 def bench_tpot(use_gemv: bool, steps: int, pdl: bool = False, prefetch: bool = False,
-               attention_pdl: bool = False) -> tuple[dict, torch.Tensor]:
+               attention_pdl: bool = False, next_mb: int = 0,
+               evict_last: bool = False) -> tuple[dict, torch.Tensor]:
     """bs=1 decode on Llama-3.2-1B (random bf16 weights) with or without the GEMV (and its
     programmatic dependent launch: with L2 prefetches; decode attention launched with PDL
-    too): timings, and the logits of one decode step after a
-    128-token prefill."""
+    too; next_mb: each GEMV prefetching the next one's first MB into L2): timings, and the
+    logits of one decode step after a 128-token prefill."""
     from rustinfer.kernels.triton import decode_attention as attention_mod
     from rustinfer.kernels.triton import gemv as gemv_mod
     from rustinfer.compiler.build import CompileOptions, compile_model
@@ -261,6 +282,9 @@ def bench_tpot(use_gemv: bool, steps: int, pdl: bool = False, prefetch: bool = F
     saved_pdl, gemv_mod.PDL = gemv_mod.PDL, pdl
     saved_prefetch, gemv_mod.PDL_PREFETCH = gemv_mod.PDL_PREFETCH, prefetch
     saved_attention, attention_mod.PDL = attention_mod.PDL, attention_pdl
+    saved_next, triton_ops.NEXT_PREFETCH = triton_ops.NEXT_PREFETCH, next_mb > 0
+    saved_bytes, gemv_mod.NEXT_BYTES = gemv_mod.NEXT_BYTES, next_mb << 20
+    saved_evict, gemv_mod.NEXT_EVICT_LAST = gemv_mod.NEXT_EVICT_LAST, evict_last
     try:
         ex = CudaExecutor(folder / "plan.py", ckpt, num_blocks=-(-max_len // BLOCK) + 8,
                           block_size=BLOCK, max_model_len=max_len, max_batch=1)
@@ -276,7 +300,7 @@ def bench_tpot(use_gemv: bool, steps: int, pdl: bool = False, prefetch: bool = F
             tok = greedy_argmax(ex.forward_device(step)).tolist()[0]
             times.append(time.perf_counter() - t0)
         r = dict(gemv=use_gemv, pdl=pdl, prefetch=pdl and prefetch,
-                 attention_pdl=attention_pdl,
+                 attention_pdl=attention_pdl, next_mb=next_mb, evict_last=evict_last,
                  tpot_ms=1e3 * statistics.median(times[3:]), replay_ms=replay_ms(ex.graphs[1]),
                  overlap_ms=overlapped_tpot_ms(ex, table, steps))
     finally:
@@ -284,6 +308,9 @@ def bench_tpot(use_gemv: bool, steps: int, pdl: bool = False, prefetch: bool = F
         gemv_mod.PDL = saved_pdl
         gemv_mod.PDL_PREFETCH = saved_prefetch
         attention_mod.PDL = saved_attention
+        triton_ops.NEXT_PREFETCH = saved_next
+        gemv_mod.NEXT_BYTES = saved_bytes
+        gemv_mod.NEXT_EVICT_LAST = saved_evict
     del ex
     gc.collect()
     torch.cuda.empty_cache()
@@ -437,6 +464,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=256)
     p.add_argument("--sweep", action="store_true", help="also time each default's neighbours "
                    "(rows=1, and rows above FMA_ROWS on tensor cores)")
+    p.add_argument("--sweep-rows", default="", help="with --sweep: only these row counts "
+                   "(comma-separated; default all of --rows)")
     p.add_argument("--no-tpot", action="store_true", help="skip the 1B TPOT part")
     p.add_argument("--batched", action="store_true", help="also replay batches 1/8/32 with "
                    "and without fuse_norm_linear")
@@ -457,7 +486,9 @@ def main(argv=None) -> int:
         (out / "gemv.md").write_text(table(device, bandwidth, linears, tpot, diff)
                                      + batched_table(batched) + "\n")
 
-    linears += bench_linears([int(m) for m in args.rows.split(",")], args.iters, args.sweep)
+    linears += bench_linears([int(m) for m in args.rows.split(",")], args.iters, args.sweep,
+                             {int(m) for m in args.sweep_rows.split(",")} if args.sweep_rows
+                             else None)
     write()
     if not args.no_tpot:
         (off, ref), (on, got) = bench_tpot(False, args.steps), bench_tpot(True, args.steps)

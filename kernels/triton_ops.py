@@ -143,6 +143,33 @@ GEMV_MAX_ROWS = max(1, min(_gemv.MAX_ROWS, int(os.environ.get("RUSTINFER_TRITON_
 # until bench/gpu_gemv.py --batched has timed the step with them.
 GEMV_DOT_OPS = frozenset(op for op in os.environ.get("RUSTINFER_TRITON_GEMV_DOT_OPS",
                                                      "").split(",") if op)
+# Experiment (opt-in, RUSTINFER_GEMV_NEXT_PREFETCH=1): each 1-row GEMV prefetches the first
+# bytes of the step's next GEMV's weight into L2 (gemv.NEXT_BYTES). The cuda executor learns
+# that order from a traced warm-up step (trace_gemv_weights) and links each weight to the
+# next (NEXT_ATTR on the weight tensor; the LM head's next is the first layer's qkv).
+NEXT_PREFETCH = os.environ.get("RUSTINFER_GEMV_NEXT_PREFETCH", "0") == "1"
+NEXT_ATTR = "_rustinfer_next_gemv_weight"
+_trace: list | None = None
+
+
+def trace_gemv_weights(run) -> list:
+    """The weights 1-row GEMVs read while run() runs, in launch order."""
+    global _trace
+    _trace = []
+    try:
+        run()
+        return _trace
+    finally:
+        _trace = None
+
+
+def _next_weight(weight):
+    """Record weight (tracing); the weight to prefetch after it (NEXT_PREFETCH), or None."""
+    if _trace is not None:
+        _trace.append(weight)
+    return getattr(weight, NEXT_ATTR, None) if NEXT_PREFETCH else None
+
+
 # Devices whose tensors take the GEMV ("meta" is added by the AOT check, which runs plans
 # on meta tensors to list the kernel specializations).
 GEMV_DEVICES = ("cuda",)
@@ -160,7 +187,7 @@ def use_gemv(x, op: str | None = None) -> bool:
 
 def linear(x, weight, bias=None, *, out):
     if use_gemv(x):
-        _gemv.gemv(x, weight, out, bias)
+        _gemv.gemv(x, weight, out, bias, next_weight=_next_weight(weight))
     elif bias is None:
         torch.mm(x, weight.t(), out=out)
     else:
@@ -172,7 +199,7 @@ def linear_add(x, weight, residual, *, out):
     epilogue; more rows take torch_ops' cuBLAS addmm (in place on the plan's residual
     stream, so nothing is copied)."""
     if use_gemv(x):
-        _gemv.gemv(x, weight, out, residual=residual)
+        _gemv.gemv(x, weight, out, residual=residual, next_weight=_next_weight(weight))
     else:
         _torch_ops.linear_add(x, weight, residual, out=out)
 
@@ -183,7 +210,7 @@ def rms_norm_linear(x, norm_weight, weight, bias=None, *, out, eps, offset=0.0, 
     _torch_ops._check_act(act)  # the same rule as the CPU twin
     if use_gemv(x, "rms_norm_linear"):
         _gemv.gemv(x, weight, out, bias, norm_weight=norm_weight, eps=eps, offset=offset,
-                   swiglu=act == "swiglu")
+                   swiglu=act == "swiglu", next_weight=_next_weight(weight))
         return
     # The product goes straight to `out` unless SwiGLU still has to combine its halves.
     normed, *product = ws.scratch_views(x.shape[0], x.shape[1],
@@ -204,7 +231,8 @@ def rms_norm_linear_rope_kv(x, norm_weight, weight, positions, k_cache, v_cache,
     if use_gemv(x, "rms_norm_linear_rope_kv"):
         _gemv.gemv_rope_kv(x, weight, out, positions, step.slot_mapping, cos, sin, k_cache,
                            v_cache, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
-                           norm_weight=norm_weight, eps=eps, offset=offset)
+                           norm_weight=norm_weight, eps=eps, offset=offset,
+                           next_weight=_next_weight(weight))
         return
     normed, qkv = ws.scratch_views(x.shape[0], x.shape[1], weight.shape[0])
     _rms.rms_norm(x, norm_weight, normed, eps=eps, offset=offset)

@@ -221,6 +221,22 @@ def test_batched_decode_sends_only_the_named_fused_ops_to_the_gemv(executors, mo
     assert len(launched) == 2 * layers + 1                               # o, down: cuBLAS
 
 
+def test_a_traced_decode_step_lists_its_gemv_weights_in_order(executors, monkeypatch):
+    """trace_gemv_weights (the cuda executor's NEXT_PREFETCH link): a 1-row step's GEMVs read
+    qkv, o, gate_up, down per layer, then the LM head, in that order."""
+    monkeypatch.setattr(triton_ops, "TRITON_GEMV", True)
+    monkeypatch.setattr(triton_ops, "GEMV_DEVICES", ("cuda", "cpu"))
+    table = [1, 2]
+    _both(executors, [(_ids(6, 21), 0, table)])
+    tri = executors[1]
+    step = StepInputs.for_sequences([(_ids(1, 22), 6, table)], BLOCK)
+    order = triton_ops.trace_gemv_weights(lambda: tri.forward(step))
+    names = {id(w): n for n, w in tri.weights.items()}
+    parts = [names[id(w)].split(".")[-2] for w in order]
+    assert parts == ["q+k+v_proj", "o_proj", "gate+up_proj", "down_proj"] * 2 + ["embed_tokens"]
+    assert triton_ops._trace is None
+
+
 def test_fused_ops_off_the_gemv_say_what_is_wrong():
     """More rows than the GEMV takes: the fused ops run in parts through the workspace's
     scratch, which the plan sizes; a too-small one, a wrong act or residual is a clear error."""
