@@ -237,12 +237,12 @@ def bench_fused(iters: int, flush: torch.Tensor, m: int = 1, sweep: bool = False
 # the GEMVs alone, and with decode attention and its merge launched early too (the
 # default on compute capability 9+). Measured and dropped, 2026-11-27: each GEMV program
 # loading its first weight tile before gdc_wait (0.26 ms slower replayed), and GEMVs
-# letting their dependents launch before their K loop (0.01-0.05 ms slower).
-# Then (2026-11-27, new, opt-in) each GEMV prefetching the first 4 / 8 / 16 MB of the next
-# GEMV's weight into L2 after its K loop (triton_ops.NEXT_PREFETCH).
-PDL_VARIANTS = (dict(), dict(attention_pdl=True), dict(attention_pdl=True, next_mb=4),
-                dict(attention_pdl=True, next_mb=8), dict(attention_pdl=True, next_mb=16),
-                dict(attention_pdl=True, next_mb=8, evict_last=True))
+# letting their dependents launch before their K loop (0.01-0.05 ms slower). Measured and
+# dropped in a later session the same day (bench/RESULTS.md, runs W-Z): the o projection
+# prefetching its rows into L2 while attention runs (0.817-0.824 vs 0.814 ms), each GEMV
+# prefetching the next one's first 4-16 MB after its K loop (0.863-0.998), and decode
+# attention merging its splits in its last program (0.822).
+PDL_VARIANTS = (dict(), dict(attention_pdl=True))
 
 
 def variant_name(t: dict) -> str:
@@ -251,19 +251,14 @@ def variant_name(t: dict) -> str:
     if t.get("pdl"):
         name += " + PDL" + ", L2 prefetch" * bool(t.get("prefetch")) \
             + ", attention" * bool(t.get("attention_pdl"))
-        if t.get("next_mb"):
-            name += f", next weight's first {t['next_mb']} MB prefetched" \
-                + " (evict_last)" * bool(t.get("evict_last"))
     return name
 
 
 def bench_tpot(use_gemv: bool, steps: int, pdl: bool = False, prefetch: bool = False,
-               attention_pdl: bool = False, next_mb: int = 0,
-               evict_last: bool = False) -> tuple[dict, torch.Tensor]:
+               attention_pdl: bool = False) -> tuple[dict, torch.Tensor]:
     """bs=1 decode on Llama-3.2-1B (random bf16 weights) with or without the GEMV (and its
     programmatic dependent launch: with L2 prefetches; decode attention launched with PDL
-    too; next_mb: each GEMV prefetching the next one's first MB into L2): timings, and the
-    logits of one decode step after a 128-token prefill."""
+    too): timings, and the logits of one decode step after a 128-token prefill."""
     from rustinfer.kernels.triton import decode_attention as attention_mod
     from rustinfer.kernels.triton import gemv as gemv_mod
     from rustinfer.compiler.build import CompileOptions, compile_model
@@ -282,9 +277,6 @@ def bench_tpot(use_gemv: bool, steps: int, pdl: bool = False, prefetch: bool = F
     saved_pdl, gemv_mod.PDL = gemv_mod.PDL, pdl
     saved_prefetch, gemv_mod.PDL_PREFETCH = gemv_mod.PDL_PREFETCH, prefetch
     saved_attention, attention_mod.PDL = attention_mod.PDL, attention_pdl
-    saved_next, triton_ops.NEXT_PREFETCH = triton_ops.NEXT_PREFETCH, next_mb > 0
-    saved_bytes, gemv_mod.NEXT_BYTES = gemv_mod.NEXT_BYTES, next_mb << 20
-    saved_evict, gemv_mod.NEXT_EVICT_LAST = gemv_mod.NEXT_EVICT_LAST, evict_last
     try:
         ex = CudaExecutor(folder / "plan.py", ckpt, num_blocks=-(-max_len // BLOCK) + 8,
                           block_size=BLOCK, max_model_len=max_len, max_batch=1)
@@ -300,7 +292,7 @@ def bench_tpot(use_gemv: bool, steps: int, pdl: bool = False, prefetch: bool = F
             tok = greedy_argmax(ex.forward_device(step)).tolist()[0]
             times.append(time.perf_counter() - t0)
         r = dict(gemv=use_gemv, pdl=pdl, prefetch=pdl and prefetch,
-                 attention_pdl=attention_pdl, next_mb=next_mb, evict_last=evict_last,
+                 attention_pdl=attention_pdl,
                  tpot_ms=1e3 * statistics.median(times[3:]), replay_ms=replay_ms(ex.graphs[1]),
                  overlap_ms=overlapped_tpot_ms(ex, table, steps))
     finally:
@@ -308,9 +300,6 @@ def bench_tpot(use_gemv: bool, steps: int, pdl: bool = False, prefetch: bool = F
         gemv_mod.PDL = saved_pdl
         gemv_mod.PDL_PREFETCH = saved_prefetch
         attention_mod.PDL = saved_attention
-        triton_ops.NEXT_PREFETCH = saved_next
-        gemv_mod.NEXT_BYTES = saved_bytes
-        gemv_mod.NEXT_EVICT_LAST = saved_evict
     del ex
     gc.collect()
     torch.cuda.empty_cache()
@@ -333,31 +322,26 @@ def bench_batched(batches=(1, 8, 32), reps: int = 64) -> list[dict]:
     max_len = CTX + 16
     blocks = -(-max_len // BLOCK)
     out = []
-    # (passes disabled, rows up to which GEMMs take the Triton GEMV, the fused ops that take
-    # it at 8-32 rows): the default plan, the plan before fuse_norm_linear, the norm-fused
-    # GEMMs (+ SwiGLU, the LM head) on the GEMV's tensor cores at 8-32 rows, the same with
-    # qkv + RoPE too, and every bucket up to 32 rows on the GEMV (RUSTINFER_TRITON_GEMV_ROWS)
-    saved, saved_ops = triton_ops.GEMV_MAX_ROWS, triton_ops.GEMV_DOT_OPS
-    norm_ops = frozenset({"rms_norm_linear"})
-    for disable, gemv_rows, dot_ops in (
-            ((), saved, saved_ops), (("fuse_norm_linear",), saved, saved_ops),
-            ((), saved, norm_ops), ((), saved, norm_ops | {"rms_norm_linear_rope_kv"}),
-            ((), 32, frozenset())):
+    # (passes disabled, rows up to which GEMMs take the Triton GEMV): the default plan, the
+    # plan before fuse_norm_linear, and every bucket up to 32 rows on the GEMV (tensor cores
+    # above 4 rows: RUSTINFER_TRITON_GEMV_ROWS=32)
+    saved = triton_ops.GEMV_MAX_ROWS
+    for disable, gemv_rows in (((), saved), (("fuse_norm_linear",), saved), ((), 32)):
         folder, _ = compile_model(SPECS_DIR / "llama3.yaml", config, ckpt,
                                   CompileOptions(target="cuda", max_tokens=1024,
                                                  disable=disable))
-        triton_ops.GEMV_MAX_ROWS, triton_ops.GEMV_DOT_OPS = gemv_rows, dot_ops
+        triton_ops.GEMV_MAX_ROWS = gemv_rows
         try:
             ex = CudaExecutor(folder / "plan.py", ckpt, num_blocks=blocks * max(batches) + 8,
                               block_size=BLOCK, max_model_len=max_len, max_batch=max(batches))
-            row = dict(fused=not disable, gemv_rows=gemv_rows, dot_ops=sorted(dot_ops))
+            row = dict(fused=not disable, gemv_rows=gemv_rows)
             for b in batches:
                 tables = [list(range(i * blocks, (i + 1) * blocks)) for i in range(b)]
                 step = StepInputs.for_sequences([([1], CTX, t) for t in tables], BLOCK)
                 ex.forward_device(step)                    # fills the bucket's static inputs
                 row[f"replay_bs{b}_ms"] = replay_ms(ex.graphs[ex.bucket_for(step)], reps)
         finally:
-            triton_ops.GEMV_MAX_ROWS, triton_ops.GEMV_DOT_OPS = saved, saved_ops
+            triton_ops.GEMV_MAX_ROWS = saved
         out.append(row)
         del ex
         gc.collect()
@@ -376,8 +360,6 @@ def batched_table(batched: list[dict]) -> str:
         name = "with fuse_norm_linear" if r["fused"] else "without (add_rms_norm, swiglu)"
         if r.get("gemv_rows", 1) > 1:
             name += f", Triton GEMV up to {r['gemv_rows']} rows"
-        if r.get("dot_ops"):
-            name += f", {' + '.join(r['dot_ops'])} on the GEMV at 8-32 rows"
         rows.append(f"| {name} | " + " | ".join(f"{r[c]:.3f}" for c in cols) + " |")
     return "\n".join(rows)
 

@@ -39,7 +39,6 @@ from .rope_tables import half_cos_sin
 from .triton import decode_attention as _decode
 from .triton import gather as _gather
 from .triton import gemv as _gemv
-from .triton import gemv_config as _gemv_config
 from .triton import prefill_attention as _prefill
 from .triton import rms_norm as _rms
 from .triton import rope_kv as _rope
@@ -132,62 +131,27 @@ def embedding(ids, table, *, out):
 TRITON_GEMV = os.environ.get("RUSTINFER_TRITON_GEMV", "1") != "0"
 # Rows up to which a GEMM takes the GEMV: 1 measured faster than cuBLAS, 8 and 16 slower
 # (on the FMA path then). RUSTINFER_TRITON_GEMV_ROWS=N (up to 32) sends decode buckets of up
-# to N rows to it, above 4 rows on its tensor-core path: an experiment until bench/gpu_gemv.py
-# --batched has timed it against cuBLAS + the separate norm / RoPE / SwiGLU kernels.
+# to N rows to it, above 4 rows on its tensor-core path. Measured slower there on an H200
+# (2026-11-27, bench/gpu_gemv.py --batched): the 1B step replayed in 1.44 / 1.99 ms at
+# batch 8 / 32 against 1.14 / 1.30 on cuBLAS; sending only the norm-fused GEMMs (with
+# SwiGLU, RoPE) there, 1.37-1.38 / 1.87-1.90. Its fused variants at 32 rows lose to cuBLAS
+# plus the separate kernels (gate_up + norm + SwiGLU 34.8 us at its best config vs 32.9).
 GEMV_MAX_ROWS = max(1, min(_gemv.MAX_ROWS, int(os.environ.get("RUSTINFER_TRITON_GEMV_ROWS",
                                                               "1"))))
-# The fused ops that take the GEMV's tensor-core path at FMA_ROWS + 1 .. 32 rows (decode
-# buckets 8, 16, 32) though other GEMMs of those rows take cuBLAS: there the fused GEMV
-# replaces cuBLAS plus separate norm / SwiGLU / RoPE kernels. RUSTINFER_TRITON_GEMV_DOT_OPS
-# names them, comma-separated (rms_norm_linear, rms_norm_linear_rope_kv); none by default
-# until bench/gpu_gemv.py --batched has timed the step with them.
-GEMV_DOT_OPS = frozenset(op for op in os.environ.get("RUSTINFER_TRITON_GEMV_DOT_OPS",
-                                                     "").split(",") if op)
-# Experiment (opt-in, RUSTINFER_GEMV_NEXT_PREFETCH=1): each 1-row GEMV prefetches the first
-# bytes of the step's next GEMV's weight into L2 (gemv.NEXT_BYTES). The cuda executor learns
-# that order from a traced warm-up step (trace_gemv_weights) and links each weight to the
-# next (NEXT_ATTR on the weight tensor; the LM head's next is the first layer's qkv).
-NEXT_PREFETCH = os.environ.get("RUSTINFER_GEMV_NEXT_PREFETCH", "0") == "1"
-NEXT_ATTR = "_rustinfer_next_gemv_weight"
-_trace: list | None = None
-
-
-def trace_gemv_weights(run) -> list:
-    """The weights 1-row GEMVs read while run() runs, in launch order."""
-    global _trace
-    _trace = []
-    try:
-        run()
-        return _trace
-    finally:
-        _trace = None
-
-
-def _next_weight(weight):
-    """Record weight (tracing); the weight to prefetch after it (NEXT_PREFETCH), or None."""
-    if _trace is not None:
-        _trace.append(weight)
-    return getattr(weight, NEXT_ATTR, None) if NEXT_PREFETCH else None
-
-
 # Devices whose tensors take the GEMV ("meta" is added by the AOT check, which runs plans
 # on meta tensors to list the kernel specializations).
 GEMV_DEVICES = ("cuda",)
 
 
-def use_gemv(x, op: str | None = None) -> bool:
+def use_gemv(x) -> bool:
     """Whether a GEMM of x's rows takes the Triton GEMV (a shape and device test only, so
-    a CUDA graph bucket always routes the same way); op: the fused op asking (GEMV_DOT_OPS)."""
-    m = x.shape[0]
-    if not (TRITON_GEMV and m >= 1 and x.device.type in GEMV_DEVICES):
-        return False
-    return m <= GEMV_MAX_ROWS or (op in GEMV_DOT_OPS
-                                  and _gemv_config.FMA_ROWS < m <= _gemv_config.MAX_ROWS)
+    a CUDA graph bucket always routes the same way)."""
+    return TRITON_GEMV and 1 <= x.shape[0] <= GEMV_MAX_ROWS and x.device.type in GEMV_DEVICES
 
 
 def linear(x, weight, bias=None, *, out):
     if use_gemv(x):
-        _gemv.gemv(x, weight, out, bias, next_weight=_next_weight(weight))
+        _gemv.gemv(x, weight, out, bias)
     elif bias is None:
         torch.mm(x, weight.t(), out=out)
     else:
@@ -199,7 +163,7 @@ def linear_add(x, weight, residual, *, out):
     epilogue; more rows take torch_ops' cuBLAS addmm (in place on the plan's residual
     stream, so nothing is copied)."""
     if use_gemv(x):
-        _gemv.gemv(x, weight, out, residual=residual, next_weight=_next_weight(weight))
+        _gemv.gemv(x, weight, out, residual=residual)
     else:
         _torch_ops.linear_add(x, weight, residual, out=out)
 
@@ -208,9 +172,9 @@ def rms_norm_linear(x, norm_weight, weight, bias=None, *, out, eps, offset=0.0, 
     """out = act(rms_norm(x) @ weight^T + bias): one GEMV for a decode row, else the norm
     kernel, cuBLAS and (act='swiglu') the SwiGLU kernel through the workspace's scratch."""
     _torch_ops._check_act(act)  # the same rule as the CPU twin
-    if use_gemv(x, "rms_norm_linear"):
+    if use_gemv(x):
         _gemv.gemv(x, weight, out, bias, norm_weight=norm_weight, eps=eps, offset=offset,
-                   swiglu=act == "swiglu", next_weight=_next_weight(weight))
+                   swiglu=act == "swiglu")
         return
     # The product goes straight to `out` unless SwiGLU still has to combine its halves.
     normed, *product = ws.scratch_views(x.shape[0], x.shape[1],
@@ -228,11 +192,10 @@ def rms_norm_linear_rope_kv(x, norm_weight, weight, positions, k_cache, v_cache,
     the step's slots. One GEMV (RoPE and the cache append in its epilogue) for a decode
     row, else the norm kernel, cuBLAS and the rope_kv kernel through `ws.scratch`."""
     cos, sin = ws.rope_table(head_dim, theta, scaling)
-    if use_gemv(x, "rms_norm_linear_rope_kv"):
+    if use_gemv(x):
         _gemv.gemv_rope_kv(x, weight, out, positions, step.slot_mapping, cos, sin, k_cache,
                            v_cache, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
-                           norm_weight=norm_weight, eps=eps, offset=offset,
-                           next_weight=_next_weight(weight))
+                           norm_weight=norm_weight, eps=eps, offset=offset)
         return
     normed, qkv = ws.scratch_views(x.shape[0], x.shape[1], weight.shape[0])
     _rms.rms_norm(x, norm_weight, normed, eps=eps, offset=offset)

@@ -198,8 +198,6 @@ class CudaExecutor:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):            # warm-up: compiles this bucket's kernels
-                if b == 1 and triton_ops.NEXT_PREFETCH and self.kernels is triton_ops:
-                    self._link_gemv_weights(step)
                 self._run(step)
             torch.cuda.current_stream().wait_stream(side)
             torch.cuda.synchronize()
@@ -209,14 +207,6 @@ class CudaExecutor:
             pool = graph.pool() if pool is None else pool
             self.graphs[b] = graph
         torch.cuda.synchronize()
-
-    def _link_gemv_weights(self, step: StepInputs) -> None:
-        """triton_ops.NEXT_PREFETCH: run the 1-row step once, tracing the weights its GEMVs
-        read, and give each the next one's (the last, the first's: the next step's) to
-        prefetch. The warm-up run after this compiles the prefetching kernels."""
-        order = triton_ops.trace_gemv_weights(lambda: self._run(step))
-        for weight, after in zip(order, order[1:] + order[:1]):
-            setattr(weight, triton_ops.NEXT_ATTR, after)
 
     @torch.inference_mode()
     def forward_device(self, step: StepInputs) -> torch.Tensor:

@@ -308,14 +308,12 @@ def test_gemv_rope_kv_matches_unfused_kernels():
         assert torch.equal(fused.abs().sum(dim=(2, 3)) > 0, parts.abs().sum(dim=(2, 3)) > 0)
 
 
-@pytest.mark.parametrize("next_prefetch", [False, True])
-def test_pdl_layer_chain_matches_plain_launches_eager_and_replayed(next_prefetch):
+def test_pdl_layer_chain_matches_plain_launches_eager_and_replayed():
     """A 1B bs=1 layer as the fused plan launches it, every kernel with programmatic
     dependent launch: norm+qkv+RoPE+KV append, decode attention (8 splits) and its merge
     signalling their dependents at once, o + residual, norm+gate_up+SwiGLU, down +
     residual. Three layers in a row (each reads the cache and the residual the last one wrote),
-    eagerly and under CUDA graph replay, give exactly what plain launches give.
-    next_prefetch: each GEMV also prefetches the next one's weight into L2."""
+    eagerly and under CUDA graph replay, give exactly what plain launches give."""
     from rustinfer.kernels.triton.decode_attention import decode_attention
     from rustinfer.kernels.triton.gemv import gemv, gemv_rope_kv
 
@@ -337,7 +335,6 @@ def test_pdl_layer_chain_matches_plain_launches_eager_and_replayed(next_prefetch
     plse = torch.empty(heads * splits, device="cuda")
     caches = [c.clone() for c in cache0]
     pos, slot, ctx = (torch.empty(1, dtype=torch.int64, device="cuda") for _ in range(3))
-    nxt = (lambda w: w) if next_prefetch else (lambda w: None)
 
     def layers(pdl):
         h.copy_(h0)
@@ -347,13 +344,12 @@ def test_pdl_layer_chain_matches_plain_launches_eager_and_replayed(next_prefetch
             for t, value in ((pos, 500 + i), (slot, 500 + i), (ctx, 501 + i)):
                 t.fill_(value)
             gemv_rope_kv(h, w_qkv, q, pos, slot, cos, sin, *caches, heads=heads, kv_heads=kvh,
-                         head_dim=d, norm_weight=ln1, eps=1e-5, pdl=pdl, next_weight=nxt(w_o))
+                         head_dim=d, norm_weight=ln1, eps=1e-5, pdl=pdl)
             decode_attention(q, *caches, table, ctx, attn, po, plse, heads=heads, kv_heads=kvh,
                              head_dim=d, scale=d ** -0.5, splits=splits, pdl=pdl)
-            gemv(attn, w_o, x1, residual=h, pdl=pdl, next_weight=nxt(w_gu))
-            gemv(x1, w_gu, act, norm_weight=ln2, eps=1e-5, swiglu=True, pdl=pdl,
-                 next_weight=nxt(w_d))
-            gemv(act, w_d, h, residual=x1, pdl=pdl, next_weight=nxt(w_qkv))
+            gemv(attn, w_o, x1, residual=h, pdl=pdl)
+            gemv(x1, w_gu, act, norm_weight=ln2, eps=1e-5, swiglu=True, pdl=pdl)
+            gemv(act, w_d, h, residual=x1, pdl=pdl)
         return h.clone(), caches[0].clone(), caches[1].clone()
 
     want = layers(False)

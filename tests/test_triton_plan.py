@@ -188,55 +188,6 @@ def test_batched_decode_on_the_tensor_core_gemv(executors, monkeypatch):
     assert dot_rows and all(dot_rows), dot_rows
 
 
-def test_batched_decode_sends_only_the_named_fused_ops_to_the_gemv(executors, monkeypatch):
-    """RUSTINFER_TRITON_GEMV_DOT_OPS: at a batched decode step the norm-fused GEMMs (qkv +
-    RoPE + KV append, gate_up + SwiGLU, the LM head) take the GEMV's tensor cores while the
-    residual GEMMs (o, down) stay on cuBLAS; the step computes what torch kernels compute."""
-    from rustinfer.kernels.triton import gemv, gemv_config
-
-    launched = []
-
-    def spy(fn, tag):
-        def call(x, *a, **kw):
-            launched.append((tag, x.shape[0], "residual" in kw and kw["residual"] is not None,
-                             gemv.gemv_config(8, 8, x.shape[0]).dot))
-            return fn(x, *a, **kw)
-        return call
-
-    monkeypatch.setattr(triton_ops, "TRITON_GEMV", True)
-    monkeypatch.setattr(triton_ops, "GEMV_DEVICES", ("cuda", "cpu"))
-    monkeypatch.setattr(triton_ops, "GEMV_DOT_OPS",
-                        frozenset({"rms_norm_linear", "rms_norm_linear_rope_kv"}))
-    monkeypatch.setattr(gemv_config, "FMA_ROWS", 1)   # 3 rows (bucket 4) take tl.dot here
-    monkeypatch.setattr(gemv, "gemv", spy(gemv.gemv, "gemv"))
-    monkeypatch.setattr(gemv, "gemv_rope_kv", spy(gemv.gemv_rope_kv, "rope"))
-    tables = [[3, 0], [5, 6], [7, 8]]
-    for i, t in enumerate(tables):
-        _both(executors, [(_ids(5 + i, 40 + i), 0, t)])
-    launched.clear()
-    _both(executors, [(_ids(1, 50 + i), 5 + i, t) for i, t in enumerate(tables)])
-    layers = 2
-    assert launched.count(("rope", 4, False, True)) == layers            # qkv (bucket 4)
-    assert launched.count(("gemv", 4, False, True)) == layers + 1        # gate_up, LM head
-    assert len(launched) == 2 * layers + 1                               # o, down: cuBLAS
-
-
-def test_a_traced_decode_step_lists_its_gemv_weights_in_order(executors, monkeypatch):
-    """trace_gemv_weights (the cuda executor's NEXT_PREFETCH link): a 1-row step's GEMVs read
-    qkv, o, gate_up, down per layer, then the LM head, in that order."""
-    monkeypatch.setattr(triton_ops, "TRITON_GEMV", True)
-    monkeypatch.setattr(triton_ops, "GEMV_DEVICES", ("cuda", "cpu"))
-    table = [1, 2]
-    _both(executors, [(_ids(6, 21), 0, table)])
-    tri = executors[1]
-    step = StepInputs.for_sequences([(_ids(1, 22), 6, table)], BLOCK)
-    order = triton_ops.trace_gemv_weights(lambda: tri.forward(step))
-    names = {id(w): n for n, w in tri.weights.items()}
-    parts = [names[id(w)].split(".")[-2] for w in order]
-    assert parts == ["q+k+v_proj", "o_proj", "gate+up_proj", "down_proj"] * 2 + ["embed_tokens"]
-    assert triton_ops._trace is None
-
-
 def test_fused_ops_off_the_gemv_say_what_is_wrong():
     """More rows than the GEMV takes: the fused ops run in parts through the workspace's
     scratch, which the plan sizes; a too-small one, a wrong act or residual is a clear error."""

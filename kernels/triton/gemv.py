@@ -66,7 +66,10 @@ _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 PDL = os.environ.get("RUSTINFER_GEMV_PDL", "1") == "1"
 # With PDL, also prefetch the weight rows into L2 before waiting: measured slower
 # (1.019-1.106 vs 0.90 ms replayed: a line evicted before its load is read twice), so
-# opt-in, RUSTINFER_GEMV_PDL_PREFETCH=1.
+# opt-in, RUSTINFER_GEMV_PDL_PREFETCH=1. Two narrower L2 prefetches were measured on an
+# H200 on 2026-11-27 and dropped (bench/RESULTS.md): only the o projection, while decode
+# attention leaves HBM idle (1B bs=1 replay 0.817-0.824 vs 0.814 ms), and each GEMV
+# prefetching the next GEMV's first 4-16 MB after its K loop (0.863-0.998).
 PDL_PREFETCH = os.environ.get("RUSTINFER_GEMV_PDL_PREFETCH", "0") == "1"
 
 
@@ -76,21 +79,12 @@ def pdl_default(device: torch.device) -> bool:
 
 
 _LINE_BYTES = 128                      # one L2 prefetch per cache line
-# Experiment (2026-11-27, opt-in): `next_weight`, the weight the step's next GEMV reads. After
-# its K loop each program prefetches its share of that weight's first NEXT_BYTES (the first
-# columns of every row: what the next GEMV's programs, nearly all resident in one wave,
-# load first) into L2, so the next GEMV starts on L2 hits while this one's tail drains.
-NEXT_BYTES = int(os.environ.get("RUSTINFER_GEMV_NEXT_BYTES", str(8 << 20)))
-# Prefetched lines marked evict_last (kept over the weights streaming past), or normal.
-NEXT_EVICT_LAST = os.environ.get("RUSTINFER_GEMV_NEXT_EVICT_LAST", "0") == "1"
-_NEXT_BLOCK = 256                       # lines a program prefetches per loop step
 
 
 @triton.jit
 def _gemv_kernel(x_ptr, w_ptr, b_ptr, nw_ptr, res_ptr, out_ptr, M, N, K, stride_x, stride_w,
                  stride_res, stride_out, eps, offset,
                  pos_ptr, slot_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr,
-                 next_ptr, next_stride, next_lpr, next_lines,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                  STAGES: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_NORM: tl.constexpr,
                  SWIGLU: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ROPE: tl.constexpr = False,
@@ -98,9 +92,7 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, nw_ptr, res_ptr, out_ptr, M, N, K, stride_
                  HEAD_DIM: tl.constexpr = 2, PDL: tl.constexpr = False,
                  PREFETCH: tl.constexpr = False, LINES: tl.constexpr = 1,
                  LINE_ELEMS: tl.constexpr = 64, DOT: tl.constexpr = False,
-                 DOT_FP32: tl.constexpr = False, NEXT: tl.constexpr = False,
-                 NEXT_BLOCK: tl.constexpr = 256, NEXT_ELEMS: tl.constexpr = 64,
-                 NEXT_EVICT_LAST: tl.constexpr = False):
+                 DOT_FP32: tl.constexpr = False):
     # x:    [M, K], row stride stride_x, columns contiguous; M <= BLOCK_M <= 32 (DOT:
     #       BLOCK_M >= 16; operands cast to fp32 when DOT_FP32, i.e. interpreting)
     # w:    [N, K] row stride stride_w, columns contiguous (nn.Linear's layout); SWIGLU:
@@ -110,8 +102,6 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, nw_ptr, res_ptr, out_ptr, M, N, K, stride_
     #       stride_out (ROPE: the rotated q, [M, HEADS * HEAD_DIM])
     # ROPE: pos, slot [M] int64; cos, sin [max_pos, HEAD_DIM // 2] fp32; kc, vc the paged
     #       caches as [slots, KV_HEADS * HEAD_DIM]
-    # NEXT: next_ptr the next GEMV's weight, row stride next_stride; its first next_lpr cache
-    #       lines of every row, next_lines in all, are prefetched after the K loop
     # grid: (cdiv(N, BLOCK_N),): program p computes outputs p*BLOCK_N ... (p+1)*BLOCK_N - 1
     #       = sum over K tiles of x[:, tile] @ w[its rows, tile]^T, then the epilogue
     n = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -201,23 +191,6 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, nw_ptr, res_ptr, out_ptr, M, N, K, stride_
         # (measured on an H200), their waiting programs took SM slots from this GEMV's
         # later waves and the bs=1 step got slower (1.019 vs 0.898 ms replayed).
         tl.extra.cuda.gdc_launch_dependents()
-    if NEXT:
-        # this program's share of the next weight's leading lines
-        grid = tl.num_programs(0)
-        per = (next_lines + grid - 1) // grid
-        lo = tl.program_id(0) * per
-        for i in range(0, per, NEXT_BLOCK):
-            line = lo + i + tl.arange(0, NEXT_BLOCK)
-            lmask = (line < lo + per) & (line < next_lines)
-            at = (line // next_lpr).to(tl.int64) * next_stride + (line % next_lpr) * NEXT_ELEMS
-            ptrs = tl.where(lmask, next_ptr + at, next_ptr)
-            if NEXT_EVICT_LAST:
-                tl.inline_asm_elementwise("prefetch.global.L2::evict_last [$1]; // dummy $0",
-                                          "=r,l", [ptrs], dtype=tl.int32, is_pure=False,
-                                          pack=1)
-            else:
-                tl.inline_asm_elementwise("prefetch.global.L2 [$1]; // dummy $0", "=r,l",
-                                          [ptrs], dtype=tl.int32, is_pure=False, pack=1)
     # Epilogue, in fp32, in the unfused order: norm scale, bias, activation, residual add.
     if HAS_NORM:
         # rows >= M summed nothing: their rstd is junk (1/sqrt(eps)), but they are never stored
@@ -292,26 +265,10 @@ def _check_inputs(x, weight, bias, norm_weight) -> tuple[int, int, int]:
     return m, k, rows_w
 
 
-def _next_args(next_weight, weight) -> tuple:
-    """The kernel's (next_ptr, next_stride, next_lpr, next_lines) for prefetching
-    next_weight's first NEXT_BYTES (whole cache lines of every row, at least one a row);
-    without one, placeholders (NEXT off)."""
-    if next_weight is None or INTERPRET:
-        return weight, 0, 1, 0
-    rows, cols = next_weight.shape
-    row_lines = triton.cdiv(cols, _LINE_BYTES // next_weight.element_size())
-    lpr = max(1, min(row_lines, NEXT_BYTES // (rows * _LINE_BYTES)))
-    return next_weight, next_weight.stride(0), lpr, rows * lpr
-
-
 def _launch(cfg: GemvConfig, n: int, x, weight, out, bias, norm_weight, residual, eps, offset,
-            pdl, *, swiglu=False, rope=None, next_weight=None) -> None:
+            pdl, *, swiglu=False, rope=None) -> None:
     """The one kernel launch behind gemv and gemv_rope_kv (n: the outputs the grid covers)."""
     m, k = x.shape
-    if next_weight is not None and (next_weight.dim() != 2 or next_weight.stride(1) != 1):
-        raise ValueError(f"gemv next_weight: expected a [rows, cols] matrix with contiguous "
-                         f"rows, got {list(next_weight.shape)}")
-    next_args = _next_args(next_weight, weight)
     pdl = pdl_default(x.device) if pdl is None else pdl
     prefetch = pdl and PDL_PREFETCH
     line_elems = _LINE_BYTES // weight.element_size()
@@ -322,7 +279,6 @@ def _launch(cfg: GemvConfig, n: int, x, weight, out, bias, norm_weight, residual
            res, out, m, n, k, x.stride(0), weight.stride(0), res.stride(0), out.stride(0),
            float(eps), float(offset), r.get("positions", x), r.get("slots", x),
            r.get("cos", x), r.get("sin", x), r.get("k_cache", x), r.get("v_cache", x),
-           *next_args,
            BLOCK_M=max(16, next_pow2(m)) if cfg.dot else next_pow2(m),
            BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
            STAGES=cfg.num_stages, HAS_BIAS=bias is not None, HAS_NORM=norm_weight is not None,
@@ -330,15 +286,12 @@ def _launch(cfg: GemvConfig, n: int, x, weight, out, bias, norm_weight, residual
            HEADS=r.get("heads", 1), KV_HEADS=r.get("kv_heads", 1),
            HEAD_DIM=r.get("head_dim", 2), num_warps=cfg.num_warps, launch_pdl=pdl, PDL=pdl,
            PREFETCH=prefetch, LINES=next_pow2(triton.cdiv(k, line_elems)) if prefetch else 1,
-           LINE_ELEMS=line_elems, DOT=cfg.dot, DOT_FP32=INTERPRET, NEXT=next_args[3] > 0,
-           NEXT_BLOCK=_NEXT_BLOCK, NEXT_ELEMS=_LINE_BYTES // next_args[0].element_size(),
-           NEXT_EVICT_LAST=NEXT_EVICT_LAST)
+           LINE_ELEMS=line_elems, DOT=cfg.dot, DOT_FP32=INTERPRET)
 
 
 def gemv(x, weight, out, bias=None, *, norm_weight=None, eps: float = 0.0,
          offset: float = 0.0, swiglu: bool = False, residual=None,
-         config: GemvConfig | None = None, pdl: bool | None = None,
-         next_weight=None) -> None:
+         config: GemvConfig | None = None, pdl: bool | None = None) -> None:
     """out = x @ weight^T (+ bias) for x with <= 32 rows, with optional fusions:
 
     norm_weight [K]: x is RMS-normalized first, x * rsqrt(mean(x^2) + eps) *
@@ -347,9 +300,7 @@ def gemv(x, weight, out, bias=None, *, norm_weight=None, eps: float = 0.0,
         silu(gate) * up;
     residual [M, N]: out = residual + ...; out may be residual itself (in place).
     swiglu and residual do not combine. `config` overrides gemv_config and `pdl` the
-    module's PDL switch (benchmarks and tests; plans always take the defaults).
-    next_weight [N', K']: the next GEMV's weight, whose first NEXT_BYTES this launch
-    prefetches into L2 after its K loop (an experiment; the result does not change)."""
+    module's PDL switch (benchmarks and tests; plans always take the defaults)."""
     m, k, rows_w = _check_inputs(x, weight, bias, norm_weight)
     if swiglu:
         if residual is not None:
@@ -369,13 +320,13 @@ def gemv(x, weight, out, bias=None, *, norm_weight=None, eps: float = 0.0,
     if m == 0:
         return
     _launch(config or gemv_config(n, k, m, swiglu=swiglu), n, x, weight, out, bias,
-            norm_weight, residual, eps, offset, pdl, swiglu=swiglu, next_weight=next_weight)
+            norm_weight, residual, eps, offset, pdl, swiglu=swiglu)
 
 
 def gemv_rope_kv(x, weight, q_out, positions, slots, cos, sin, k_cache, v_cache, *,
                  heads: int, kv_heads: int, head_dim: int, bias=None, norm_weight=None,
                  eps: float = 0.0, offset: float = 0.0, config: GemvConfig | None = None,
-                 pdl: bool | None = None, next_weight=None) -> None:
+                 pdl: bool | None = None) -> None:
     """The attention's input projection with RoPE and the KV-cache append in its epilogue:
 
         qkv = x @ weight^T (+ bias)  (x RMS-normalized first when norm_weight is given)
@@ -421,4 +372,4 @@ def gemv_rope_kv(x, weight, q_out, positions, slots, cos, sin, k_cache, v_cache,
     rope = dict(positions=positions, slots=slots, cos=cos, sin=sin, k_cache=k_cache,
                 v_cache=v_cache, heads=heads, kv_heads=kv_heads, head_dim=head_dim)
     _launch(cfg._replace(block_n=block_n), pairs, x, weight, q_out, bias, norm_weight, None,
-            eps, offset, pdl, rope=rope, next_weight=next_weight)
+            eps, offset, pdl, rope=rope)
