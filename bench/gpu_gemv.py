@@ -108,8 +108,8 @@ def bench_linears(rows: list[int], iters: int, sweep: bool,
 
     flush = torch.empty(256 << 20, dtype=torch.int8, device="cuda")     # 5x the H200's L2
     results = []
+    swept = lambda m: sweep and (sweep_rows is None or m in sweep_rows)  # noqa: E731
     for m in rows:
-        sweep_m = sweep and (sweep_rows is None or m in sweep_rows)
         for name, (n, k) in SHAPES.items():
             w = (0.02 * torch.randn(n, k, device="cuda")).to(torch.bfloat16)
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
@@ -128,7 +128,7 @@ def bench_linears(rows: list[int], iters: int, sweep: bool,
             # The sweep is for the bs=1 step's FMA configs and the tensor-core ones above
             # FMA_ROWS rows (the batch-32 step's GEMMs are cuBLAS until those beat it);
             # compiles cost time, so not for the rows in between.
-            if sweep_m and (m == 1 or m > FMA_ROWS):
+            if swept(m) and (m == 1 or m > FMA_ROWS):
                 r["sweep"] = []
                 for alt in neighbours(cfg, k):
                     t = median_time(lambda: gemv(x, w, out, config=alt), max(50, iters // 4),
@@ -140,8 +140,7 @@ def bench_linears(rows: list[int], iters: int, sweep: bool,
             results.append(r)
     for m in rows:
         if m == 1 or m > FMA_ROWS:          # the FMA path at 1 row, tensor cores above 4
-            results += bench_fused(iters, flush, m, sweep and (sweep_rows is None
-                                                           or m in sweep_rows))
+            results += bench_fused(iters, flush, m, swept(m))
     return results
 
 
