@@ -16,7 +16,8 @@ MAX_ROWS = 32
 # Up to FMA_ROWS rows, each row of x is applied to the weight tile with FMAs (the measured
 # bs=1 path; at 8 and 16 rows it was 2-5x slower than cuBLAS); from FMA_ROWS + 1 rows on
 # tensor cores instead, tl.dot of the [BLOCK_N, BLOCK_K] tile with x's [BLOCK_K, 16..32]
-# (DOT configs). Plans route more than one row here only as kernels/triton_ops.py says.
+# (DOT configs). Plans send more than one row here only with RUSTINFER_TRITON_GEMV_ROWS
+# (kernels/triton_ops.py): measured slower than cuBLAS at 8-32 rows (bench/RESULTS.md).
 FMA_ROWS = 4
 # NOTE: measured on an H200, 2026-11-26 (bench/gpu_gemv.py --sweep, Llama-3.2-1B, rows=1):
 # these defaults beat cuBLAS 1.02-1.23x per linear; num_stages=1 was as fast or faster than
